@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` runs the dummy job end to end on the embedded default,
+# `make test` runs every check CI runs. Both install what they need, idempotently.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The virtual environment is rebuilt whenever pyproject.toml changes.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: demo test check serve system-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/wml demo
+
+serve: $(STAMP)
+	$(BIN)/wml serve
+
+system-deps:
+	scripts/system-deps
+
+test: $(STAMP) system-deps
+	scripts/check
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

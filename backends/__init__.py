@@ -1,0 +1,1 @@
+"""Pluggable backends: where jobs run (``backends.workflow``) and where files live (``backends.storage``)."""

@@ -1,0 +1,61 @@
+"""Choose a storage backend by URL scheme (``WML_STORAGE``), importing only the one asked for.
+
+Each implementation is named in :data:`BACKENDS` as ``"module:Class"`` and must offer a
+``from_url(url) -> instance`` class method; nothing is imported until a URL asks for it, so optional
+dependencies (aiobotocore for ``s3``) are needed only by deployments that use them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, cast
+from urllib.parse import quote, urlsplit
+
+from backends.storage.base import StorageBackend
+
+BACKENDS: dict[str, str] = {
+    "file": "backends.storage.file:FileStorageBackend",
+    "s3": "backends.storage.s3:S3StorageBackend",
+}
+
+
+class StorageConfigurationError(ValueError):
+    """The storage URL names no known backend, or one that cannot be loaded in this build."""
+
+
+def create_storage(url: str) -> StorageBackend:
+    """Build the backend for ``url``; a URL without a scheme is a path for the file backend."""
+    if not url.strip():
+        raise StorageConfigurationError("the storage URL is empty")
+    scheme = urlsplit(url).scheme if "://" in url or url.startswith("file:") else ""
+    if not scheme:
+        scheme, url = "file", "file:" + quote(url)  # a plain path, absolute or relative
+    scheme = scheme.lower()
+    target = BACKENDS.get(scheme)
+    if target is None:
+        known = ", ".join(f"{name}://" for name in sorted(BACKENDS))
+        raise StorageConfigurationError(f"unknown storage scheme {scheme!r}; known schemes: {known}")
+    backend_class = _load(scheme, target)
+    try:
+        backend = backend_class.from_url(url)
+    except ValueError as e:
+        raise StorageConfigurationError(f"invalid {scheme} storage URL: {e}") from e
+    return cast(StorageBackend, backend)
+
+
+def _load(scheme: str, target: str) -> Any:
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and (module_name + ".").startswith(e.name + "."):
+            raise StorageConfigurationError(
+                f"the {scheme} storage backend is not available in this build"
+            ) from None
+        raise StorageConfigurationError(
+            f"the {scheme} storage backend needs the Python package {e.name!r}, which is not installed"
+        ) from None
+    backend_class = getattr(module, class_name, None)
+    if backend_class is None:
+        raise StorageConfigurationError(f"the {scheme} storage backend is not available in this build")
+    return backend_class

@@ -1,0 +1,1 @@
+"""Workflow backends: where jobs run. ``base`` is the protocol; implementations are chosen by URL scheme."""

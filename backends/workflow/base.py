@@ -1,0 +1,137 @@
+"""The workflow-backend protocol and the value types that cross it.
+
+A backend receives a self-contained :class:`JobRun` (it never sees the database), runs stage-in, the
+worker and stage-out, and reports what happened as :class:`BackendUpdate` values. The supervisor in
+``core`` owns the job's life: it maps updates onto the state machine and enforces every deadline.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+class InputKind(enum.StrEnum):
+    FILE = "file"  # placed as a file at the slot path
+    ARCHIVE = "archive"  # zip or tar (optionally compressed), extracted safely into the slot path
+    ENV = "env"  # a dotenv file merged into the worker's environment
+
+
+@dataclass(frozen=True, slots=True)
+class StagedInput:
+    slot: str
+    kind: InputKind
+    path: str  # relative to the inputs directory
+    key: str  # storage key
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class StagedOutput:
+    name: str
+    path: str  # relative to the outputs directory
+    required: bool
+    key: str  # storage key the side-car uploads to (pre-allocated file id)
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    cpu: float = 1.0  # cores
+    memory: int = 512 * 1024 * 1024  # bytes
+    gpu: int = 0
+    gpu_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRun:
+    """Everything a backend needs to run one job."""
+
+    job_id: str
+    consumer_id: str
+    asset_id: str
+    image: str
+    command: Sequence[str] | None
+    args: Sequence[str] | None
+    env: Mapping[str, str]  # asset env + parameters, already merged
+    resources: Resources
+    inputs: Sequence[StagedInput]
+    outputs: Sequence[StagedOutput]
+    log_key: str  # storage key for the full worker log
+    run_timeout: int  # seconds the worker may run
+    local_command: Sequence[str] | None = None  # for the local-process backend
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class RunPhase(enum.StrEnum):
+    """What a backend can say about a run; ``core`` maps these onto job states."""
+
+    INITIALIZING = "INITIALIZING"  # accepted, staging inputs or waiting for resources
+    RUNNING = "RUNNING"  # the worker process/container is running
+    SUCCEEDED = "SUCCEEDED"  # worker exited 0 and every required output was uploaded
+    FAILED = "FAILED"  # the worker's fault (non-zero exit, OOM, missing output, run timeout)
+    ERROR = "ERROR"  # not the worker's fault (staging, image, eviction, lost)
+    CANCELED = "CANCELED"  # stopped on request
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRecord:
+    """One uploaded output, as read from the side-car's output manifest."""
+
+    name: str
+    key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackendUpdate:
+    ref: str
+    phase: RunPhase
+    reason: str | None = None  # a core.states.Reason name
+    message: str | None = None
+    exit_code: int | None = None
+    outputs: Sequence[OutputRecord] = ()
+    log: OutputRecord | None = None  # the uploaded full log, when the backend saved it
+    log_tail: str | None = None  # the last lines of the worker log
+
+
+class WorkflowBackendError(Exception):
+    """The backend refused or failed an operation; the message never contains a secret."""
+
+
+@runtime_checkable
+class WorkflowBackend(Protocol):
+    name: str
+
+    async def start(self) -> None:
+        """Begin producing updates (open watches, start monitors). Called once by the owner."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def submit(self, run: JobRun) -> str:
+        """Start the run and return its backend reference quickly; progress arrives as updates."""
+        ...
+
+    async def cancel(self, ref: str) -> None:
+        """Stop the run; idempotent, "not found" is success. A CANCELED update follows."""
+        ...
+
+    async def cleanup(self, ref: str) -> None:
+        """Remove everything the run left in the backend (directories, pods, secrets)."""
+        ...
+
+    def updates(self) -> AsyncIterator[BackendUpdate]:
+        """One endless stream of updates for every run of this backend."""
+        ...
+
+    async def reconcile(self, refs: Sequence[str]) -> list[BackendUpdate]:
+        """The current phase of each ref; a ref the backend no longer knows is ERROR/BACKEND_LOST."""
+        ...
+
+    def logs(self, ref: str, *, follow: bool) -> AsyncIterator[str]:
+        """The worker's log lines so far, then (with ``follow``) new lines until the run ends."""
+        ...

@@ -1,0 +1,361 @@
+"""The local workflow backend: each job is a detached process tree on this machine.
+
+A job runs as stage-in (the side-car's code, in-process) -> worker -> stage-out. The worker is started by a
+small runner (:mod:`backends.workflow.local_runner`) in a new session, so it survives a restart of the
+server; the runner records everything in the job directory (:mod:`backends.workflow.local_jobdir`) and a
+new backend instance adopts the job through :meth:`LocalWorkflowBackend.reconcile`.
+
+How a run's end maps onto a terminal update is in :mod:`backends.workflow.local_outcome`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import parse_qsl, urlsplit
+
+import structlog
+
+from backends.storage.base import StorageBackend, StorageError
+from backends.workflow.base import BackendUpdate, InputKind, JobRun, RunPhase, WorkflowBackendError
+from backends.workflow.local_jobdir import (
+    ExitStatus,
+    JobDir,
+    signal_runner_group,
+    spawn_runner,
+    valid_job_id,
+    wait_runner_gone,
+    worker_env,
+)
+from backends.workflow.local_outcome import outcome, upload_failed
+from sidecar.errors import InputStagingError, OutputUploadError
+from sidecar.manifest import (
+    InputEntry,
+    OutputEntry,
+    StageInManifest,
+    StageOutManifest,
+)
+from sidecar.staging import read_dotenv, stage_in, stage_out
+
+log = structlog.get_logger("wml.workflow.local")
+
+_RUNNER_EXIT_WAIT = 5.0  # seconds the runner may take to exit after writing exit.json
+_MAX_LINE = 64 * 1024  # bytes of one log line kept before it is passed on unfinished
+
+
+class LocalWorkflowBackend:
+    """Runs jobs as local processes under ``work_dir``; see the module docstring."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        work_dir: Path,
+        storage: StorageBackend,
+        *,
+        poll_interval: float = 0.2,
+        log_tail_lines: int = 50,
+        kill_grace: float = 5.0,
+    ) -> None:
+        self._work_dir = Path(work_dir).absolute()
+        self._storage = storage
+        self._poll = poll_interval
+        self._tail_lines = log_tail_lines
+        self._grace = kill_grace
+        self._queue: asyncio.Queue[BackendUpdate] = asyncio.Queue()
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # job id -> its pipeline or watcher
+        self._staging: set[str] = set()  # jobs in stage-in, which a cancel interrupts
+        self._interrupted: set[str] = set()  # jobs whose stage-in a cancel interrupted
+        self._closing = False
+
+    @classmethod
+    def from_url(cls, url: str, *, storage: StorageBackend, work_dir: Path) -> Self:
+        """``local://`` with optional ``?poll_interval=&log_tail_lines=&kill_grace=``."""
+        parts = urlsplit(url)
+        if parts.netloc or parts.path.strip("/") or parts.fragment:
+            raise ValueError("local workflow URLs take no host or path: use local://")
+        options = dict(parse_qsl(parts.query))
+        unknown = set(options) - {"poll_interval", "log_tail_lines", "kill_grace"}
+        if unknown:
+            raise ValueError(f"unknown local workflow options: {', '.join(sorted(unknown))}")
+        return cls(
+            work_dir,
+            storage,
+            poll_interval=float(options.get("poll_interval", 0.2)),
+            log_tail_lines=int(options.get("log_tail_lines", 50)),
+            kill_grace=float(options.get("kill_grace", 5.0)),
+        )
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._work_dir.mkdir, parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        """Stop watching; running workers are left alone so a new instance can adopt them."""
+        self._closing = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def submit(self, run: JobRun) -> str:
+        ref = run.job_id
+        if not valid_job_id(ref):
+            raise WorkflowBackendError(f"job id {ref!r} cannot name a job directory")
+        job = self._job(ref)
+        if await asyncio.to_thread(job.exists):
+            await self.reconcile([ref])  # submitted before (a retry): keep following it
+            return ref
+        try:
+            await asyncio.to_thread(job.create, run)
+        except OSError as e:
+            raise WorkflowBackendError(f"cannot create the job directory: {e.strerror}") from e
+        self._emit(BackendUpdate(ref, RunPhase.INITIALIZING))
+        if not run.local_command:
+            message = f"asset {run.asset_id} has no local command, which the local backend needs"
+            await self._finish(job, BackendUpdate(ref, RunPhase.ERROR, "SUBMIT_FAILED", message))
+        else:
+            self._track(ref, self._pipeline(run, job))
+        return ref
+
+    async def cancel(self, ref: str) -> None:
+        job = self._job(ref)
+        if not valid_job_id(ref) or not await asyncio.to_thread(job.exists):
+            return
+        if await asyncio.to_thread(job.read_final) is not None:
+            return
+        await asyncio.to_thread(job.request_cancel)
+        task = self._tasks.get(ref)
+        if ref in self._staging and task is not None:
+            self._interrupted.add(ref)
+            task.cancel()
+        # The watcher escalates to SIGKILL after the grace period; this only makes the stop prompt.
+        await asyncio.to_thread(signal_runner_group, job, signal.SIGTERM)
+
+    async def cleanup(self, ref: str) -> None:
+        if not valid_job_id(ref):
+            return
+        job = self._job(ref)
+        task = self._tasks.pop(ref, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.to_thread(signal_runner_group, job, signal.SIGKILL)
+        await asyncio.to_thread(wait_runner_gone, job, _RUNNER_EXIT_WAIT)
+        await asyncio.to_thread(shutil.rmtree, job.root, ignore_errors=True)
+
+    async def updates(self) -> AsyncIterator[BackendUpdate]:
+        while True:
+            yield await self._queue.get()
+
+    async def reconcile(self, refs: Sequence[str]) -> list[BackendUpdate]:
+        return list(await asyncio.gather(*(self._reconcile_one(ref) for ref in refs)))
+
+    async def logs(self, ref: str, *, follow: bool) -> AsyncIterator[str]:
+        if not valid_job_id(ref):
+            return
+        job = self._job(ref)
+        offset, partial = 0, b""
+        while True:
+            finished = await asyncio.to_thread(job.finished)
+            try:
+                chunk = await asyncio.to_thread(job.read_log, offset)
+            except FileNotFoundError:
+                chunk = b""
+            if chunk:
+                offset += len(chunk)
+                *lines, partial = (partial + chunk).split(b"\n")
+                if len(partial) > _MAX_LINE:  # a line that never ends is passed on in pieces
+                    lines.append(partial)
+                    partial = b""
+                for line in lines:
+                    yield line.decode("utf-8", errors="replace")
+            elif not follow or finished or not await asyncio.to_thread(job.exists):
+                # Finished before this read: the read drained everything the worker wrote.
+                if partial:
+                    yield partial.decode("utf-8", errors="replace")
+                return
+            else:
+                await asyncio.sleep(self._poll)
+
+    # -- the pipeline ------------------------------------------------------------------------------
+
+    async def _pipeline(self, run: JobRun, job: JobDir) -> None:
+        dotenv = await self._stage_in(run, job)
+        if dotenv is None:
+            return
+        if await asyncio.to_thread(job.cancel_requested_at) is not None:
+            await self._complete(run, job, None)
+            return
+        spec = {
+            "argv": list(run.local_command or ()),
+            "env": worker_env(run, job, dotenv),
+            "timeout": run.run_timeout,
+            "grace": self._grace,
+            "limits": {
+                "memory": run.resources.memory,
+                "cpu_seconds": run.run_timeout * run.resources.cpu,
+                "nofile": 1024,
+            },
+        }
+        await asyncio.to_thread(job.write_launch, spec)
+        pid = await asyncio.to_thread(spawn_runner, job)
+        log.info("local_worker_started", job_id=run.job_id, runner_pid=pid)
+        self._emit(BackendUpdate(run.job_id, RunPhase.RUNNING))
+        await self._watch(run, job)
+
+    async def _stage_in(self, run: JobRun, job: JobDir) -> dict[str, str] | None:
+        """Fetch the inputs and parse the env-file ones; None when the run ended here (already reported)."""
+        ref = run.job_id
+        manifest = StageInManifest(
+            inputs=[
+                InputEntry(
+                    slot=i.slot, kind=str(i.kind), path=i.path, key=i.key, size=i.size, sha256=i.sha256
+                )
+                for i in run.inputs
+            ]
+        )
+        self._staging.add(ref)
+        try:
+            dotenv: dict[str, str] = {}
+            if await asyncio.to_thread(job.cancel_requested_at) is None:
+                await asyncio.to_thread(job.clear_inputs)  # a re-run after a restart starts afresh
+                await stage_in(self._storage, manifest, job.inputs)
+                for staged in (i for i in run.inputs if i.kind == InputKind.ENV):
+                    dotenv.update(await asyncio.to_thread(read_dotenv, job.inputs / staged.path))
+        except (InputStagingError, StorageError, OSError, ValueError) as e:
+            message = f"staging the inputs failed: {e}"
+            await self._finish(job, BackendUpdate(ref, RunPhase.ERROR, "INPUT_STAGING_FAILED", message))
+            return None
+        except asyncio.CancelledError:
+            if self._closing or ref not in self._interrupted:
+                raise
+            # Canceled on request (not by close()): answer it instead of dying.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            await self._complete(run, job, None)
+            return None
+        finally:
+            self._staging.discard(ref)
+            self._interrupted.discard(ref)
+        return dotenv
+
+    async def _watch(self, run: JobRun, job: JobDir) -> None:
+        """Wait for exit.json (polling: after a restart the runner is not our child), then finish."""
+        term_sent = False
+        while True:
+            status = await asyncio.to_thread(job.read_exit)
+            if status is not None:
+                break
+            if not await asyncio.to_thread(job.runner_alive):
+                # It may have written the file just before exiting.
+                status = await asyncio.to_thread(job.read_exit)
+                break
+            asked_at = await asyncio.to_thread(job.cancel_requested_at)
+            if asked_at is not None:
+                if not term_sent:
+                    await asyncio.to_thread(signal_runner_group, job, signal.SIGTERM)
+                    term_sent = True
+                elif time.time() > asked_at + self._grace + 2 * self._poll + 1:
+                    await asyncio.to_thread(signal_runner_group, job, signal.SIGKILL)
+            await asyncio.sleep(self._poll)
+        await asyncio.to_thread(wait_runner_gone, job, _RUNNER_EXIT_WAIT)
+        await self._complete(run, job, status)
+
+    async def _complete(self, run: JobRun, job: JobDir, status: ExitStatus | None) -> None:
+        """Stage out (only the log when canceled), classify the outcome, and report it."""
+        canceled = await asyncio.to_thread(job.cancel_requested_at) is not None and (
+            status is None or status.terminated or status.error is not None
+        )
+        manifest = StageOutManifest(
+            outputs=[]
+            if canceled
+            else [OutputEntry(name=o.name, path=o.path, required=o.required, key=o.key) for o in run.outputs],
+            log_path=str(job.worker_log),
+            log_key=run.log_key,
+            result_path=str(job.output_manifest),
+        )
+        tail = await asyncio.to_thread(job.tail, self._tail_lines)
+        try:
+            uploaded = await stage_out(self._storage, manifest, job.outputs)
+        except (OutputUploadError, StorageError, OSError) as e:
+            update = upload_failed(run, status, e)
+        else:
+            update = outcome(run, status, canceled, uploaded)
+        await self._finish(job, replace(update, log_tail=tail))
+
+    async def _finish(self, job: JobDir, update: BackendUpdate) -> None:
+        await asyncio.to_thread(job.write_final, update)
+        log.info("local_job_finished", job_id=update.ref, phase=update.phase, reason=update.reason)
+        self._emit(update)
+
+    # -- reconcile -----------------------------------------------------------------------------------
+
+    async def _reconcile_one(self, ref: str) -> BackendUpdate:
+        try:
+            return await self._reconcile_job(ref)
+        except Exception as e:  # every ref gets an answer
+            log.exception("local_reconcile_failed", job_id=ref)
+            return BackendUpdate(ref, RunPhase.ERROR, "BACKEND_LOST", f"cannot read the job's state: {e}")
+
+    async def _reconcile_job(self, ref: str) -> BackendUpdate:
+        job = self._job(ref)
+        if not valid_job_id(ref) or not await asyncio.to_thread(job.exists):
+            return BackendUpdate(ref, RunPhase.ERROR, "BACKEND_LOST", "the local backend has no such job")
+        final = await asyncio.to_thread(job.read_final)
+        if final is not None:
+            return final
+        run = await asyncio.to_thread(job.read_run)
+        launched = await asyncio.to_thread(job.launched)
+        alive = await asyncio.to_thread(job.runner_alive)
+        # No await from this check to _track: two reconciles never start two watchers.
+        if ref in self._tasks:
+            return BackendUpdate(ref, RunPhase.RUNNING if launched else RunPhase.INITIALIZING)
+        if run is None:
+            return BackendUpdate(ref, RunPhase.ERROR, "BACKEND_LOST", "the job's run record is missing")
+        if not launched:
+            # The server stopped during stage-in: nothing ran yet, so stage in again and go on.
+            log.info("local_job_restaged", job_id=ref)
+            self._track(ref, self._pipeline(run, job))
+            return BackendUpdate(ref, RunPhase.INITIALIZING)
+        task = self._track(ref, self._watch(run, job))
+        if alive:
+            log.info("local_job_adopted", job_id=ref)
+            return BackendUpdate(ref, RunPhase.RUNNING)
+        # The worker ended (or its runner died) while nobody watched: stage out now and report.
+        await asyncio.shield(task)
+        final = await asyncio.to_thread(job.read_final)
+        if final is None:
+            return BackendUpdate(ref, RunPhase.ERROR, "BACKEND_LOST", "adopting the finished job failed")
+        return final
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    def _job(self, ref: str) -> JobDir:
+        return JobDir(self._work_dir / ref)
+
+    def _emit(self, update: BackendUpdate) -> None:
+        self._queue.put_nowait(update)
+
+    def _track(self, ref: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._guarded(ref, work), name=f"local-job-{ref}")
+        self._tasks[ref] = task
+        task.add_done_callback(lambda t: self._tasks.pop(ref) if self._tasks.get(ref) is t else None)
+        return task
+
+    async def _guarded(self, ref: str, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a job never ends without a terminal update
+            log.exception("local_job_failed", job_id=ref)
+            message = f"the local backend failed: {type(e).__name__}: {e}"
+            await self._finish(self._job(ref), BackendUpdate(ref, RunPhase.ERROR, "BACKEND_LOST", message))

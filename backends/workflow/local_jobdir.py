@@ -1,0 +1,278 @@
+"""The on-disk state of one local job, so that a restarted server can adopt what is still running.
+
+Layout of ``<work dir>/<job id>/`` (mode 0700)::
+
+    run.json              the JobRun, written at submit
+    inputs/ outputs/      the slot directories the worker sees
+    launch.json           what the runner starts (argv, env, limits, timeouts); written after stage-in
+    runner.pid worker.pid written by the runner as the processes appear
+    worker.log            the worker's stdout and stderr
+    cancel                present once a cancel was asked (its mtime is when)
+    exit.json             how the worker ended, written by the runner
+    output-manifest.json  written by stage-out as its last act
+    final.json            the terminal BackendUpdate, re-emitted by reconcile
+
+Only plain blocking file and ``/proc`` access lives here; the backend calls it through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from backends.workflow import local_runner
+from backends.workflow.base import (
+    BackendUpdate,
+    InputKind,
+    JobRun,
+    OutputRecord,
+    Resources,
+    RunPhase,
+    StagedInput,
+    StagedOutput,
+)
+from backends.workflow.local_runner import write_atomic
+
+RUNNER_MODULE = "backends.workflow.local_runner"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The directory that holds the ``backends`` package, so the runner imports this very code base.
+_CODE_ROOT = Path(local_runner.__file__).resolve().parents[2]
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def valid_job_id(ref: str) -> bool:
+    """Refs become directory names: only plain names, never a path."""
+    return _JOB_ID.fullmatch(ref) is not None and ".." not in ref
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """``exit.json``, as written by the runner."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    terminated: bool = False
+    oom: bool = False
+    error: str | None = None
+
+
+class JobDir:
+    """Paths and small file operations of one job directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.inputs = root / "inputs"
+        self.outputs = root / "outputs"
+        self.worker_log = root / local_runner.WORKER_LOG_FILE
+        self.output_manifest = root / "output-manifest.json"
+        self._run = root / "run.json"
+        self._launch = root / local_runner.LAUNCH_FILE
+        self._exit = root / local_runner.EXIT_FILE
+        self._final = root / "final.json"
+        self._cancel = root / "cancel"
+        self._runner_pid = root / local_runner.RUNNER_PID_FILE
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def create(self, run: JobRun) -> None:
+        self.root.mkdir(mode=0o700, parents=True)
+        self.inputs.mkdir(mode=0o700)
+        self.outputs.mkdir(mode=0o700)
+        self.worker_log.touch(mode=0o600)
+        write_atomic(self._run, json.dumps(run_to_json(run)))
+
+    def clear_inputs(self) -> None:
+        shutil.rmtree(self.inputs, ignore_errors=True)
+        self.inputs.mkdir(mode=0o700)
+
+    def read_run(self) -> JobRun | None:
+        data = _read_json(self._run)
+        return None if data is None else run_from_json(data)
+
+    def launched(self) -> bool:
+        return self._launch.exists()
+
+    def write_launch(self, spec: Mapping[str, Any]) -> None:
+        write_atomic(self._launch, json.dumps(spec))
+
+    def read_exit(self) -> ExitStatus | None:
+        data = _read_json(self._exit)
+        return None if data is None else ExitStatus(**data)
+
+    def read_final(self) -> BackendUpdate | None:
+        data = _read_json(self._final)
+        return None if data is None else update_from_json(data)
+
+    def write_final(self, update: BackendUpdate) -> None:
+        write_atomic(self._final, json.dumps(asdict(update)))
+
+    def finished(self) -> bool:
+        return self._exit.exists() or self._final.exists()
+
+    def request_cancel(self) -> None:
+        """Mark the job canceled; the first request's time is kept."""
+        if not self._cancel.exists():
+            self._cancel.touch(mode=0o600)
+
+    def cancel_requested_at(self) -> float | None:
+        try:
+            return self._cancel.stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def runner_pid(self) -> int | None:
+        try:
+            return int(self._runner_pid.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def write_runner_pid(self, pid: int) -> None:
+        write_atomic(self._runner_pid, str(pid))
+
+    def runner_alive(self) -> bool:
+        """Our runner for this job still runs (a reused pid running something else does not count)."""
+        pid = self.runner_pid()
+        if pid is None:
+            return False
+        reap(pid)
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        if stat[stat.rfind(")") + 2 :].startswith("Z"):
+            return False
+        return RUNNER_MODULE.encode() in cmdline and str(self.root).encode() in cmdline
+
+    def tail(self, lines: int, max_bytes: int = 256 * 1024) -> str:
+        """The last ``lines`` lines of the worker log (reading at most ``max_bytes`` from its end)."""
+        try:
+            with open(self.worker_log, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - max_bytes))
+                data = f.read()
+        except FileNotFoundError:
+            return ""
+        text = data.decode("utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
+
+    def read_log(self, offset: int, size: int = 64 * 1024) -> bytes:
+        with open(self.worker_log, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+
+def reap(pid: int) -> None:
+    """Collect the exit status of a runner we spawned ourselves; no-op for anyone else's process."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def wait_runner_gone(job: JobDir, timeout: float) -> None:
+    """After exit.json the runner only has to exit; wait for it (reaping it) so its group is gone."""
+    deadline = time.monotonic() + timeout
+    while job.runner_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def signal_runner_group(job: JobDir, sig: signal.Signals) -> None:
+    """Signal the runner's process group (the runner is its session and group leader)."""
+    pid = job.runner_pid()
+    if pid is not None and job.runner_alive():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+
+def spawn_runner(job: JobDir) -> int:
+    """Start the detached runner: a new session, stdin from /dev/null, its own output to runner.log."""
+    argv = [sys.executable, "-P", "-m", RUNNER_MODULE, str(job.root)]
+    env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "PYTHONPATH": str(_CODE_ROOT)}
+    runner_log = str(job.root / "runner.log")
+    pid = os.posix_spawn(
+        sys.executable,
+        argv,
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, runner_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ],
+        setsid=True,
+        setsigdef=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE),
+        setsigmask=(),
+    )
+    job.write_runner_pid(pid)
+    return pid
+
+
+def worker_env(run: JobRun, job: JobDir, dotenv: Mapping[str, str]) -> dict[str, str]:
+    """The worker's environment: a clean base, the run's env, env-file inputs, then the slot paths."""
+    env = {"PATH": DEFAULT_PATH, "HOME": str(job.root), "LANG": "C.UTF-8"}
+    env.update(run.env)
+    env.update({k: v for k, v in dotenv.items() if _allowed_from_env_file(k) and "\0" not in v})
+    env["WML_INPUTS_DIR"] = str(job.inputs)
+    env["WML_OUTPUTS_DIR"] = str(job.outputs)
+    for staged in run.inputs:
+        env[f"WML_INPUT_{staged.slot.upper()}"] = str(job.inputs / staged.path)
+    for output in run.outputs:
+        env[f"WML_OUTPUT_{output.name.upper()}"] = str(job.outputs / output.path)
+    return env
+
+
+def _allowed_from_env_file(key: str) -> bool:
+    # A consumer's env file may not redirect the worker's programs, libraries or the slot contract.
+    return (
+        _ENV_NAME.fullmatch(key) is not None
+        and not key.startswith(("WML_", "LD_"))
+        and key not in {"PATH", "HOME"}
+    )
+
+
+def run_to_json(run: JobRun) -> dict[str, Any]:
+    data = asdict(run)
+    data["env"] = dict(run.env)
+    data["labels"] = dict(run.labels)
+    return data
+
+
+def run_from_json(data: dict[str, Any]) -> JobRun:
+    return JobRun(
+        **{
+            **data,
+            "resources": Resources(**data["resources"]),
+            "inputs": tuple(StagedInput(**{**i, "kind": InputKind(i["kind"])}) for i in data["inputs"]),
+            "outputs": tuple(StagedOutput(**o) for o in data["outputs"]),
+        }
+    )
+
+
+def update_from_json(data: dict[str, Any]) -> BackendUpdate:
+    log = data.get("log")
+    return BackendUpdate(
+        **{
+            **data,
+            "phase": RunPhase(data["phase"]),
+            "outputs": tuple(OutputRecord(**o) for o in data.get("outputs", ())),
+            "log": OutputRecord(**log) if log else None,
+        }
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,65 @@
+"""Choose a workflow backend by URL scheme (``WML_WORKFLOW``), importing only the one asked for.
+
+Each implementation is named in :data:`BACKENDS` as ``"module:Class"`` and must offer a
+``from_url(url, *, storage, work_dir) -> instance`` class method; nothing is imported until a URL asks
+for it, so optional dependencies (kubernetes_asyncio for ``kubernetes``) are needed only where used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from backends.storage.base import StorageBackend
+from backends.workflow.base import WorkflowBackend
+
+BACKENDS: dict[str, str] = {
+    "local": "backends.workflow.local:LocalWorkflowBackend",
+    "kubernetes": "backends.workflow.kubernetes:KubernetesWorkflowBackend",
+    "container": "backends.workflow.container:ContainerWorkflowBackend",
+}
+
+
+class WorkflowConfigurationError(ValueError):
+    """The workflow URL names no known backend, or one that cannot be loaded in this build."""
+
+
+def create_workflow_backend(url: str, *, storage: StorageBackend, work_dir: Path) -> WorkflowBackend:
+    """Build the backend for ``url`` (``local://``, ``kubernetes://namespace``, ``container://podman``).
+
+    ``storage`` is where the side-car stages files from and to; ``work_dir`` holds backend state on this
+    machine (the local backend's job directories).
+    """
+    scheme = urlsplit(url.strip()).scheme.lower() if "://" in url else ""
+    known = ", ".join(f"{name}://" for name in sorted(BACKENDS))
+    if not scheme:
+        raise WorkflowConfigurationError(f"the workflow URL {url!r} has no scheme; known schemes: {known}")
+    target = BACKENDS.get(scheme)
+    if target is None:
+        raise WorkflowConfigurationError(f"unknown workflow scheme {scheme!r}; known schemes: {known}")
+    backend_class = _load(scheme, target)
+    try:
+        backend = backend_class.from_url(url.strip(), storage=storage, work_dir=work_dir)
+    except ValueError as e:
+        raise WorkflowConfigurationError(f"invalid {scheme} workflow URL: {e}") from e
+    return cast(WorkflowBackend, backend)
+
+
+def _load(scheme: str, target: str) -> Any:
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and (module_name + ".").startswith(e.name + "."):
+            raise WorkflowConfigurationError(
+                f"the {scheme} workflow backend is not available in this build yet"
+            ) from None
+        raise WorkflowConfigurationError(
+            f"the {scheme} workflow backend needs the Python package {e.name!r}, which is not installed"
+        ) from None
+    backend_class = getattr(module, class_name, None)
+    if backend_class is None:
+        raise WorkflowConfigurationError(f"the {scheme} workflow backend is not available in this build")
+    return backend_class

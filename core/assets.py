@@ -1,0 +1,184 @@
+"""Workflow assets: the provider's definition of a sellable workload, and the catalogue that loads them.
+
+An asset file is YAML validated into :class:`Asset`; an invalid file stops start-up with an error naming
+the file and the field. Jobs keep a frozen copy (``Asset.model_dump``) of the version they ran.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from core.units import parse_cpu, parse_size
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,62}$"
+ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Cpu = Annotated[float, BeforeValidator(parse_cpu)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ParameterType(enum.StrEnum):
+    INTEGER = "integer"
+    NUMBER = "number"
+    STRING = "string"
+    BOOLEAN = "boolean"
+
+
+class Parameter(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    type: ParameterType
+    description: str = ""
+    default: int | float | str | bool | None = None
+    min: float | None = None
+    max: float | None = None
+    choices: list[str | int | float] | None = None
+    required: bool = False
+
+
+class InputSlotKind(enum.StrEnum):
+    FILE = "file"
+    ARCHIVE = "archive"
+    ENV = "env"
+
+
+class InputSlot(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    kind: InputSlotKind = InputSlotKind.FILE
+    path: str | None = None  # relative to the inputs directory; defaults to the slot name
+    required: bool = True
+    max_size: Size | None = Field(default=None, alias="maxSize")
+
+    @property
+    def target(self) -> str:
+        return self.path or self.name
+
+
+class OutputSlot(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    path: str  # relative to the outputs directory
+    required: bool = True
+
+
+class Resources(_Model):
+    cpu: Cpu = 1.0
+    memory: Size = 512 * 1024 * 1024
+    gpu: int = Field(default=0, ge=0)
+    gpu_type: str | None = Field(default=None, alias="gpuType")
+
+
+class Timeouts(_Model):
+    queue: int = Field(default=24 * 3600, gt=0)  # seconds a job may wait for capacity
+    start: int = Field(default=600, gt=0)  # seconds from submission until the worker runs
+    run: int = Field(default=3600, gt=0)  # seconds the worker may run
+
+
+class LocalSpec(_Model):
+    command: list[str] = Field(min_length=1)
+
+
+class Asset(_Model):
+    id: str = Field(pattern=ID_PATTERN)
+    version: str = "1"
+    name: str
+    description: str = ""
+    image: str
+    command: list[str] | None = None
+    args: list[str] | None = None
+    env: dict[str, str] = {}
+    parameters: list[Parameter] = []
+    resources: Resources = Resources()
+    inputs: list[InputSlot] = []
+    outputs: list[OutputSlot] = []
+    timeouts: Timeouts = Timeouts()
+    local: LocalSpec | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Asset:
+        for what, names in (
+            ("parameters", [p.name for p in self.parameters]),
+            ("inputs", [s.name for s in self.inputs]),
+            ("outputs", [s.name for s in self.outputs]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{what}: duplicate names {dupes}")
+        paths = [(s.name, s.target) for s in self.inputs] + [(o.name, o.path) for o in self.outputs]
+        for name, path in paths:
+            if not _is_safe_relative(path):
+                raise ValueError(f"slot {name!r}: path must be relative and stay inside its directory")
+        return self
+
+    def input_slot(self, name: str) -> InputSlot | None:
+        return next((s for s in self.inputs if s.name == name), None)
+
+    def parameter(self, name: str) -> Parameter | None:
+        return next((p for p in self.parameters if p.name == name), None)
+
+    def frozen(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _is_safe_relative(path: str) -> bool:
+    if not path or "\x00" in path or path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path):
+        return False
+    return ".." not in Path(path).parts
+
+
+class CatalogError(Exception):
+    """An asset file is invalid; the message names the file and the field."""
+
+
+def load_asset_file(path: Path) -> Asset:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise CatalogError(f"{path}: cannot read asset file: {e}") from None
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{path}: an asset file must be a YAML mapping")
+    local = raw.get("local")
+    if isinstance(local, dict) and isinstance(local.get("command"), list):
+        # Relative script paths in a local command are relative to the asset file, so the catalogue
+        # works from any directory the server is started in.
+        local["command"] = [_resolve_local(path.parent, str(part)) for part in local["command"]]
+    try:
+        return Asset.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in err['loc']) or '<root>'}': {err['msg']}" for err in e.errors()
+        )
+        raise CatalogError(f"{path}: invalid asset: {problems}") from None
+
+
+def _resolve_local(base: Path, part: str) -> str:
+    if part.startswith(("./", "../")):
+        return str((base / part).resolve())
+    return part
+
+
+def load_catalog(directory: Path) -> list[Asset]:
+    """Every ``*.yaml``/``*.yml`` asset in ``directory``; ids must be unique."""
+    if not directory.is_dir():
+        raise CatalogError(f"{directory}: asset catalogue directory does not exist")
+    assets: list[Asset] = []
+    seen: dict[str, Path] = {}
+    for file in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        asset = load_asset_file(file)
+        if asset.id in seen:
+            raise CatalogError(
+                f"{file}: field 'id': asset id {asset.id!r} already defined in {seen[asset.id]}"
+            )
+        seen[asset.id] = file
+        assets.append(asset)
+    return assets

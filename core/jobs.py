@@ -1,0 +1,144 @@
+"""The job service: validate a request against the asset and the grant, persist it, hand it on.
+
+Everything a consumer can do to a job passes here; the supervisor then owns the job's life.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from core.assets import Asset
+from core.auth import Principal
+from core.errors import ConflictError, NotFoundError, QuotaExceededError, ValidationError
+from core.events import EventBus
+from core.models import FileStatus, InputBinding, Job, Page, new_id, utcnow
+from core.parameters import resolve_parameters
+from core.states import JobState
+from core.store import LIVE_STATES, Store
+
+if TYPE_CHECKING:
+    from core.supervisor import Supervisor
+
+
+class JobService:
+    def __init__(
+        self, store: Store, bus: EventBus, supervisor: Supervisor, *, max_queued_per_consumer: int
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._supervisor = supervisor
+        self._max_queued = max_queued_per_consumer
+
+    async def create(
+        self,
+        principal: Principal,
+        asset_id: str,
+        inputs: Sequence[tuple[str, str]],
+        parameters: dict[str, Any] | None,
+    ) -> Job:
+        if principal.is_operator or principal.consumer_id is None:
+            raise ValidationError("the operator cannot run jobs; use a consumer token")
+        asset = await self._store.get_asset(asset_id) if principal.may_use_asset(asset_id) else None
+        if asset is None:
+            raise NotFoundError("asset", asset_id)
+        bindings = await self._check_inputs(principal, asset, inputs)
+        values = resolve_parameters(asset, parameters)
+        live = await self._store.count_jobs(LIVE_STATES, principal.consumer_id)
+        if live >= self._max_queued:
+            raise QuotaExceededError(f"at most {self._max_queued} unfinished jobs per consumer")
+        now = utcnow()
+        job = Job(
+            id=new_id("j"),
+            consumer_id=principal.consumer_id,
+            grant_id=sorted(principal.grant_ids)[0],
+            asset_id=asset.id,
+            asset=asset,
+            inputs=bindings,
+            parameters=values,
+            state=JobState.QUEUED,
+            reason=None,
+            message=None,
+            exit_code=None,
+            backend_ref=None,
+            deadline_at=now + timedelta(seconds=asset.timeouts.queue),
+            log_tail=None,
+            log_file_id=None,
+            created_at=now,
+            updated_at=now,
+            started_at=None,
+            finished_at=None,
+        )
+        event = await self._store.insert_job(job)
+        self._bus.publish(event)
+        self._supervisor.wake()
+        return job
+
+    async def _check_inputs(
+        self, principal: Principal, asset: Asset, inputs: Sequence[tuple[str, str]]
+    ) -> tuple[InputBinding, ...]:
+        seen: set[str] = set()
+        files = await self._store.files_by_ids([file_id for _, file_id in inputs])
+        bindings = []
+        for slot_name, file_id in inputs:
+            slot = asset.input_slot(slot_name)
+            if slot is None:
+                known = ", ".join(s.name for s in asset.inputs) or "none"
+                raise ValidationError(
+                    f"asset has no input slot {slot_name!r} (slots: {known})", field="inputs"
+                )
+            if slot_name in seen:
+                raise ValidationError(f"input slot {slot_name!r} given twice", field="inputs")
+            seen.add(slot_name)
+            record = files.get(file_id)
+            if record is None or not principal.may_see(record.grant_id) or record.status != FileStatus.READY:
+                raise NotFoundError("file", file_id)
+            if slot.max_size is not None and record.size > slot.max_size:
+                raise ValidationError(
+                    f"file for slot {slot_name!r} is {record.size} bytes; "
+                    f"the slot takes at most {slot.max_size}",
+                    field="inputs",
+                )
+            bindings.append(InputBinding(slot=slot_name, file_id=file_id))
+        missing = [s.name for s in asset.inputs if s.required and s.name not in seen]
+        if missing:
+            raise ValidationError(f"required input slots missing: {', '.join(missing)}", field="inputs")
+        return tuple(bindings)
+
+    async def get(self, principal: Principal, job_id: str) -> Job:
+        job = await self._store.get_job(job_id)
+        if job is None or not principal.may_see(job.grant_id):
+            raise NotFoundError("job", job_id)
+        return job
+
+    async def list(
+        self,
+        principal: Principal,
+        *,
+        state: JobState | None,
+        asset_id: str | None,
+        first: int,
+        after: str | None,
+    ) -> Page[Job]:
+        try:
+            return await self._store.list_jobs(
+                principal.grant_scope, state=state, asset_id=asset_id, first=first, after=after
+            )
+        except ValueError:
+            raise ValidationError("invalid cursor", field="after") from None
+
+    async def cancel(self, principal: Principal, job_id: str) -> Job:
+        """Ask a job to stop. Cancelling a finished job changes nothing and is not an error."""
+        job = await self.get(principal, job_id)
+        return await self._supervisor.cancel(
+            job, reason="CANCELED_BY_USER", message="canceled by the consumer"
+        )
+
+    async def delete(self, principal: Principal, job_id: str) -> Job:
+        """Forget a finished job with its outputs and log; a live job must be cancelled first."""
+        job = await self.get(principal, job_id)
+        if not job.state.terminal:
+            raise ConflictError(f"job is {job.state}; cancel it and wait for it to end before deleting it")
+        await self._supervisor.forget(job)
+        return job

@@ -1,0 +1,127 @@
+"""Domain records: what services hand to transports. Plain frozen dataclasses, built from table rows."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from core.assets import Asset
+from core.states import JobState
+
+T = TypeVar("T")
+
+
+def new_id(prefix: str) -> str:
+    """Opaque ids: a kind prefix and 128 random bits; safe in storage keys and URLs."""
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class GrantState(enum.StrEnum):
+    PROVISIONING = "PROVISIONING"
+    ACTIVE = "ACTIVE"
+    FAILED_CALLBACK = "FAILED_CALLBACK"
+    DEPROVISIONED = "DEPROVISIONED"
+
+
+class FileOrigin(enum.StrEnum):
+    UPLOAD = "UPLOAD"
+    JOB_OUTPUT = "JOB_OUTPUT"
+    JOB_LOG = "JOB_LOG"
+
+
+class FileStatus(enum.StrEnum):
+    PENDING = "PENDING"  # announced by createUpload, bytes not yet received
+    READY = "READY"
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    id: str
+    name: str
+    participant_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    id: str
+    consumer_id: str
+    asset_id: str
+    state: GrantState
+    created_at: datetime
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    id: str
+    consumer_id: str
+    grant_id: str
+    job_id: str | None
+    name: str
+    size: int
+    sha256: str | None
+    content_type: str
+    origin: FileOrigin
+    status: FileStatus
+    storage_key: str
+    created_at: datetime
+    expires_at: datetime | None
+    expected_size: int | None = None
+    expected_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InputBinding:
+    slot: str
+    file_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    consumer_id: str
+    grant_id: str
+    asset_id: str
+    asset: Asset
+    inputs: tuple[InputBinding, ...]
+    parameters: dict[str, Any]
+    state: JobState
+    reason: str | None
+    message: str | None
+    exit_code: int | None
+    backend_ref: str | None
+    deadline_at: datetime | None
+    log_tail: str | None
+    log_file_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    seq: int
+    job_id: str
+    consumer_id: str
+    grant_id: str
+    state: JobState
+    reason: str | None
+    message: str | None
+    exit_code: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    has_next: bool
+    end_cursor: str | None

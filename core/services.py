@@ -1,0 +1,98 @@
+"""The service container: builds every core service from settings and backends, and runs their life.
+
+The entry point creates the storage and workflow backends (from their registries) and hands them in;
+core never chooses an implementation itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+
+from backends.storage.base import StorageBackend
+from backends.workflow.base import WorkflowBackend
+from core.assets import load_catalog
+from core.auth import Authenticator
+from core.db import create_engine, migrate
+from core.events import EventBus
+from core.files import FileService
+from core.jobs import JobService
+from core.settings import Settings
+from core.signing import UrlSigner
+from core.store import Store
+from core.supervisor import Supervisor
+
+log = structlog.get_logger("wml.services")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    storage: StorageBackend
+    backend: WorkflowBackend
+    bus: EventBus
+    auth: Authenticator
+    signer: UrlSigner
+    files: FileService
+    jobs: JobService
+    supervisor: Supervisor
+
+    async def close(self) -> None:
+        await self.supervisor.stop()
+        await self.storage.close()
+        await self.store.engine.dispose()
+
+
+async def open_store(settings: Settings) -> Store:
+    """Migrate the database to the newest schema and sync the asset catalogue into it."""
+    url = settings.resolved_database_url()
+    assets = load_catalog(settings.catalog_dir)  # fail before touching anything on a bad catalogue
+    await migrate(url)
+    store = Store(create_engine(url))
+    await store.sync_assets(assets)
+    log.info("catalogue synced", assets=[a.id for a in assets], directory=str(settings.catalog_dir))
+    return store
+
+
+async def open_services(settings: Settings, storage: StorageBackend, backend: WorkflowBackend) -> Services:
+    store = await open_store(settings)
+    bus = EventBus()
+    signer = UrlSigner(settings.resolved_secret_key(), settings.resolved_public_url())
+    files = FileService(
+        store,
+        storage,
+        signer,
+        max_upload=settings.max_upload_size,
+        url_ttl=settings.url_ttl,
+        pending_ttl=settings.pending_upload_ttl,
+    )
+    supervisor = Supervisor(
+        store,
+        backend,
+        storage,
+        bus,
+        capacity=settings.backend_capacity,
+        max_running_per_consumer=settings.max_running_jobs_per_consumer,
+        cancel_timeout=settings.cancel_timeout,
+        tick_interval=settings.tick_interval,
+        reconcile_interval=settings.reconcile_interval,
+        sweep=files.sweep_expired,
+    )
+    jobs = JobService(store, bus, supervisor, max_queued_per_consumer=settings.max_queued_jobs_per_consumer)
+    auth = Authenticator(store, settings.resolved_admin_token())
+    services = Services(
+        settings=settings,
+        store=store,
+        storage=storage,
+        backend=backend,
+        bus=bus,
+        auth=auth,
+        signer=signer,
+        files=files,
+        jobs=jobs,
+        supervisor=supervisor,
+    )
+    await supervisor.start()
+    return services

@@ -1,0 +1,432 @@
+"""The supervisor owns the life of every job, from QUEUED until it is terminal and cleaned up.
+
+It starts queued jobs when the backend and the consumer's quota have room, applies the backend's
+updates to the state machine, records outputs from the side-car's manifest, enforces a deadline on every
+non-terminal state, and reconciles live jobs with the backend at start-up and periodically, so no job is
+ever stuck. Backend states map onto job states here and nowhere else:
+
+| backend phase | job state      | notes                                               |
+|---------------|----------------|-----------------------------------------------------|
+| INITIALIZING  | INITIALIZING   | set by the supervisor itself when it submits        |
+| RUNNING       | RUNNING        | run deadline = asset run timeout + cancel grace     |
+| SUCCEEDED     | COMPLETE       | outputs and log recorded in the same transaction    |
+| FAILED        | EXECUTOR_ERROR | non-zero exit, signal, OOM, missing output, timeout |
+| ERROR         | SYSTEM_ERROR   | staging, submit, image, eviction, lost              |
+| CANCELED      | CANCELED       | keeps the reason given when cancel was asked        |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from pathlib import PurePosixPath
+from typing import Any
+
+import structlog
+
+from backends.storage.base import StorageBackend
+from backends.workflow.base import (
+    BackendUpdate,
+    JobRun,
+    OutputRecord,
+    Resources,
+    RunPhase,
+    StagedInput,
+    StagedOutput,
+    WorkflowBackend,
+)
+from backends.workflow.base import InputKind as BackendInputKind
+from core.events import EventBus
+from core.files import storage_key
+from core.models import FileOrigin, FileRecord, FileStatus, Job, JobEvent, utcnow
+from core.parameters import as_env
+from core.states import JobState, Reason
+from core.store import ACTIVE_STATES, Store
+
+log = structlog.get_logger("wml.supervisor")
+
+PHASE_TO_STATE = {
+    RunPhase.RUNNING: JobState.RUNNING,
+    RunPhase.SUCCEEDED: JobState.COMPLETE,
+    RunPhase.FAILED: JobState.EXECUTOR_ERROR,
+    RunPhase.ERROR: JobState.SYSTEM_ERROR,
+    RunPhase.CANCELED: JobState.CANCELED,
+}
+LIVE_BACKEND_STATES = (JobState.INITIALIZING, JobState.RUNNING, JobState.CANCELING)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        store: Store,
+        backend: WorkflowBackend,
+        storage: StorageBackend,
+        bus: EventBus,
+        *,
+        capacity: int,
+        max_running_per_consumer: int,
+        cancel_timeout: int,
+        tick_interval: float,
+        reconcile_interval: float,
+        sweep: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
+        self._store = store
+        self._backend = backend
+        self._storage = storage
+        self._bus = bus
+        self._capacity = capacity
+        self._per_consumer = max_running_per_consumer
+        self._cancel_timeout = cancel_timeout
+        self._tick = tick_interval
+        self._reconcile_every = reconcile_interval
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._schedule_lock = asyncio.Lock()
+        # Held from submit until the backend reference is stored, so an update that overtakes the
+        # store can wait for it instead of being taken for an orphan.
+        self._submit_lock = asyncio.Lock()
+        self._sweep = sweep  # periodic housekeeping run with reconciliation (expired uploads)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._backend.start()
+        await self.reconcile(startup=True)
+        self._tasks = [
+            asyncio.create_task(self._consume_updates(), name="supervisor-updates"),
+            asyncio.create_task(self._run_loop(), name="supervisor-loop"),
+        ]
+        self.wake()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self._backend.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_reconcile = loop.time() + self._reconcile_every
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._tick)
+            self._wake.clear()
+            try:
+                await self.enforce_deadlines()
+                await self.schedule()
+                if loop.time() >= next_reconcile:
+                    next_reconcile = loop.time() + self._reconcile_every
+                    await self.reconcile()
+                    if self._sweep is not None:
+                        await self._sweep()
+            except Exception:
+                log.exception("supervisor pass failed; retrying on the next tick")
+
+    async def _consume_updates(self) -> None:
+        async for update in self._backend.updates():
+            try:
+                await self.apply(update)
+            except Exception:
+                log.exception("applying a backend update failed", ref=update.ref, phase=update.phase)
+
+    # -- transitions -----------------------------------------------------------------------------------
+
+    async def _transition(self, job_id: str, target: JobState, **kw: Any) -> Job | None:
+        result = await self._store.transition(job_id, target, **kw)
+        if result is None:
+            return None
+        job, event = result
+        self._publish(event)
+        log.info("job state", job_id=job.id, consumer_id=job.consumer_id, state=job.state, reason=job.reason)
+        if target.terminal:
+            self.wake()  # capacity freed
+        return job
+
+    def _publish(self, event: JobEvent) -> None:
+        self._bus.publish(event)
+
+    # -- scheduling ------------------------------------------------------------------------------------
+
+    async def schedule(self) -> None:
+        """Start queued jobs, oldest first, while the backend and each consumer's quota have room."""
+        async with self._schedule_lock:
+            queued = [j for j in await self._store.live_jobs() if j.state == JobState.QUEUED]
+            if not queued:
+                return
+            active = await self._store.count_jobs(ACTIVE_STATES)
+            per_consumer = await self._store.active_counts_by_consumer()
+            for job in queued:
+                if active >= self._capacity:
+                    return
+                if per_consumer.get(job.consumer_id, 0) >= self._per_consumer:
+                    continue
+                if await self._submit(job):
+                    active += 1
+                    per_consumer[job.consumer_id] = per_consumer.get(job.consumer_id, 0) + 1
+
+    async def _submit(self, job: Job) -> bool:
+        deadline = utcnow() + timedelta(seconds=job.asset.timeouts.start)
+        started = await self._transition(
+            job.id, JobState.INITIALIZING, only_from=[JobState.QUEUED], deadline_at=deadline
+        )
+        if started is None:
+            return False
+        async with self._submit_lock:
+            try:
+                run = await self._build_run(started)
+                ref = await self._backend.submit(run)
+            except Exception as e:
+                log.warning("submit failed", job_id=job.id, error=str(e))
+                await self._transition(
+                    job.id,
+                    JobState.SYSTEM_ERROR,
+                    reason=Reason.SUBMIT_FAILED,
+                    message=f"could not start: {e}",
+                )
+                return False
+            await self._store.update_job(job.id, backend_ref=ref)
+        return True
+
+    async def _build_run(self, job: Job) -> JobRun:
+        files = await self._store.files_by_ids([b.file_id for b in job.inputs])
+        inputs = []
+        for binding in job.inputs:
+            record = files.get(binding.file_id)
+            slot = job.asset.input_slot(binding.slot)
+            if record is None or slot is None or record.sha256 is None:
+                raise RuntimeError(f"input {binding.slot!r} is no longer available")
+            inputs.append(
+                StagedInput(
+                    slot=slot.name,
+                    kind=BackendInputKind(slot.kind.value),
+                    path=slot.target,
+                    key=record.storage_key,
+                    size=record.size,
+                    sha256=record.sha256,
+                )
+            )
+        # Output and log file ids are fixed now, so a backend that restarts uploads to the same keys.
+        outputs = [
+            StagedOutput(
+                name=o.name,
+                path=o.path,
+                required=o.required,
+                key=storage_key(job.consumer_id, f"f_{job.id[2:]}_{o.name}"),
+            )
+            for o in job.asset.outputs
+        ]
+        asset = job.asset
+        return JobRun(
+            job_id=job.id,
+            consumer_id=job.consumer_id,
+            asset_id=asset.id,
+            image=asset.image,
+            command=asset.command,
+            args=asset.args,
+            env={**asset.env, **as_env(job.parameters)},
+            resources=Resources(
+                cpu=asset.resources.cpu,
+                memory=asset.resources.memory,
+                gpu=asset.resources.gpu,
+                gpu_type=asset.resources.gpu_type,
+            ),
+            inputs=inputs,
+            outputs=outputs,
+            log_key=storage_key(job.consumer_id, f"f_{job.id[2:]}_log"),
+            run_timeout=asset.timeouts.run,
+            local_command=asset.local.command if asset.local else None,
+            labels={"wml/job-id": job.id, "wml/consumer-id": job.consumer_id, "wml/asset-id": asset.id},
+        )
+
+    # -- backend updates -------------------------------------------------------------------------------
+
+    async def apply(self, update: BackendUpdate) -> None:
+        job = await self._store.job_by_ref(update.ref)
+        if job is None:
+            async with self._submit_lock:  # a submit may be storing this very reference
+                job = await self._store.job_by_ref(update.ref)
+        if job is None:
+            log.warning("update for an unknown backend reference; cleaning it up", ref=update.ref)
+            if update.phase not in (RunPhase.INITIALIZING, RunPhase.RUNNING):
+                await self._discard_uploads(update, job=None)
+                await self._backend.cleanup(update.ref)
+            return
+        if update.phase == RunPhase.INITIALIZING:
+            return
+        if update.phase == RunPhase.RUNNING:
+            deadline = utcnow() + timedelta(seconds=job.asset.timeouts.run + self._cancel_timeout)
+            await self._transition(
+                job.id, JobState.RUNNING, only_from=[JobState.INITIALIZING], deadline_at=deadline
+            )
+            return
+        await self._finish(job, update)
+
+    async def _finish(self, job: Job, update: BackendUpdate) -> None:
+        target = PHASE_TO_STATE[update.phase]
+        files = self._output_files(job, update.outputs, update.log)
+        log_file = next((f.id for f in files if f.origin == FileOrigin.JOB_LOG), None)
+        reason = update.reason
+        if target == JobState.CANCELED and job.state == JobState.CANCELING:
+            reason = job.reason or reason  # the reason given when cancel was asked
+        done = await self._transition(
+            job.id,
+            target,
+            reason=reason,
+            message=update.message or (job.message if reason == job.reason else None),
+            exit_code=update.exit_code,
+            new_files=files,
+            log_tail=update.log_tail,
+            log_file_id=log_file,
+        )
+        if done is None and not job.state.terminal:
+            current = await self._store.get_job(job.id)
+            if current is not None and not current.state.terminal:
+                log.warning(
+                    "backend reported an outcome the job cannot take", job_id=job.id, phase=update.phase
+                )
+                return
+        if done is None:
+            await self._discard_uploads(update, job=job)
+        await self._backend.cleanup(update.ref)
+
+    def _output_files(
+        self, job: Job, outputs: Sequence[OutputRecord], log_record: OutputRecord | None
+    ) -> list[FileRecord]:
+        now = utcnow()
+        paths = {o.name: o.path for o in job.asset.outputs}
+        records = []
+        for out, origin in [
+            *[(o, FileOrigin.JOB_OUTPUT) for o in outputs],
+            *([(log_record, FileOrigin.JOB_LOG)] if log_record else []),
+        ]:
+            name = (
+                f"{job.id}.log"
+                if origin == FileOrigin.JOB_LOG
+                else PurePosixPath(paths.get(out.name, out.name)).name
+            )
+            records.append(
+                FileRecord(
+                    id=out.key.rsplit("/", 1)[-1],
+                    consumer_id=job.consumer_id,
+                    grant_id=job.grant_id,
+                    job_id=job.id,
+                    name=name,
+                    size=out.size,
+                    sha256=out.sha256,
+                    content_type="text/plain" if origin == FileOrigin.JOB_LOG else "application/octet-stream",
+                    origin=origin,
+                    status=FileStatus.READY,
+                    storage_key=out.key,
+                    created_at=now,
+                    expires_at=None,
+                )
+            )
+        return records
+
+    async def _discard_uploads(self, update: BackendUpdate, job: Job | None) -> None:
+        """Objects a backend uploaded for a job that is gone or already ended elsewhere."""
+        records = [*update.outputs, *([update.log] if update.log else [])]
+        known = await self._store.files_by_ids([r.key.rsplit("/", 1)[-1] for r in records])
+        for record in records:
+            if record.key.rsplit("/", 1)[-1] not in known:
+                await self._storage.delete(record.key)
+
+    # -- cancel and delete -----------------------------------------------------------------------------
+
+    async def cancel(self, job: Job, *, reason: str, message: str) -> Job:
+        if job.state.terminal or job.state == JobState.CANCELING:
+            return job
+        if job.state == JobState.QUEUED:
+            done = await self._transition(
+                job.id, JobState.CANCELED, reason=reason, message=message, only_from=[JobState.QUEUED]
+            )
+        else:
+            deadline = utcnow() + timedelta(seconds=self._cancel_timeout)
+            done = await self._transition(
+                job.id,
+                JobState.CANCELING,
+                reason=reason,
+                message=message,
+                deadline_at=deadline,
+                only_from=[JobState.INITIALIZING, JobState.RUNNING],
+            )
+            if done is not None and done.backend_ref:
+                await self._backend.cancel(done.backend_ref)
+        if done is None:  # it moved meanwhile; answer with what it is now
+            return await self._store.get_job(job.id) or job
+        return done
+
+    async def forget(self, job: Job) -> None:
+        """Delete a terminal job with its outputs and log."""
+        for record in await self._store.files_of_jobs([job.id]):
+            await self._store.delete_file(record.id)
+            await self._storage.delete(record.storage_key)
+        await self._store.delete_job(job.id)
+
+    # -- deadlines and reconciliation ------------------------------------------------------------------
+
+    async def enforce_deadlines(self) -> None:
+        now = utcnow()
+        for job in await self._store.live_jobs():
+            if job.deadline_at is None or job.deadline_at > now:
+                continue
+            log.warning("job deadline passed", job_id=job.id, state=job.state)
+            if job.state == JobState.QUEUED:
+                await self._transition(
+                    job.id,
+                    JobState.SYSTEM_ERROR,
+                    reason=Reason.QUEUE_TIMEOUT,
+                    message="no capacity became free in time",
+                    only_from=[JobState.QUEUED],
+                )
+                continue
+            reason: str | None
+            if job.state == JobState.INITIALIZING:
+                target, reason, msg = (
+                    JobState.SYSTEM_ERROR,
+                    Reason.START_TIMEOUT,
+                    "the job did not start in time",
+                )
+            elif job.state == JobState.RUNNING:
+                target, reason, msg = (
+                    JobState.EXECUTOR_ERROR,
+                    Reason.RUN_TIMEOUT,
+                    "the job ran past its time limit",
+                )
+            else:
+                target, reason, msg = (
+                    JobState.CANCELED,
+                    job.reason,
+                    "the backend did not confirm the cancel in time",
+                )
+            done = await self._transition(job.id, target, reason=reason, message=msg, only_from=[job.state])
+            if done is not None and job.backend_ref:
+                await self._backend.cancel(job.backend_ref)
+                await self._backend.cleanup(job.backend_ref)
+
+    async def reconcile(self, *, startup: bool = False) -> None:
+        """Ask the backend about every live job; at start-up, jobs never handed over are lost."""
+        live = [j for j in await self._store.live_jobs() if j.state in LIVE_BACKEND_STATES]
+        with_ref = [j for j in live if j.backend_ref]
+        if startup:
+            for job in live:
+                if not job.backend_ref:
+                    await self._transition(
+                        job.id,
+                        JobState.SYSTEM_ERROR,
+                        reason=Reason.BACKEND_LOST,
+                        message="the service stopped before the job reached the backend",
+                    )
+        if not with_ref:
+            return
+        updates = await self._backend.reconcile([j.backend_ref for j in with_ref if j.backend_ref])
+        for update in updates:
+            await self.apply(update)

@@ -1,0 +1,63 @@
+"""Per-request context: the services, the caller, and DataLoaders so list fields never do N+1 queries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphql import GraphQLError
+from strawberry.dataloader import DataLoader
+
+from core.auth import Principal
+from core.models import FileRecord, Job
+from core.services import Services
+
+
+class ClientError(GraphQLError):
+    """A top-level error meant for the client (not masked), with a stable code in ``extensions``."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message, extensions={"code": code})
+
+
+def _loaders(
+    services: Services,
+) -> tuple[
+    DataLoader[str, FileRecord | None], DataLoader[str, Job | None], DataLoader[str, list[FileRecord]]
+]:
+    store = services.store
+
+    async def files(ids: list[str]) -> list[FileRecord | None]:
+        found = await store.files_by_ids(ids)
+        return [found.get(i) for i in ids]
+
+    async def jobs(ids: list[str]) -> list[Job | None]:
+        found = await store.jobs_by_ids(ids)
+        return [found.get(i) for i in ids]
+
+    async def job_files(job_ids: list[str]) -> list[list[FileRecord]]:
+        records = await store.files_of_jobs(job_ids)
+        return [[r for r in records if r.job_id == j] for j in job_ids]
+
+    return DataLoader(load_fn=files), DataLoader(load_fn=jobs), DataLoader(load_fn=job_files)
+
+
+@dataclass
+class Context:
+    services: Services
+    principal: Principal | None
+    request: Any = None
+    response: Any = None
+    file_loader: DataLoader[str, FileRecord | None] = field(init=False)
+    job_loader: DataLoader[str, Job | None] = field(init=False)
+    job_files_loader: DataLoader[str, list[FileRecord]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.file_loader, self.job_loader, self.job_files_loader = _loaders(self.services)
+
+    def require_principal(self) -> Principal:
+        if self.principal is None:
+            raise ClientError(
+                "authentication required: send 'Authorization: Bearer <token>'", "UNAUTHENTICATED"
+            )
+        return self.principal

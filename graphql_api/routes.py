@@ -1,0 +1,74 @@
+"""Everything this transport serves, as Starlette routes and middleware for the app factory."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from core.services import Services
+from core.settings import Settings
+from graphql_api.http import file_routes
+from graphql_api.view import GraphQLView
+
+# Room for the multipart envelope (operations, map, part headers) around the file itself.
+MULTIPART_OVERHEAD = 1024 * 1024
+
+
+def graphql_routes(services: Services) -> list[BaseRoute]:
+    view = GraphQLView(services)
+    return [
+        Route("/graphql", view, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", view),
+        *file_routes(services),
+    ]
+
+
+class UploadSizeGuard:
+    """Refuse a multipart GraphQL request that announces more than the upload limit, before it is read.
+
+    The storage backend enforces each consumer's exact limit while streaming; this guard only keeps an
+    oversized body from being spooled to disk first. A multipart request must say its length.
+    """
+
+    def __init__(self, app: ASGIApp, max_upload: int) -> None:
+        self.app = app
+        self.limit = max_upload + MULTIPART_OVERHEAD
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/graphql" and scope["method"] == "POST":
+            headers = dict(scope["headers"])
+            if headers.get(b"content-type", b"").startswith(b"multipart/"):
+                length = headers.get(b"content-length")
+                status, message = 0, ""
+                if length is None or not length.isdigit():
+                    status, message = 411, "a multipart upload must send Content-Length"
+                elif int(length) > self.limit:
+                    status, message = (
+                        413,
+                        f"upload larger than the limit of {self.limit - MULTIPART_OVERHEAD} bytes",
+                    )
+                if status:
+                    await _reject(send, status, message)
+                    return
+        await self.app(scope, receive, send)
+
+
+async def _reject(send: Send, status: int, message: str) -> None:
+    body = json.dumps(
+        {"errors": [{"message": message, "extensions": {"code": "PAYLOAD_TOO_LARGE"}}]}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def graphql_middleware(settings: Settings) -> list[Middleware]:
+    return [Middleware(UploadSizeGuard, max_upload=settings.max_upload_size)]

@@ -1,0 +1,286 @@
+"""The GraphQL schema: queries and mutations (names fixed by DESIGN.md), and its safety limits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import strawberry
+import structlog
+from graphql import GraphQLError
+from strawberry.extensions import MaskErrors, MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.file_uploads import Upload
+from strawberry.scalars import JSON
+from strawberry.schema.config import StrawberryConfig
+
+from core import errors as domain
+from core.states import JobState as DomainJobState
+from graphql_api.context import ClientError, Context
+from graphql_api.errors import (
+    ConflictError,
+    NotFoundError,
+    QuotaExceededError,
+    UnavailableError,
+    ValidationError,
+    to_graphql,
+)
+from graphql_api.types import (
+    LONG_SCALAR,
+    Asset,
+    Consumer,
+    DeletedFile,
+    DeletedJob,
+    File,
+    FileConnection,
+    FileEdge,
+    Job,
+    JobConnection,
+    JobEdge,
+    JobState,
+    Long,
+    PageInfo,
+    UploadTicket,
+    cursor_of,
+)
+
+log = structlog.get_logger("wml.graphql")
+Info = strawberry.Info[Context, None]
+MAX_PAGE = 100
+UPLOAD_CHUNK = 1024 * 1024
+
+UploadFilePayload = Annotated[
+    File | ValidationError | UnavailableError, strawberry.union("UploadFilePayload")
+]
+CreateUploadPayload = Annotated[UploadTicket | ValidationError, strawberry.union("CreateUploadPayload")]
+DeleteFilePayload = Annotated[
+    DeletedFile | NotFoundError | ConflictError, strawberry.union("DeleteFilePayload")
+]
+CreateJobPayload = Annotated[
+    Job | NotFoundError | ValidationError | QuotaExceededError, strawberry.union("CreateJobPayload")
+]
+CancelJobPayload = Annotated[Job | NotFoundError, strawberry.union("CancelJobPayload")]
+DeleteJobPayload = Annotated[DeletedJob | NotFoundError | ConflictError, strawberry.union("DeleteJobPayload")]
+
+
+@strawberry.input
+class JobInputBinding:
+    slot: str
+    file_id: strawberry.ID
+
+
+@strawberry.input
+class CreateJobInput:
+    asset_id: strawberry.ID
+    inputs: list[JobInputBinding] = strawberry.field(default_factory=list)
+    parameters: JSON | None = None
+
+
+@strawberry.input
+class CreateUploadInput:
+    name: str
+    size: Long | None = None
+    sha256: str | None = None
+    content_type: str | None = None
+
+
+def _page_size(first: int) -> int:
+    if not 1 <= first <= MAX_PAGE:
+        raise ClientError(f"first must be between 1 and {MAX_PAGE}", "BAD_USER_INPUT")
+    return first
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="The calling consumer (null for the operator).")
+    async def me(self, info: Info) -> Consumer | None:
+        principal = info.context.require_principal()
+        if principal.consumer_id is None:
+            return None
+        consumer = await info.context.services.store.get_consumer(principal.consumer_id)
+        if consumer is None:
+            return None
+        return Consumer(id=strawberry.ID(consumer.id), name=consumer.name, created_at=consumer.created_at)
+
+    @strawberry.field(description="The assets the caller's grant covers (the operator: all).")
+    async def assets(self, info: Info) -> list[Asset]:
+        principal = info.context.require_principal()
+        ids = None if principal.is_operator else principal.asset_ids
+        return [Asset.from_domain(a) for a in await info.context.services.store.list_assets(ids)]
+
+    @strawberry.field
+    async def asset(self, info: Info, id: strawberry.ID) -> Asset | None:
+        principal = info.context.require_principal()
+        if not principal.may_use_asset(str(id)):
+            return None
+        found = await info.context.services.store.get_asset(str(id))
+        return Asset.from_domain(found) if found else None
+
+    @strawberry.field(description="The caller's jobs, newest first.")
+    async def jobs(
+        self,
+        info: Info,
+        first: int = 50,
+        after: str | None = None,
+        state: JobState | None = None,  # type: ignore[valid-type]
+        asset_id: strawberry.ID | None = None,
+    ) -> JobConnection:
+        principal = info.context.require_principal()
+        page = await _call(
+            info.context.services.jobs.list(
+                principal,
+                state=DomainJobState(state) if state else None,
+                asset_id=asset_id,
+                first=_page_size(first),
+                after=after,
+            )
+        )
+        edges = [JobEdge(cursor=cursor_of(j.created_at, j.id), node=Job.from_domain(j)) for j in page.items]
+        return JobConnection(
+            edges=edges, page_info=PageInfo(has_next_page=page.has_next, end_cursor=page.end_cursor)
+        )
+
+    @strawberry.field
+    async def job(self, info: Info, id: strawberry.ID) -> Job | None:
+        principal = info.context.require_principal()
+        try:
+            return Job.from_domain(await info.context.services.jobs.get(principal, str(id)))
+        except domain.NotFoundError:
+            return None
+
+    @strawberry.field(description="The caller's files, newest first (optionally one job's outputs and log).")
+    async def files(
+        self, info: Info, first: int = 50, after: str | None = None, job_id: strawberry.ID | None = None
+    ) -> FileConnection:
+        principal = info.context.require_principal()
+        page = await _call(
+            info.context.services.files.list(
+                principal, job_id=str(job_id) if job_id else None, first=_page_size(first), after=after
+            )
+        )
+        edges = [FileEdge(cursor=cursor_of(f.created_at, f.id), node=File.from_domain(f)) for f in page.items]
+        return FileConnection(
+            edges=edges, page_info=PageInfo(has_next_page=page.has_next, end_cursor=page.end_cursor)
+        )
+
+    @strawberry.field
+    async def file(self, info: Info, id: strawberry.ID) -> File | None:
+        principal = info.context.require_principal()
+        try:
+            return File.from_domain(await info.context.services.files.get(principal, str(id)))
+        except domain.NotFoundError:
+            return None
+
+
+async def _call(awaitable: Any) -> Any:
+    """Await a service call whose domain errors belong at the top level (list queries)."""
+    try:
+        return await awaitable
+    except domain.DomainError as e:
+        raise ClientError(e.message, e.code) from e
+
+
+async def _chunks(upload: Upload) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(UPLOAD_CHUNK):  # type: ignore[attr-defined]
+        yield chunk
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Upload a file (GraphQL multipart request). Large files: createUpload.")
+    async def upload_file(self, info: Info, file: Upload, name: str | None = None) -> UploadFilePayload:
+        principal = info.context.require_principal()
+        filename = name if name is not None else (getattr(file, "filename", None) or "upload")
+        content_type = getattr(file, "content_type", None)
+        try:
+            if not callable(getattr(file, "read", None)):  # a plain form field mapped onto the variable
+                raise domain.ValidationError(
+                    "file must be a file part of the multipart request", field="file"
+                )
+            record = await info.context.services.files.upload(
+                principal, filename, content_type, _chunks(file)
+            )
+        except domain.DomainError as e:
+            return to_graphql(e)  # type: ignore[return-value]
+        return File.from_domain(record)
+
+    @strawberry.mutation(description="Announce a large upload; PUT the bytes to the returned URL.")
+    async def create_upload(self, info: Info, input: CreateUploadInput) -> CreateUploadPayload:
+        principal = info.context.require_principal()
+        try:
+            record, url, expires = await info.context.services.files.create_upload(
+                principal, input.name, input.size, input.sha256, input.content_type
+            )
+        except domain.DomainError as e:
+            return to_graphql(e)  # type: ignore[return-value]
+        from datetime import UTC, datetime
+
+        return UploadTicket(
+            file_id=strawberry.ID(record.id),
+            upload_url=url,
+            method="PUT",
+            expires_at=datetime.fromtimestamp(expires, UTC),
+        )
+
+    @strawberry.mutation
+    async def delete_file(self, info: Info, id: strawberry.ID) -> DeleteFilePayload:
+        principal = info.context.require_principal()
+        try:
+            record = await info.context.services.files.delete(principal, str(id))
+        except domain.DomainError as e:
+            return to_graphql(e)  # type: ignore[return-value]
+        return DeletedFile(id=strawberry.ID(record.id))
+
+    @strawberry.mutation(description="Start a job of an asset with input files bound to its slots.")
+    async def create_job(self, info: Info, input: CreateJobInput) -> CreateJobPayload:
+        principal = info.context.require_principal()
+        params = input.parameters
+        try:
+            if params is not None and not isinstance(params, dict):
+                raise domain.ValidationError("parameters must be a JSON object", field="parameters")
+            job = await info.context.services.jobs.create(
+                principal, str(input.asset_id), [(b.slot, str(b.file_id)) for b in input.inputs], params
+            )
+        except domain.DomainError as e:
+            return to_graphql(e)  # type: ignore[return-value]
+        return Job.from_domain(job)
+
+    @strawberry.mutation(description="Stop a job. Cancelling a finished job changes nothing.")
+    async def cancel_job(self, info: Info, id: strawberry.ID) -> CancelJobPayload:
+        principal = info.context.require_principal()
+        try:
+            return Job.from_domain(await info.context.services.jobs.cancel(principal, str(id)))
+        except domain.DomainError as e:
+            return to_graphql(e)  # type: ignore[return-value]
+
+    @strawberry.mutation(description="Delete a finished job with its outputs and log.")
+    async def delete_job(self, info: Info, id: strawberry.ID) -> DeleteJobPayload:
+        principal = info.context.require_principal()
+        try:
+            job = await info.context.services.jobs.delete(principal, str(id))
+        except domain.DomainError as e:
+            return to_graphql(e)  # type: ignore[return-value]
+        return DeletedJob(id=strawberry.ID(job.id))
+
+
+def _should_mask(error: GraphQLError) -> bool:
+    original = error.original_error
+    if original is None or isinstance(original, ClientError | GraphQLError):
+        return False  # syntax/validation errors and deliberate client errors are safe to show
+    log.error("unexpected error in resolver", path=error.path, exc_info=original)
+    return True
+
+
+def build_schema(*, max_depth: int = 10, max_tokens: int = 2000, max_aliases: int = 30) -> strawberry.Schema:
+    return strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        config=StrawberryConfig(scalar_map={Long: LONG_SCALAR}),
+        extensions=[
+            lambda: QueryDepthLimiter(max_depth=max_depth),
+            lambda: MaxTokensLimiter(max_token_count=max_tokens),
+            lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
+            lambda: MaskErrors(
+                should_mask_error=_should_mask, error_message="Internal error; it has been logged."
+            ),
+        ],
+    )

@@ -1,0 +1,1 @@
+"""EDC HTTP provisioning: the routes a provider's connector calls (built in a later issue)."""

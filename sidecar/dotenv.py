@@ -1,0 +1,83 @@
+"""Read dotenv files (``env`` inputs): ``KEY=VALUE`` lines merged into the worker's environment.
+
+Accepted: blank lines and ``#`` comments, an optional ``export`` prefix, spaces around ``=``, unquoted
+values (a `` #`` starts a trailing comment), single-quoted values (taken literally) and double-quoted values
+(``\\n``, ``\\t``, ``\\r``, ``\\"`` and ``\\\\`` escapes). Not accepted: values spanning lines and variable
+expansion. Errors name the line number only: the content may be a secret.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_EXPORT = re.compile(r"export\s+")
+_INLINE_COMMENT = re.compile(r"\s+#")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse the dotenv file at ``path``; raise ValueError naming the first bad line's number."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad_line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"line {bad_line}: not valid UTF-8 text") from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
+        try:
+            parsed = parse_dotenv_line(line.removesuffix("\r"))
+        except ValueError as e:
+            raise ValueError(f"line {number}: {e}") from None
+        if parsed is not None:
+            key, value = parsed
+            values[key] = value
+    return values
+
+
+def parse_dotenv_line(line: str) -> tuple[str, str] | None:
+    """(key, value) for an assignment, None for a blank or comment line; ValueError says what is wrong."""
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    if export := _EXPORT.match(stripped):
+        stripped = stripped[export.end() :]
+    key, separator, raw = stripped.partition("=")
+    key = key.strip()
+    if not separator:
+        raise ValueError("expected KEY=VALUE")
+    if not _KEY.fullmatch(key):
+        raise ValueError("invalid variable name (letters, digits and _, not starting with a digit)")
+    value = _parse_value(raw.strip())
+    if "\x00" in value:
+        raise ValueError("the value contains a NUL character")
+    return key, value
+
+
+def _parse_value(raw: str) -> str:
+    if not raw or raw[0] not in "'\"":
+        return _INLINE_COMMENT.split(raw, maxsplit=1)[0]
+    quote = raw[0]
+    end = _closing_quote(raw, quote)
+    trailing = raw[end + 1 :].strip()
+    if trailing and not trailing.startswith("#"):
+        raise ValueError("unexpected text after the closing quote")
+    body = raw[1:end]
+    if quote == "'":
+        return body
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m[1], m[0]), body)
+
+
+def _closing_quote(raw: str, quote: str) -> int:
+    index = 1
+    while index < len(raw):
+        char = raw[index]
+        if char == "\\" and quote == '"':
+            index += 2
+            continue
+        if char == quote:
+            return index
+        index += 1
+    raise ValueError("unterminated quoted value (values cannot span lines)")

@@ -1,0 +1,47 @@
+"""The manifests the side-car reads and writes (JSON files, or objects passed in-process)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class InputEntry(BaseModel):
+    slot: str
+    kind: str = Field(pattern="^(file|archive|env)$")
+    path: str  # relative to the inputs root
+    key: str
+    size: int
+    sha256: str
+
+
+class StageInManifest(BaseModel):
+    inputs: list[InputEntry] = []
+
+
+class OutputEntry(BaseModel):
+    name: str
+    path: str  # relative to the outputs root
+    required: bool = True
+    key: str
+
+
+class StageOutManifest(BaseModel):
+    outputs: list[OutputEntry] = []
+    log_path: str | None = None  # absolute path of the worker log to upload, when the side-car saves it
+    log_key: str | None = None
+    result_path: str  # where the output manifest is written, as the last act
+
+
+class UploadedObject(BaseModel):
+    name: str
+    key: str
+    size: int
+    sha256: str
+
+
+class OutputManifest(BaseModel):
+    """Written by stage-out as its last act; the supervisor records outputs from it."""
+
+    outputs: list[UploadedObject] = []
+    missing: list[str] = []  # declared outputs that were not there (required or not)
+    log: UploadedObject | None = None

@@ -1,0 +1,191 @@
+"""Fixtures for the workflow-backend contract suite: each backend, on a file storage in tmp_path.
+
+Every fixture here is backend-neutral except where a backend has to say something only it knows
+(``process_group``: the local backend's process group of a run, for checking that nothing is left).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backends.storage.file import FileStorageBackend
+from backends.workflow.base import (
+    BackendUpdate,
+    InputKind,
+    JobRun,
+    Resources,
+    RunPhase,
+    StagedInput,
+    StagedOutput,
+    WorkflowBackend,
+)
+from backends.workflow.local import LocalWorkflowBackend
+
+ENTRYPOINT = Path(__file__).resolve().parents[3] / "dummy-job" / "entrypoint.sh"
+TERMINAL = {RunPhase.SUCCEEDED, RunPhase.FAILED, RunPhase.ERROR, RunPhase.CANCELED}
+RESULT_KEY = "consumers/c1/files/result-1"
+LOG_KEY = "consumers/c1/files/log-1"
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> FileStorageBackend:
+    return FileStorageBackend(tmp_path / "files")
+
+
+def kill_leftovers(work_dir: Path) -> None:
+    """Tests end their jobs, but a failing test must not leave process trees behind."""
+    for pid_file in work_dir.glob("*/runner.pid"):
+        pid = int(pid_file.read_text())
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(pid_file.parent).encode() not in cmdline:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+@pytest.fixture
+def local_work_dir(tmp_path: Path) -> Iterator[Path]:
+    work_dir = tmp_path / "jobs"
+    yield work_dir
+    kill_leftovers(work_dir)
+
+
+def make_local_backend(work_dir: Path, storage: FileStorageBackend) -> LocalWorkflowBackend:
+    return LocalWorkflowBackend(work_dir, storage, poll_interval=0.05, kill_grace=1.0)
+
+
+@pytest.fixture(params=["local"])
+async def workflow_backend(
+    request: pytest.FixtureRequest, storage: FileStorageBackend, local_work_dir: Path
+) -> AsyncIterator[WorkflowBackend]:
+    backend = make_local_backend(local_work_dir, storage)
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+@pytest.fixture
+def process_group(workflow_backend: WorkflowBackend, local_work_dir: Path) -> Callable[[str], int | None]:
+    """The process group a run's processes live in, where the backend has one on this machine."""
+
+    def find(ref: str) -> int | None:
+        pid_file = local_work_dir / ref / "runner.pid"
+        return int(pid_file.read_text()) if pid_file.exists() else None
+
+    return find
+
+
+@dataclass
+class Updates:
+    """Reads one backend's update stream, keeping what it saw per ref."""
+
+    backend: WorkflowBackend
+    seen: dict[str, list[BackendUpdate]] = field(default_factory=dict)
+    _stream: AsyncIterator[BackendUpdate] | None = None
+
+    async def next_for(self, ref: str, phases: set[RunPhase], timeout: float = 15) -> BackendUpdate:
+        """The next update of ``ref`` in one of ``phases`` (earlier ones are kept in ``seen``)."""
+        if self._stream is None:
+            self._stream = self.backend.updates()
+        async with asyncio.timeout(timeout):
+            while True:
+                update = await anext(self._stream)
+                self.seen.setdefault(update.ref, []).append(update)
+                if update.ref == ref and update.phase in phases:
+                    return update
+
+    async def terminal(self, ref: str, timeout: float = 15) -> BackendUpdate:
+        return await self.next_for(ref, TERMINAL, timeout)
+
+    def phases(self, ref: str) -> list[RunPhase]:
+        return [u.phase for u in self.seen.get(ref, [])]
+
+
+@pytest.fixture
+def updates(workflow_backend: WorkflowBackend) -> Updates:
+    return Updates(workflow_backend)
+
+
+@pytest.fixture
+def updates_of() -> Callable[[WorkflowBackend], Updates]:
+    return Updates
+
+
+@pytest.fixture
+def local_backend_factory(
+    local_work_dir: Path, storage: FileStorageBackend
+) -> Callable[[], LocalWorkflowBackend]:
+    """New local backend instances on one work dir: a server and its restarts."""
+    return lambda: make_local_backend(local_work_dir, storage)
+
+
+Upload = Callable[[str, bytes, str, InputKind, str], Awaitable[StagedInput]]
+
+
+@pytest.fixture
+def upload(storage: FileStorageBackend) -> Upload:
+    """Store ``data`` under ``key`` and describe it as the input of ``slot`` (kind, path)."""
+
+    async def put(key: str, data: bytes, slot: str, kind: InputKind, path: str) -> StagedInput:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield data
+
+        info = await storage.put(key, chunks())
+        return StagedInput(slot, kind, path, key, info.size, hashlib.sha256(data).hexdigest())
+
+    return put
+
+
+RunFactory = Callable[..., JobRun]
+
+
+@pytest.fixture
+def make_run() -> RunFactory:
+    """A JobRun of the dummy job; keyword arguments override its fields."""
+    counter = iter(range(1, 1_000_000))
+
+    def make(**overrides: Any) -> JobRun:
+        fields: dict[str, Any] = {
+            "job_id": f"job-{next(counter)}",
+            "consumer_id": "c1",
+            "asset_id": "dummy-job",
+            "image": "localhost/wml/dummy-job:1",
+            "command": ["/bin/sh", "/app/entrypoint.sh"],
+            "args": None,
+            "env": {"SLEEPTIME": "0", "FAIL": "0"},
+            "resources": Resources(cpu=1.0, memory=256 * 1024 * 1024),
+            "inputs": (),
+            "outputs": (StagedOutput("result", "result.txt", True, f"{RESULT_KEY}-{next(counter)}"),),
+            "log_key": f"{LOG_KEY}-{next(counter)}",
+            "run_timeout": 30,
+            "local_command": ["sh", str(ENTRYPOINT)],
+        }
+        fields.update(overrides)
+        return JobRun(**fields)
+
+    return make
+
+
+@pytest.fixture
+def read_object(storage: FileStorageBackend) -> Callable[[str], Awaitable[bytes]]:
+    async def read(key: str) -> bytes:
+        return b"".join([chunk async for chunk in storage.get(key)])
+
+    return read

@@ -1,0 +1,185 @@
+"""What only the local backend promises: the worker's environment and limits, and how it starts and ends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from backends.storage.file import FileStorageBackend
+from backends.workflow.base import InputKind, RunPhase, WorkflowBackendError
+from backends.workflow.local import LocalWorkflowBackend
+
+PRINT_ENV = 'env | sort > "$WML_OUTPUT_RESULT"'
+
+
+@pytest.fixture
+async def backend(local_backend_factory) -> AsyncIterator[LocalWorkflowBackend]:
+    instance = local_backend_factory()
+    await instance.start()
+    try:
+        yield instance
+    finally:
+        await instance.close()
+
+
+def shell(script: str) -> dict[str, list[str]]:
+    return {"command": ["/bin/sh", "-c", script], "local_command": ["sh", "-c", script]}
+
+
+async def run_to_end(backend: LocalWorkflowBackend, updates_of, run):
+    updates = updates_of(backend)
+    ref = await backend.submit(run)
+    return await updates.terminal(ref)
+
+
+async def test_worker_sees_a_clean_environment_with_the_slot_paths(
+    backend, local_work_dir: Path, updates_of, make_run, upload, read_object, monkeypatch
+) -> None:
+    monkeypatch.setenv("WML_SERVER_SECRET", "must-not-leak")
+    env_file = b"SOURCE=s3://in\nPATH=/evil\nLD_PRELOAD=/evil.so\nWML_OUTPUTS_DIR=/elsewhere\nHOME=/evil\n"
+    config = await upload("consumers/c1/files/cfg", env_file, "config", InputKind.ENV, "config.env")
+    data = await upload("consumers/c1/files/data", b"x", "data", InputKind.FILE, "data")
+    run = make_run(inputs=(config, data), env={"GREETING": "hi"}, **shell(PRINT_ENV))
+
+    final = await run_to_end(backend, updates_of, run)
+
+    assert final.phase == RunPhase.SUCCEEDED
+    env = dict(line.split("=", 1) for line in (await read_object(final.outputs[0].key)).decode().splitlines())
+    job_dir = local_work_dir / run.job_id
+    assert env["SOURCE"] == "s3://in"
+    assert env["GREETING"] == "hi"
+    assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert env["HOME"] == str(job_dir)
+    assert env["WML_INPUTS_DIR"] == str(job_dir / "inputs")
+    assert env["WML_OUTPUTS_DIR"] == str(job_dir / "outputs")
+    assert env["WML_INPUT_CONFIG"] == str(job_dir / "inputs" / "config.env")
+    assert env["WML_INPUT_DATA"] == str(job_dir / "inputs" / "data")
+    assert env["WML_OUTPUT_RESULT"] == str(job_dir / "outputs" / "result.txt")
+    assert "LD_PRELOAD" not in env
+    assert "WML_SERVER_SECRET" not in env
+
+
+async def test_dummy_job_reads_source_and_destination_from_an_env_file(
+    backend, updates_of, make_run, upload, read_object
+) -> None:
+    env_file = b"SOURCE=s3://bucket/in\nDESTINATION=s3://bucket/out\n"
+    config = await upload("consumers/c1/files/cfg2", env_file, "config", InputKind.ENV, "config.env")
+
+    final = await run_to_end(backend, updates_of, make_run(inputs=(config,)))
+
+    result = (await read_object(final.outputs[0].key)).decode()
+    assert "SOURCE=s3://bucket/in" in result
+    assert "DESTINATION=s3://bucket/out" in result
+
+
+async def test_worker_runs_under_resource_limits(backend, updates_of, make_run, read_object) -> None:
+    script = 'echo "$(ulimit -v) $(ulimit -n) $(ulimit -t)" > "$WML_OUTPUT_RESULT"'
+    final = await run_to_end(backend, updates_of, make_run(run_timeout=10, **shell(script)))
+
+    memory_kib, files, cpu_seconds = (await read_object(final.outputs[0].key)).decode().split()
+    assert int(memory_kib) == 256 * 1024  # the run's 256 MiB, as RLIMIT_AS
+    assert int(files) <= 1024
+    assert int(cpu_seconds) == 10  # run_timeout x 1 core
+
+
+async def test_run_without_a_local_command_cannot_start(backend, updates_of, make_run) -> None:
+    final = await run_to_end(backend, updates_of, make_run(local_command=None))
+
+    assert (final.phase, final.reason) == (RunPhase.ERROR, "SUBMIT_FAILED")
+    assert final.message is not None
+    assert "local command" in final.message
+
+
+async def test_worker_program_that_does_not_exist_cannot_start(backend, updates_of, make_run) -> None:
+    final = await run_to_end(backend, updates_of, make_run(local_command=["/no/such/program"]))
+
+    assert (final.phase, final.reason) == (RunPhase.ERROR, "SUBMIT_FAILED")
+    assert final.message is not None
+    assert "/no/such/program" in final.message
+
+
+async def test_worker_killed_by_a_signal_fails_with_128_plus_the_signal(
+    backend, updates_of, make_run
+) -> None:
+    final = await run_to_end(backend, updates_of, make_run(**shell("kill -USR1 $$")))
+
+    assert (final.phase, final.reason, final.exit_code) == (RunPhase.FAILED, "KILLED_BY_SIGNAL", 138)
+    assert final.message is not None
+    assert "SIGUSR1" in final.message
+
+
+async def test_cancel_of_a_worker_that_ignores_sigterm_kills_it_after_the_grace_period(
+    backend, local_work_dir, updates_of, make_run
+) -> None:
+    updates = updates_of(backend)
+    ref = await backend.submit(make_run(**shell("trap '' TERM; echo ready; sleep 30")))
+    await updates.next_for(ref, {RunPhase.RUNNING})
+    runner = int((local_work_dir / ref / "runner.pid").read_text())
+    async with asyncio.timeout(5):
+        while "ready" not in (local_work_dir / ref / "worker.log").read_text():
+            await asyncio.sleep(0.05)
+
+    await backend.cancel(ref)
+    final = await updates.terminal(ref)
+
+    assert final.phase == RunPhase.CANCELED
+    with pytest.raises(ProcessLookupError):
+        os.killpg(runner, 0)
+
+
+async def test_cancel_during_stage_in_ends_the_run_before_it_starts(
+    local_work_dir, storage, updates_of, make_run, upload
+) -> None:
+    data = await upload("consumers/c1/files/slow", b"slow bytes", "data", InputKind.FILE, "data")
+    backend = LocalWorkflowBackend(local_work_dir, StalledStorage(storage), poll_interval=0.05)
+    try:
+        updates = updates_of(backend)
+        ref = await backend.submit(make_run(inputs=(data,)))
+        await asyncio.sleep(0.2)  # stage-in is now waiting on the storage
+        await backend.cancel(ref)
+        final = await updates.terminal(ref)
+    finally:
+        await backend.close()
+
+    assert final.phase == RunPhase.CANCELED
+    assert updates.phases(ref) == [RunPhase.INITIALIZING, RunPhase.CANCELED]
+    assert not (local_work_dir / ref / "runner.pid").exists()
+
+
+async def test_submitting_the_same_run_again_keeps_the_first(backend, updates_of, make_run) -> None:
+    run = make_run()
+    updates = updates_of(backend)
+    assert await backend.submit(run) == run.job_id
+    assert await backend.submit(run) == run.job_id
+
+    final = await updates.terminal(run.job_id)
+    assert final.phase == RunPhase.SUCCEEDED
+    assert updates.phases(run.job_id).count(RunPhase.RUNNING) == 1
+
+
+@pytest.mark.parametrize("job_id", ["../escape", "a/b", "", ".hidden"])
+async def test_job_ids_that_are_not_plain_names_are_refused(backend, make_run, job_id) -> None:
+    with pytest.raises(WorkflowBackendError):
+        await backend.submit(make_run(job_id=job_id))
+
+
+async def test_logs_of_an_unknown_ref_are_empty(backend) -> None:
+    assert [line async for line in backend.logs("nothing-here", follow=True)] == []
+
+
+class StalledStorage:
+    """A storage whose reads never deliver, to hold a run in stage-in."""
+
+    def __init__(self, inner: FileStorageBackend) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        await asyncio.Event().wait()
+        yield b""

@@ -1,0 +1,222 @@
+"""The supervisor's deadlines and reconciliation, driven by a scripted backend.
+
+The backend here is a fake on purpose: these tests are about what the supervisor does when a backend
+hangs in a phase or forgets a job, which a real backend cannot be made to do on demand. The real
+backends are exercised through the API tests and the workflow contract suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from backends.storage.file import FileStorageBackend
+from backends.workflow.base import BackendUpdate, JobRun, RunPhase
+from core.assets import Asset
+from core.db import create_engine, migrate
+from core.events import EventBus
+from core.models import Job, new_id, utcnow
+from core.states import JobState
+from core.store import Store
+from core.supervisor import Supervisor
+
+
+class ScriptedBackend:
+    """Accepts runs and reports only what the test pushes."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[BackendUpdate] = asyncio.Queue()
+        self.submitted: list[JobRun] = []
+        self.canceled: list[str] = []
+        self.cleaned: list[str] = []
+        self.known: dict[str, BackendUpdate] = {}
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def submit(self, run: JobRun) -> str:
+        self.submitted.append(run)
+        return f"ref-{run.job_id}"
+
+    async def cancel(self, ref: str) -> None:
+        self.canceled.append(ref)
+
+    async def cleanup(self, ref: str) -> None:
+        self.cleaned.append(ref)
+
+    async def updates(self) -> AsyncIterator[BackendUpdate]:
+        while True:
+            yield await self.queue.get()
+
+    async def reconcile(self, refs: Sequence[str]) -> list[BackendUpdate]:
+        return [
+            self.known.get(r, BackendUpdate(ref=r, phase=RunPhase.ERROR, reason="BACKEND_LOST")) for r in refs
+        ]
+
+    def logs(self, ref: str, *, follow: bool) -> AsyncIterator[str]:
+        raise AssertionError("not used")
+
+
+ASSET = Asset.model_validate(
+    {
+        "id": "a",
+        "name": "A",
+        "image": "img",
+        "timeouts": {"queue": 60, "start": 1, "run": 60},
+        "outputs": [{"name": "result", "path": "result.txt"}],
+    }
+)
+
+
+async def _setup(tmp_path: Path) -> tuple[Store, ScriptedBackend, Supervisor]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+    await migrate(url)
+    store = Store(create_engine(url))
+    await store.sync_assets([ASSET])
+    consumer = await store.create_consumer(new_id("c"), "c")
+    await store.create_grant("g_1", consumer.id, "a", "hash", None)
+    backend = ScriptedBackend()
+    supervisor = Supervisor(
+        store,
+        backend,
+        FileStorageBackend(tmp_path / "files"),
+        EventBus(),
+        capacity=2,
+        max_running_per_consumer=2,
+        cancel_timeout=1,
+        tick_interval=0.05,
+        reconcile_interval=3600,
+    )
+    return store, backend, supervisor
+
+
+async def _job(store: Store, consumer_id: str, state: JobState = JobState.QUEUED) -> Job:
+    now = utcnow()
+    job = Job(
+        id=new_id("j"),
+        consumer_id=consumer_id,
+        grant_id="g_1",
+        asset_id="a",
+        asset=ASSET,
+        inputs=(),
+        parameters={},
+        state=state,
+        reason=None,
+        message=None,
+        exit_code=None,
+        backend_ref=None,
+        deadline_at=now + timedelta(seconds=60),
+        log_tail=None,
+        log_file_id=None,
+        created_at=now,
+        updated_at=now,
+        started_at=None,
+        finished_at=None,
+    )
+    await store.insert_job(job)
+    return job
+
+
+async def _wait_state(store: Store, job_id: str, state: JobState, timeout: float = 5) -> Job:
+    for _ in range(int(timeout / 0.05)):
+        job = await store.get_job(job_id)
+        assert job is not None
+        if job.state == state:
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job never reached {state}; it is {job.state}")
+
+
+async def test_a_job_that_never_starts_ends_start_timeout_and_is_cancelled_in_the_backend(
+    tmp_path: Path,
+) -> None:
+    store, backend, supervisor = await _setup(tmp_path)
+    consumer = (await store.list_grants())[0].consumer_id
+    await supervisor.start()
+    try:
+        job = await _job(store, consumer)
+        supervisor.wake()
+        await _wait_state(store, job.id, JobState.INITIALIZING)
+        ended = await _wait_state(store, job.id, JobState.SYSTEM_ERROR)
+        assert ended.reason == "START_TIMEOUT"
+        assert backend.canceled == [f"ref-{job.id}"]
+        assert backend.cleaned == [f"ref-{job.id}"]
+    finally:
+        await supervisor.stop()
+        await store.engine.dispose()
+
+
+async def test_a_cancel_the_backend_never_confirms_is_forced_after_the_cancel_timeout(tmp_path: Path) -> None:
+    store, backend, supervisor = await _setup(tmp_path)
+    consumer = (await store.list_grants())[0].consumer_id
+    await supervisor.start()
+    try:
+        job = await _job(store, consumer)
+        supervisor.wake()
+        await _wait_state(store, job.id, JobState.INITIALIZING)
+        await backend.queue.put(BackendUpdate(ref=f"ref-{job.id}", phase=RunPhase.RUNNING))
+        running = await _wait_state(store, job.id, JobState.RUNNING)
+        stopping = await supervisor.cancel(running, reason="CANCELED_BY_USER", message="stop")
+        assert stopping.state == JobState.CANCELING
+        ended = await _wait_state(store, job.id, JobState.CANCELED)
+        assert ended.reason == "CANCELED_BY_USER"
+    finally:
+        await supervisor.stop()
+        await store.engine.dispose()
+
+
+async def test_startup_reconcile_marks_forgotten_and_unsubmitted_jobs_backend_lost(tmp_path: Path) -> None:
+    store, _backend, supervisor = await _setup(tmp_path)
+    consumer = (await store.list_grants())[0].consumer_id
+    forgotten = await _job(store, consumer)
+    await store.transition(forgotten.id, JobState.INITIALIZING)
+    await store.update_job(forgotten.id, backend_ref="ref-gone")
+    unsubmitted = await _job(store, consumer)
+    await store.transition(unsubmitted.id, JobState.INITIALIZING)
+    await supervisor.start()
+    try:
+        for job_id in (forgotten.id, unsubmitted.id):
+            ended = await _wait_state(store, job_id, JobState.SYSTEM_ERROR)
+            assert ended.reason == "BACKEND_LOST"
+    finally:
+        await supervisor.stop()
+        await store.engine.dispose()
+
+
+async def test_an_update_for_an_already_ended_job_changes_nothing(tmp_path: Path) -> None:
+    store, backend, supervisor = await _setup(tmp_path)
+    consumer = (await store.list_grants())[0].consumer_id
+    job = await _job(store, consumer)
+    await supervisor.cancel(job, reason="CANCELED_BY_USER", message="stop")
+    await store.update_job(job.id, backend_ref="ref-late")
+    await supervisor.apply(BackendUpdate(ref="ref-late", phase=RunPhase.SUCCEEDED, exit_code=0))
+    after = await store.get_job(job.id)
+    assert after is not None and after.state == JobState.CANCELED
+    assert [e.state for e in await store.events(job.id)] == [JobState.QUEUED, JobState.CANCELED]
+    assert backend.cleaned == ["ref-late"]
+    await store.engine.dispose()
+
+
+async def test_concurrent_transitions_record_exactly_one_winner(tmp_path: Path) -> None:
+    store, _backend, _supervisor = await _setup(tmp_path)
+    consumer = (await store.list_grants())[0].consumer_id
+    job = await _job(store, consumer)
+    results = await asyncio.gather(
+        store.transition(job.id, JobState.CANCELED, reason="A"),
+        store.transition(job.id, JobState.SYSTEM_ERROR, reason="B"),
+        store.transition(job.id, JobState.INITIALIZING),
+    )
+    winners = [r for r in results if r is not None]
+    assert len(winners) >= 1
+    events = await store.events(job.id)
+    final = await store.get_job(job.id)
+    assert final is not None
+    # Each recorded event is a legal step from the one before, and the last one is the job's state.
+    assert events[-1].state == final.state
+    assert len(events) == 1 + len(winners)
+    await store.engine.dispose()

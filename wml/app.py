@@ -1,0 +1,73 @@
+"""The app factory: builds backends from settings, opens the core services in the lifespan, mounts routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from backends.storage.registry import create_storage
+from backends.workflow.registry import create_workflow_backend
+from core.services import Services, open_services
+from core.settings import Settings
+from graphql_api.routes import graphql_middleware, graphql_routes
+
+log = structlog.get_logger("wml.app")
+
+
+async def build_services(settings: Settings) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    storage = create_storage(settings.resolved_storage_url())
+    backend = create_workflow_backend(settings.workflow, storage=storage, work_dir=settings.jobs_dir())
+    try:
+        return await open_services(settings, storage, backend)
+    except BaseException:
+        await storage.close()
+        raise
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The whole service as one ASGI app. Routes are added once the services exist (in the lifespan)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services = await build_services(settings)
+        app.state.services = services
+        for route in graphql_routes(services):
+            app.router.routes.append(route)
+        log.info(
+            "serving",
+            url=settings.resolved_public_url(),
+            workflow=services.backend.name,
+            database=settings.resolved_database_url().split(":", 1)[0],
+        )
+        try:
+            yield
+        finally:
+            await services.close()
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        services: Services | None = getattr(request.app.state, "services", None)
+        if services is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        try:
+            async with services.store.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            return JSONResponse({"status": "database unavailable"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    return Starlette(
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
+        lifespan=lifespan,
+        middleware=graphql_middleware(settings),
+    )

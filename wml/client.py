@@ -1,0 +1,97 @@
+"""A small consumer-side client of the GraphQL API, used by ``wml demo`` (and later ``wml run``/``watch``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class ApiError(Exception):
+    """The API answered with top-level errors or an error payload."""
+
+
+class Client:
+    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def query(self, document: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        resp = await self._http.post("/graphql", json={"query": document, "variables": variables or {}})
+        if resp.status_code != 200:
+            raise ApiError(f"HTTP {resp.status_code}: {resp.text[:300]}")
+        body = resp.json()
+        if body.get("errors"):
+            raise ApiError("; ".join(e.get("message", "?") for e in body["errors"]))
+        data: dict[str, Any] = body["data"]
+        return data
+
+    async def upload(self, path: Path, name: str | None = None) -> dict[str, Any]:
+        """Upload a file with the GraphQL multipart request spec; returns the File."""
+        operations = {
+            "query": "mutation($file: Upload!, $name: String) { uploadFile(file: $file, name: $name) {"
+            " __typename ... on File { id name size sha256 } ... on Error { message code } } }",
+            "variables": {"file": None, "name": name or path.name},
+        }
+        with path.open("rb") as fh:
+            resp = await self._http.post(
+                "/graphql",
+                data={"operations": json.dumps(operations), "map": json.dumps({"0": ["variables.file"]})},
+                files={"0": (path.name, fh, "application/octet-stream")},
+            )
+        if resp.status_code != 200:
+            raise ApiError(f"HTTP {resp.status_code}: {resp.text[:300]}")
+        body = resp.json()
+        if body.get("errors"):
+            raise ApiError("; ".join(e.get("message", "?") for e in body["errors"]))
+        return _payload(body["data"]["uploadFile"])
+
+    async def create_job(
+        self, asset_id: str, inputs: dict[str, str], parameters: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        data = await self.query(
+            "mutation($input: CreateJobInput!) { createJob(input: $input) {"
+            " __typename ... on Job { id state } ... on Error { message code } } }",
+            {
+                "input": {
+                    "assetId": asset_id,
+                    "inputs": [{"slot": s, "fileId": f} for s, f in inputs.items()],
+                    "parameters": parameters or {},
+                }
+            },
+        )
+        return _payload(data["createJob"])
+
+    async def job(self, job_id: str) -> dict[str, Any] | None:
+        data = await self.query(
+            "query($id: ID!) { job(id: $id) { id state reason message exitCode logTail"
+            " outputs { id name size sha256 downloadUrl } log { id downloadUrl } } }",
+            {"id": job_id},
+        )
+        job: dict[str, Any] | None = data["job"]
+        return job
+
+    async def download(self, url: str) -> bytes:
+        resp = await self._http.get(url)
+        if resp.status_code != 200:
+            raise ApiError(f"download failed: HTTP {resp.status_code}")
+        return resp.content
+
+
+def _payload(value: dict[str, Any]) -> dict[str, Any]:
+    if "code" in value and "message" in value and "id" not in value:
+        raise ApiError(f"{value['code']}: {value['message']}")
+    return value

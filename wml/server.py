@@ -1,0 +1,82 @@
+"""Running the service with uvicorn: ``wml serve`` in the foreground, or embedded in a running loop.
+
+The embedded form (used by ``wml demo`` and the tests) binds its socket first, so port 0 works and the
+public URL is known before the app starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.applications import Starlette
+
+from core.settings import Settings
+from wml.app import create_app
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _uvicorn_config(app: Starlette, log_level: str) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        log_level=log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        ws_max_size=1024 * 1024,
+    )
+
+
+def serve(settings: Settings) -> None:
+    sock = bind_socket(settings.host, settings.port)
+    server = uvicorn.Server(_uvicorn_config(create_app(settings), settings.log_level))
+    server.run(sockets=[sock])
+
+
+@dataclass
+class RunningServer:
+    url: str
+    settings: Settings
+    server: uvicorn.Server
+    app: Starlette
+
+
+async def _serve(server: uvicorn.Server, sock: socket.socket) -> None:
+    # uvicorn ends a failed start-up with SystemExit, which must not escape a task in someone's loop.
+    with contextlib.suppress(SystemExit):
+        await server.serve(sockets=[sock])
+
+
+@contextlib.asynccontextmanager
+async def embedded_server(settings: Settings, log_level: str = "warning") -> AsyncIterator[RunningServer]:
+    """Serve ``settings`` on its host (port 0: any free port) until the block ends."""
+    sock = bind_socket(settings.host, settings.port)
+    port = sock.getsockname()[1]
+    settings = settings.model_copy(update={"port": port})
+    if settings.public_url is None:
+        settings = settings.model_copy(update={"public_url": f"http://{settings.host}:{port}"})
+    app = create_app(settings)
+    server = uvicorn.Server(_uvicorn_config(app, log_level))
+    task = asyncio.create_task(_serve(server, sock))
+    try:
+        while not server.started:
+            if task.done():
+                raise RuntimeError("the server failed to start; its log says why")
+            await asyncio.sleep(0.02)
+        yield RunningServer(url=settings.resolved_public_url(), settings=settings, server=server, app=app)
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sock.close()
