@@ -5,6 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # The virtual environment is rebuilt whenever pyproject.toml changes.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# GraphiQL's browser files, served by the app so the page works without a public CDN.
+GRAPHIQL := $(VENV)/share/wml-graphiql/.installed
 
 .PHONY: demo test check serve system-deps clean
 
@@ -18,13 +20,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/wml demo
 
-serve: $(STAMP)
+serve: $(STAMP) $(GRAPHIQL)
 	$(BIN)/wml serve
 
 system-deps:
 	scripts/system-deps
 
-test: $(STAMP) system-deps
+$(BIN)/helm: scripts/get-helm | $(STAMP)
+	scripts/get-helm
+
+$(GRAPHIQL): scripts/get-graphiql | $(STAMP)
+	scripts/get-graphiql $(VENV)
+	touch $@
+
+test: $(STAMP) system-deps $(BIN)/helm $(GRAPHIQL)
 	scripts/check
 
 clean:

@@ -50,7 +50,10 @@ OPERATOR = Principal(consumer_id=None, grant_ids=frozenset(), asset_ids=frozense
 
 
 def grant_is_usable(grant: Grant, now: datetime | None = None) -> bool:
-    if grant.state != GrantState.ACTIVE:
+    # Any state but DEPROVISIONED: a provisioned grant's token is only ever revealed through the
+    # details endpoint, whose secret travels in the callback, so the callback's state need not gate it
+    # (and gating it would race the connector, which may pull before we record the 204).
+    if grant.state == GrantState.DEPROVISIONED:
         return False
     return grant.expires_at is None or grant.expires_at > (now or utcnow())
 

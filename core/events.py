@@ -1,27 +1,104 @@
-"""The event bus: committed JobEvents fanned out to in-process subscribers.
+"""The event bus: committed JobEvents fanned out to the subscribers of this process.
 
-Publishing never blocks: every subscriber has a bounded queue, and one that falls behind is marked
-overflowed and dropped (it can resume from its last ``seq``). A PostgreSQL LISTEN/NOTIFY bus that
-carries events between replicas plugs in behind the same interface.
+Publishing never blocks and memory stays bounded: every subscriber has a queue of at most
+``queue_size`` events, and one that falls behind is ended with :class:`SubscriberTooSlow` and dropped
+(it resumes from its last ``seq`` by replaying from the store). Revoking a grant ends every open
+subscription of that grant with :class:`AccessRevoked` and tells the registered revocation callbacks
+(open websocket connections), so a deprovisioned token stops seeing anything at once.
+
+:class:`OrderedEventBus` is the bus of one replica (SQLite): a publish only wakes it, and it reads the
+events after the last ``seq`` it fanned out from the store, so subscribers see every event once and in
+``seq`` (= commit) order even when the coroutines that committed them publish in another order.
+``core.pg_events`` adds PostgreSQL LISTEN/NOTIFY to it, so events and revocations cross replicas.
+:class:`EventBus` alone fans out whatever it is handed (for tests of components that need a bus).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from collections.abc import Callable
 
+import structlog
+
 from core.models import JobEvent
+from core.store import Store
+
+CATCH_UP_BATCH = 500
+log = structlog.get_logger("wml.events")
+
+
+class SubscriptionEnded(Exception):
+    """The bus ended a subscription; the subscriber can tell why from the subclass."""
+
+
+class SubscriberTooSlow(SubscriptionEnded):
+    def __init__(self) -> None:
+        super().__init__("subscriber too slow: its queue overflowed")
+
+
+class AccessRevoked(SubscriptionEnded):
+    def __init__(self) -> None:
+        super().__init__("access revoked: the token's grant ended")
 
 
 class Subscription:
-    def __init__(self, bus: EventBus, predicate: Callable[[JobEvent], bool], maxsize: int) -> None:
+    """One subscriber's bounded queue. Use as a context manager so it is always removed."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        predicate: Callable[[JobEvent], bool],
+        maxsize: int,
+        grant_ids: frozenset[str] | None,
+    ) -> None:
         self._bus = bus
         self.predicate = predicate
-        self.queue: asyncio.Queue[JobEvent] = asyncio.Queue(maxsize=maxsize)
-        self.overflowed = False
+        self.maxsize = maxsize
+        self.grant_ids = grant_ids  # None: the operator, whom no revocation concerns
+        self._items: deque[JobEvent] = deque()
+        self._ready = asyncio.Event()
+        self.ended: SubscriptionEnded | None = None
 
-    async def get(self) -> JobEvent:
-        return await self.queue.get()
+    @property
+    def overflowed(self) -> bool:
+        return isinstance(self.ended, SubscriberTooSlow)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def offer(self, event: JobEvent) -> bool:
+        """Queue an event without blocking; False when the queue is full."""
+        if self.ended is not None:
+            return True
+        if len(self._items) >= self.maxsize:
+            return False
+        self._items.append(event)
+        self._bus._note_depth(len(self._items))
+        self._ready.set()
+        return True
+
+    def end(self, reason: SubscriptionEnded) -> None:
+        """Stop the subscription: queued events are dropped and the next ``get`` raises ``reason``."""
+        if self.ended is None:
+            self.ended = reason
+        self._items.clear()
+        self._ready.set()
+        self.close()
+
+    async def get(self, within: float | None = None) -> JobEvent | None:
+        """The next event; None when ``within`` seconds pass first. Raises why the bus ended it."""
+        while True:
+            if self.ended is not None:
+                raise self.ended
+            if self._items:
+                return self._items.popleft()
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), within)
+            except TimeoutError:
+                return None
 
     def close(self) -> None:
         self._bus._subscribers.discard(self)
@@ -34,25 +111,117 @@ class Subscription:
 
 
 class EventBus:
+    """In-process fan-out. ``publish`` is called right after the event's transaction committed."""
+
     def __init__(self, queue_size: int = 1000) -> None:
         self._subscribers: set[Subscription] = set()
-        self._queue_size = queue_size
+        self._revocation_callbacks: dict[int, tuple[frozenset[str], Callable[[], None]]] = {}
+        self._next_callback = 0
+        self.queue_size = queue_size
+        self.max_depth = 0  # the deepest any subscriber queue has been (never above queue_size)
+        self.dropped = 0  # subscribers ended because they fell behind
 
-    def subscribe(self, predicate: Callable[[JobEvent], bool] = lambda _e: True) -> Subscription:
-        sub = Subscription(self, predicate, self._queue_size)
+    async def start(self) -> None:
+        """Nothing to start in-process; the PostgreSQL bus opens its listener here."""
+
+    async def close(self) -> None:
+        for sub in list(self._subscribers):
+            sub.close()
+
+    def subscribe(
+        self,
+        predicate: Callable[[JobEvent], bool] = lambda _e: True,
+        *,
+        grant_ids: frozenset[str] | None = None,
+    ) -> Subscription:
+        sub = Subscription(self, predicate, self.queue_size, grant_ids)
         self._subscribers.add(sub)
         return sub
 
     def publish(self, event: JobEvent) -> None:
+        self._fan_out(event)
+
+    def _fan_out(self, event: JobEvent) -> None:
         for sub in list(self._subscribers):
-            if not sub.predicate(event):
-                continue
-            try:
-                sub.queue.put_nowait(event)
-            except asyncio.QueueFull:
-                sub.overflowed = True
-                sub.close()
+            if sub.predicate(event) and not sub.offer(event):
+                self.dropped += 1
+                sub.end(SubscriberTooSlow())
+
+    def _note_depth(self, depth: int) -> None:
+        self.max_depth = max(self.max_depth, depth)
+
+    async def revoke_grant(self, grant_id: str) -> None:
+        """End every open subscription of ``grant_id`` (call it when a grant stops being ACTIVE)."""
+        self._revoke_locally(grant_id)
+
+    def _revoke_locally(self, grant_id: str) -> None:
+        for sub in list(self._subscribers):
+            if sub.grant_ids is not None and grant_id in sub.grant_ids:
+                sub.end(AccessRevoked())
+        for grant_ids, callback in list(self._revocation_callbacks.values()):
+            if grant_id in grant_ids:
+                with contextlib.suppress(Exception):
+                    callback()
+
+    def on_revocation(self, grant_ids: frozenset[str], callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when one of ``grant_ids`` is revoked; returns the function that unregisters."""
+        key = self._next_callback
+        self._next_callback += 1
+        self._revocation_callbacks[key] = (grant_ids, callback)
+        return lambda: self._revocation_callbacks.pop(key, None) and None
 
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+    @property
+    def queued(self) -> int:
+        """Events waiting in all subscriber queues together."""
+        return sum(len(sub) for sub in self._subscribers)
+
+
+class OrderedEventBus(EventBus):
+    """Fans out the store's events in ``seq`` order; ``publish`` is a wake-up call."""
+
+    def __init__(self, store: Store, queue_size: int = 1000, *, catch_up_interval: float = 5.0) -> None:
+        super().__init__(queue_size)
+        self._store = store
+        self._catch_up_interval = catch_up_interval  # a safety net should a wake-up be missed
+        self._wake = asyncio.Event()
+        self._fan_out_task: asyncio.Task[None] | None = None
+        self.last_seq = 0
+
+    async def start(self) -> None:
+        self.last_seq = await self._store.last_event_seq()
+        self._fan_out_task = asyncio.create_task(self._fan_out_forever(), name="event-fan-out")
+
+    async def close(self) -> None:
+        if self._fan_out_task is not None:
+            self._fan_out_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fan_out_task
+            self._fan_out_task = None
+        await super().close()
+
+    def publish(self, event: JobEvent) -> None:
+        self._wake.set()
+
+    async def _fan_out_forever(self) -> None:
+        while True:
+            # Cleared before reading, so a wake-up that arrives during the read is not lost.
+            self._wake.clear()
+            try:
+                await self._catch_up()
+            except Exception:
+                log.exception("reading new events failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._catch_up_interval)
+
+    async def _catch_up(self) -> None:
+        while True:
+            events = await self._store.events_after(self.last_seq, limit=CATCH_UP_BATCH)
+            for event in events:
+                self.last_seq = event.seq
+                self._fan_out(event)
+            if len(events) < CATCH_UP_BATCH:
+                return

@@ -23,9 +23,11 @@ from backends.storage.base import (
 )
 from core.auth import Principal, grant_is_usable
 from core.errors import ConflictError, NotFoundError, PayloadTooLargeError, UnavailableError, ValidationError
+from core.metrics import Metrics
 from core.models import FileOrigin, FileRecord, FileStatus, Page, new_id, utcnow
 from core.signing import UrlSigner
 from core.store import Store
+from core.uploads import upload_url, verify_upload
 
 MAX_NAME_BYTES = 255
 MAX_CONTENT_TYPE = 255
@@ -33,6 +35,8 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
 MEDIA_TYPE = re.compile(rf'{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|"[^"\\\x00-\x1f\x7f]*"))*')
 SHA256_HEX = frozenset("0123456789abcdef")
+# One ``bytes=first-last`` range; 20 digits already reach past any size.
+BYTE_RANGE = re.compile(r"bytes=[ \t]*(?P<first>[0-9]{0,20})-(?P<last>[0-9]{0,20})[ \t]*")
 
 
 def storage_key(consumer_id: str, file_id: str) -> str:
@@ -90,7 +94,9 @@ class FileService:
         max_upload: int,
         url_ttl: int,
         pending_ttl: int,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._store = store
         self._storage = storage
         self._signer = signer
@@ -128,6 +134,7 @@ class FileService:
         file_id = new_id("f")
         key = storage_key(consumer_id, file_id)
         info = await self._put(key, chunks, limit)
+        self._metrics.bytes_uploaded.inc(info.size)
         record = FileRecord(
             id=file_id,
             consumer_id=consumer_id,
@@ -161,7 +168,11 @@ class FileService:
     async def create_upload(
         self, principal: Principal, name: str, size: int | None, sha256: str | None, content_type: str | None
     ) -> tuple[FileRecord, str, int]:
-        """Announce a large upload: a PENDING file and a signed URL to PUT its bytes to."""
+        """Announce a large upload: a PENDING file and a URL to PUT its bytes to (then completeUpload).
+
+        The URL is a presigned storage URL when the backend offers one (the bytes bypass the API),
+        else the API's own signed ``PUT /files/{id}/content``.
+        """
         consumer_id, grant_id = self._owner(principal)
         name = check_name(name)
         content_type = check_content_type(content_type)
@@ -190,9 +201,29 @@ class FileService:
             expected_size=size,
             expected_sha256=sha256,
         )
+        url, expires = await upload_url(
+            self._storage, self._signer, file_id, record.storage_key, self._url_ttl
+        )
         await self._store.insert_file(record)
-        url, expires = self._signer.url("PUT", file_id, self._url_ttl)
         return record, url, expires
+
+    async def complete_upload(self, principal: Principal, file_id: str) -> FileRecord:
+        """Verify an announced upload's bytes (size, sha256) in storage and make the file usable.
+
+        A file that is already READY (the API's PUT route completes it) is returned as it is.
+        """
+        record = await self._store.get_file(file_id)
+        if record is None or not principal.may_see(record.grant_id) or record.origin != FileOrigin.UPLOAD:
+            raise NotFoundError("file", file_id)
+        if record.status == FileStatus.READY:
+            return record
+        if record.expires_at is not None and record.expires_at <= utcnow():
+            raise NotFoundError("file", file_id)  # expired: the sweeper is about to remove it
+        info = await verify_upload(self._storage, record, await self.upload_limit(principal))
+        await self._store.update_file(
+            file_id, size=info.size, sha256=info.sha256, status=FileStatus.READY.value, expires_at=None
+        )
+        return replace(record, size=info.size, sha256=info.sha256, status=FileStatus.READY, expires_at=None)
 
     async def receive_upload(
         self, file_id: str, expires: str | None, signature: str | None, chunks: AsyncIterator[bytes]
@@ -217,6 +248,7 @@ class FileService:
             info = await self._put(
                 record.storage_key, chunks, limit if announced is None else min(announced, limit)
             )
+            self._metrics.bytes_uploaded.inc(info.size)
         except PayloadTooLargeError:
             if announced is not None and announced <= limit:
                 raise ValidationError(
@@ -294,7 +326,12 @@ class FileService:
             chunks = self._storage.get(record.storage_key, offset=start, length=length)
         except (ObjectNotFoundError, InvalidRangeError):
             raise NotFoundError("file", file_id) from None
-        return Download(file=record, start=start, length=length, chunks=chunks)
+        return Download(file=record, start=start, length=length, chunks=self._counted(chunks))
+
+    async def _counted(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self._metrics.bytes_downloaded.inc(len(chunk))
+            yield chunk
 
     async def sweep_expired(self) -> int:
         """Remove announced uploads that never completed."""
@@ -315,23 +352,21 @@ class RangeNotSatisfiableError(ValidationError):
 def parse_range(header: str | None, size: int) -> tuple[int, int]:
     """(start, length) for a single ``bytes=`` range; the whole file when there is no header.
 
-    Multiple ranges are not supported and are answered with the whole file, as RFC 9110 allows.
+    Multiple ranges are not supported and are answered with the whole file, as RFC 9110 allows; so is a
+    header that is not a valid range (``int()`` alone would take ``--1``, ``+5`` or ``1_0``).
     """
-    if not header or not header.startswith("bytes=") or "," in header:
+    match = BYTE_RANGE.fullmatch(header or "")
+    if match is None or match["first"] == match["last"] == "":
         return 0, size
-    spec = header[len("bytes=") :].strip()
-    first, _, last = spec.partition("-")
-    try:
-        if first == "":
-            suffix = int(last)
-            if suffix <= 0:
-                raise RangeNotSatisfiableError(size)
-            start = max(0, size - suffix)
-            return start, size - start
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError:
-        return 0, size
+    first, last = match["first"], match["last"]
+    if first == "":
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiableError(size)
+        start = max(0, size - suffix)
+        return start, size - start
+    start = int(first)
+    end = int(last) if last else size - 1
     if start >= size or end < start:
         raise RangeNotSatisfiableError(size)
     end = min(end, size - 1)

@@ -13,6 +13,7 @@ from core.assets import Asset
 from core.auth import Principal
 from core.errors import ConflictError, NotFoundError, QuotaExceededError, ValidationError
 from core.events import EventBus
+from core.metrics import Metrics
 from core.models import FileStatus, InputBinding, Job, Page, new_id, utcnow
 from core.parameters import resolve_parameters
 from core.states import JobState
@@ -24,8 +25,15 @@ if TYPE_CHECKING:
 
 class JobService:
     def __init__(
-        self, store: Store, bus: EventBus, supervisor: Supervisor, *, max_queued_per_consumer: int
+        self,
+        store: Store,
+        bus: EventBus,
+        supervisor: Supervisor,
+        *,
+        max_queued_per_consumer: int,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._store = store
         self._bus = bus
         self._supervisor = supervisor
@@ -71,6 +79,7 @@ class JobService:
             finished_at=None,
         )
         event = await self._store.insert_job(job)
+        self._metrics.jobs_created.labels(asset.id).inc()
         self._bus.publish(event)
         self._supervisor.wake()
         return job

@@ -30,6 +30,15 @@ class GrantState(enum.StrEnum):
     DEPROVISIONED = "DEPROVISIONED"
 
 
+class CallbackState(enum.StrEnum):
+    """Where the provisioning callback to the connector stands."""
+
+    PENDING = "PENDING"  # to be sent (again) at callback_next_at
+    DELIVERED = "DELIVERED"
+    UNAUTHORIZED = "UNAUTHORIZED"  # the connector refused our API key; retried slowly
+    GAVE_UP = "GAVE_UP"
+
+
 class FileOrigin(enum.StrEnum):
     UPLOAD = "UPLOAD"
     JOB_OUTPUT = "JOB_OUTPUT"
@@ -57,6 +66,16 @@ class Grant:
     state: GrantState
     created_at: datetime
     expires_at: datetime | None
+    transfer_process_id: str | None = None
+    resource_definition_id: str | None = None
+    callback_address: str | None = None
+    secret_salt: str | None = None
+    callback_state: CallbackState | None = None
+    callback_attempts: int = 0
+    callback_next_at: datetime | None = None
+    callback_error: str | None = None
+    deprovisioned_at: datetime | None = None
+    files_purged: bool = False
 
 
 @dataclass(frozen=True, slots=True)

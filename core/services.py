@@ -15,12 +15,15 @@ from backends.workflow.base import WorkflowBackend
 from core.assets import load_catalog
 from core.auth import Authenticator
 from core.db import create_engine, migrate
-from core.events import EventBus
+from core.events import EventBus, OrderedEventBus
 from core.files import FileService
 from core.jobs import JobService
+from core.metrics import Metrics
+from core.provisioning import ProvisioningService
 from core.settings import Settings
 from core.signing import UrlSigner
 from core.store import Store
+from core.streams import JobStreams
 from core.supervisor import Supervisor
 
 log = structlog.get_logger("wml.services")
@@ -38,9 +41,13 @@ class Services:
     files: FileService
     jobs: JobService
     supervisor: Supervisor
+    provisioning: ProvisioningService
+    metrics: Metrics
+    streams: JobStreams
 
     async def close(self) -> None:
         await self.supervisor.stop()
+        await self.bus.close()
         await self.storage.close()
         await self.store.engine.dispose()
 
@@ -58,8 +65,9 @@ async def open_store(settings: Settings) -> Store:
 
 async def open_services(settings: Settings, storage: StorageBackend, backend: WorkflowBackend) -> Services:
     store = await open_store(settings)
-    bus = EventBus()
+    bus = await open_bus(settings, store)
     signer = UrlSigner(settings.resolved_secret_key(), settings.resolved_public_url())
+    metrics = Metrics()
     files = FileService(
         store,
         storage,
@@ -67,6 +75,7 @@ async def open_services(settings: Settings, storage: StorageBackend, backend: Wo
         max_upload=settings.max_upload_size,
         url_ttl=settings.url_ttl,
         pending_ttl=settings.pending_upload_ttl,
+        metrics=metrics,
     )
     supervisor = Supervisor(
         store,
@@ -79,9 +88,24 @@ async def open_services(settings: Settings, storage: StorageBackend, backend: Wo
         tick_interval=settings.tick_interval,
         reconcile_interval=settings.reconcile_interval,
         sweep=files.sweep_expired,
+        metrics=metrics,
     )
-    jobs = JobService(store, bus, supervisor, max_queued_per_consumer=settings.max_queued_jobs_per_consumer)
+    jobs = JobService(
+        store, bus, supervisor, max_queued_per_consumer=settings.max_queued_jobs_per_consumer, metrics=metrics
+    )
     auth = Authenticator(store, settings.resolved_admin_token())
+    provisioning = ProvisioningService(
+        store,
+        supervisor,
+        files,
+        bus,
+        settings.resolved_secret_key(),
+        default_lifetime=settings.grant_lifetime,
+        retention=settings.deprovision_retention,
+        retry_max_delay=settings.callback_max_delay,
+        unauthorized_delay=settings.callback_unauthorized_delay,
+        give_up_after=settings.callback_give_up_after,
+    )
     services = Services(
         settings=settings,
         store=store,
@@ -93,6 +117,27 @@ async def open_services(settings: Settings, storage: StorageBackend, backend: Wo
         files=files,
         jobs=jobs,
         supervisor=supervisor,
+        provisioning=provisioning,
+        metrics=metrics,
+        streams=JobStreams(store, bus, backend, storage, recheck_interval=settings.stream_recheck_interval),
     )
-    await supervisor.start()
+    try:
+        await supervisor.start()
+    except BaseException:
+        await bus.close()
+        raise
     return services
+
+
+async def open_bus(settings: Settings, store: Store) -> EventBus:
+    """The event bus: PostgreSQL LISTEN/NOTIFY when the database is PostgreSQL (events reach the
+    subscribers of every replica), else in-process."""
+    bus: EventBus
+    if store.is_postgresql:
+        from core.pg_events import PgEventBus  # asyncpg only where it is used
+
+        bus = PgEventBus(store, settings.resolved_database_url(), settings.subscriber_queue_size)
+    else:
+        bus = OrderedEventBus(store, settings.subscriber_queue_size)
+    await bus.start()
+    return bus

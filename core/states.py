@@ -39,6 +39,7 @@ class Reason(enum.StrEnum):
     OOM_KILLED = "OOM_KILLED"
     SUBMIT_FAILED = "SUBMIT_FAILED"
     BACKEND_LOST = "BACKEND_LOST"
+    EVICTED = "EVICTED"  # the cluster stopped the job's pod (eviction, preemption, node lost)
     CANCELED_BY_USER = "CANCELED_BY_USER"
     DEPROVISIONED = "DEPROVISIONED"
 

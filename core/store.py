@@ -2,7 +2,9 @@
 
 State changes go through :meth:`Store.transition`, which checks the transition table, updates the job
 only if nobody changed it meanwhile (compare-and-set on the state), and writes the JobEvent in the same
-transaction.
+transaction. On PostgreSQL that transaction also takes a transaction-level advisory lock before it
+allocates the event's ``seq`` and sends a NOTIFY (delivered by PostgreSQL only when it commits), so
+``seq`` order is commit order and other replicas hear of every event; see :meth:`Store._add_event`.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, update
+from sqlalchemy import delete, false, func, or_, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.assets import Asset
 from core.models import (
+    CallbackState,
     Consumer,
     FileOrigin,
     FileRecord,
@@ -34,6 +38,9 @@ from core.models import (
 from core.states import TERMINAL_STATES, JobState, can_transition
 from core.tables import AssetRow, ConsumerRow, FileRow, GrantRow, JobEventRow, JobRow
 
+# The advisory lock that serialises event inserts on PostgreSQL, and the channel that announces them.
+EVENT_LOCK_KEY = 0x776D6C_5E0
+EVENTS_CHANNEL = "wml_job_events"
 LIVE_STATES = [s.value for s in JobState if s not in TERMINAL_STATES]
 # States that hold backend capacity.
 ACTIVE_STATES = [JobState.INITIALIZING.value, JobState.RUNNING.value, JobState.CANCELING.value]
@@ -46,6 +53,12 @@ def _utc(value: datetime | None) -> datetime | None:
     return value
 
 
+def _storable(value: str) -> bool:
+    # PostgreSQL text cannot hold NUL, so no stored id or key contains one: such a value matches nothing
+    # (and must not reach the database, which would refuse the whole query).
+    return "\x00" not in value
+
+
 def encode_cursor(created_at: datetime, ident: str) -> str:
     raw = f"{_utc(created_at).isoformat()}|{ident}"  # type: ignore[union-attr]
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
@@ -55,8 +68,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str] | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, ident = raw.split("|", 1)
-        return datetime.fromisoformat(stamp), ident
-    except (ValueError, UnicodeDecodeError):
+        # In UTC, as stored: PostgreSQL compares instants and cannot take a time outside its calendar.
+        return _utc(datetime.fromisoformat(stamp)).astimezone(UTC), ident  # type: ignore[union-attr]
+    except (ValueError, UnicodeDecodeError, OverflowError):
         return None
 
 
@@ -64,6 +78,7 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+        self.is_postgresql = engine.dialect.name == "postgresql"
 
     def session(self) -> AsyncSession:
         return self._sessions()
@@ -90,7 +105,7 @@ class Store:
         async with self.session() as s:
             q = select(AssetRow).where(col(AssetRow.active)).order_by(col(AssetRow.id))
             if ids is not None:
-                q = q.where(col(AssetRow.id).in_(list(ids)))
+                q = q.where(col(AssetRow.id).in_([i for i in ids if _storable(i)]))
             return [Asset.model_validate(r.spec) for r in (await s.exec(q)).all()]
 
     async def get_asset(self, asset_id: str) -> Asset | None:
@@ -107,6 +122,8 @@ class Store:
         return _consumer(row)
 
     async def get_consumer(self, consumer_id: str) -> Consumer | None:
+        if not _storable(consumer_id):
+            return None
         async with self.session() as s:
             row = await s.get(ConsumerRow, consumer_id)
             return _consumer(row) if row else None
@@ -148,11 +165,14 @@ class Store:
             await s.commit()
 
     async def get_file(self, file_id: str) -> FileRecord | None:
+        if not _storable(file_id):
+            return None
         async with self.session() as s:
             row = await s.get(FileRow, file_id)
             return _file(row) if row else None
 
     async def files_by_ids(self, ids: Sequence[str]) -> dict[str, FileRecord]:
+        ids = [i for i in ids if _storable(i)]
         if not ids:
             return {}
         async with self.session() as s:
@@ -173,7 +193,7 @@ class Store:
         if grant_ids is not None:
             q = q.where(col(FileRow.grant_id).in_(list(grant_ids)))
         if job_id is not None:
-            q = q.where(FileRow.job_id == job_id)
+            q = q.where(FileRow.job_id == job_id if _storable(job_id) else false())
         return await self._page(q, FileRow, _file, first, after)
 
     async def update_file(self, file_id: str, **fields: Any) -> None:
@@ -199,11 +219,13 @@ class Store:
         event = _event_row(row, job.created_at)
         async with self.session() as s:
             s.add(row)
-            s.add(event)
+            await self._add_event(s, event)
             await s.commit()
         return _event(event)
 
     async def get_job(self, job_id: str) -> Job | None:
+        if not _storable(job_id):
+            return None
         async with self.session() as s:
             row = await s.get(JobRow, job_id)
             return _job(row) if row else None
@@ -214,6 +236,7 @@ class Store:
             return _job(row) if row else None
 
     async def jobs_by_ids(self, ids: Sequence[str]) -> dict[str, Job]:
+        ids = [i for i in ids if _storable(i)]
         if not ids:
             return {}
         async with self.session() as s:
@@ -235,7 +258,7 @@ class Store:
         if state is not None:
             q = q.where(JobRow.state == state.value)
         if asset_id is not None:
-            q = q.where(JobRow.asset_id == asset_id)
+            q = q.where(JobRow.asset_id == asset_id if _storable(asset_id) else false())
         return await self._page(q, JobRow, _job, first, after)
 
     async def live_jobs(self) -> list[Job]:
@@ -249,6 +272,11 @@ class Store:
             if consumer_id is not None:
                 q = q.where(JobRow.consumer_id == consumer_id)
             return int((await s.exec(q)).one())
+
+    async def count_by_state(self) -> dict[str, int]:
+        async with self.session() as s:
+            q = select(JobRow.state, func.count()).group_by(col(JobRow.state))
+            return {state: int(n) for state, n in (await s.exec(q)).all()}
 
     async def active_counts_by_consumer(self) -> dict[str, int]:
         async with self.session() as s:
@@ -323,7 +351,7 @@ class Store:
                 for key, value in values.items():
                     setattr(row, key, value)
                 event = _event_row(row, now)
-                s.add(event)
+                await self._add_event(s, event)
                 for record in new_files:
                     s.add(FileRow(**_file_fields(record)))
                 await s.commit()
@@ -341,6 +369,142 @@ class Store:
             q = select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(col(JobEventRow.seq))
             return [_event(r) for r in (await s.exec(q)).all()]
 
+    async def _add_event(self, s: AsyncSession, event: JobEventRow) -> None:
+        """Add a JobEvent to the open transaction ``s`` (which the caller commits).
+
+        PostgreSQL hands out sequence values at insert time but transactions commit in any order, so
+        without care a reader could see seq 11 committed while seq 10 is still in flight, and a replay
+        ``since=11`` would then miss 10 for good. Taking one transaction-level advisory lock before the
+        insert makes event transactions allocate and commit one after another: seq order is commit order.
+        The NOTIFY is transactional too: PostgreSQL delivers it only after the commit, in commit order.
+        SQLite needs neither: it has a single writer, and the bus is in-process.
+        """
+        if self.is_postgresql:
+            await s.exec(select(func.pg_advisory_xact_lock(EVENT_LOCK_KEY)))
+        s.add(event)
+        await s.flush()
+        if self.is_postgresql:
+            await s.exec(select(func.pg_notify(EVENTS_CHANNEL, str(event.seq))))
+
+    async def events_after(
+        self, seq: int, *, job_id: str | None = None, grant_ids: Sequence[str] | None = None, limit: int = 500
+    ) -> list[JobEvent]:
+        """Up to ``limit`` events with a seq above ``seq``, oldest first (optionally one job's, or only
+        those of ``grant_ids``)."""
+        q = select(JobEventRow).where(col(JobEventRow.seq) > seq)
+        if job_id is not None:
+            q = q.where(JobEventRow.job_id == job_id if _storable(job_id) else false())
+        if grant_ids is not None:
+            q = q.where(col(JobEventRow.grant_id).in_(list(grant_ids)))
+        q = q.order_by(col(JobEventRow.seq)).limit(limit)
+        async with self.session() as s:
+            return [_event(r) for r in (await s.exec(q)).all()]
+
+    async def last_event_seq(self) -> int:
+        async with self.session() as s:
+            last = (await s.exec(select(func.max(JobEventRow.seq)))).one()
+            return int(last or 0)
+
+    # -- provisioned grants ----------------------------------------------------------------------------
+
+    async def get_grant(self, grant_id: str) -> Grant | None:
+        async with self.session() as s:
+            row = await s.get(GrantRow, grant_id)
+            return _grant(row) if row else None
+
+    async def grant_by_transfer(self, transfer_process_id: str) -> Grant | None:
+        async with self.session() as s:
+            q = select(GrantRow).where(GrantRow.transfer_process_id == transfer_process_id)
+            row = (await s.exec(q)).first()
+            return _grant(row) if row else None
+
+    async def consumer_by_participant(self, participant_id: str) -> Consumer | None:
+        async with self.session() as s:
+            row = (
+                await s.exec(select(ConsumerRow).where(ConsumerRow.participant_id == participant_id))
+            ).first()
+            return _consumer(row) if row else None
+
+    async def insert_grant(self, grant: Grant, token_hash: str, policy: dict[str, Any] | None) -> bool:
+        """Insert a provisioned grant; False when its transfer already has one (a duplicate request)."""
+        row = GrantRow(
+            id=grant.id,
+            consumer_id=grant.consumer_id,
+            asset_id=grant.asset_id,
+            token_hash=token_hash,
+            state=grant.state.value,
+            created_at=grant.created_at,
+            expires_at=grant.expires_at,
+            transfer_process_id=grant.transfer_process_id,
+            resource_definition_id=grant.resource_definition_id,
+            callback_address=grant.callback_address,
+            secret_salt=grant.secret_salt,
+            policy=policy,
+            callback_state=grant.callback_state.value if grant.callback_state else None,
+            callback_next_at=grant.callback_next_at,
+        )
+        async with self.session() as s:
+            s.add(row)
+            try:
+                await s.commit()
+            except IntegrityError:
+                await s.rollback()
+                return False
+        return True
+
+    async def update_grant(self, grant_id: str, **fields: Any) -> None:
+        async with self.session() as s:
+            await s.exec(update(GrantRow).where(col(GrantRow.id) == grant_id).values(**fields))
+            await s.commit()
+
+    async def grants_with_callback_due(self, now: datetime) -> list[Grant]:
+        async with self.session() as s:
+            q = select(GrantRow).where(
+                col(GrantRow.callback_state).in_(
+                    [CallbackState.PENDING.value, CallbackState.UNAUTHORIZED.value]
+                ),
+                col(GrantRow.callback_next_at) <= now,
+                GrantRow.state != GrantState.DEPROVISIONED.value,
+            )
+            return [_grant(r) for r in (await s.exec(q)).all()]
+
+    async def next_callback_at(self) -> datetime | None:
+        async with self.session() as s:
+            q = select(func.min(GrantRow.callback_next_at)).where(
+                col(GrantRow.callback_state).in_(
+                    [CallbackState.PENDING.value, CallbackState.UNAUTHORIZED.value]
+                ),
+                GrantRow.state != GrantState.DEPROVISIONED.value,
+            )
+            return _utc((await s.exec(q)).one())
+
+    async def expired_grants(self, now: datetime) -> list[Grant]:
+        async with self.session() as s:
+            q = select(GrantRow).where(
+                GrantRow.state != GrantState.DEPROVISIONED.value,
+                col(GrantRow.expires_at).is_not(None),
+                col(GrantRow.expires_at) <= now,
+            )
+            return [_grant(r) for r in (await s.exec(q)).all()]
+
+    async def grants_to_purge(self) -> list[Grant]:
+        async with self.session() as s:
+            q = select(GrantRow).where(
+                GrantRow.state == GrantState.DEPROVISIONED.value, col(GrantRow.files_purged).is_(False)
+            )
+            return [_grant(r) for r in (await s.exec(q)).all()]
+
+    async def live_jobs_of_grant(self, grant_id: str) -> list[Job]:
+        async with self.session() as s:
+            q = select(JobRow).where(JobRow.grant_id == grant_id, col(JobRow.state).in_(LIVE_STATES))
+            return [_job(r) for r in (await s.exec(q)).all()]
+
+    async def files_of_grant(self, grant_id: str) -> list[FileRecord]:
+        async with self.session() as s:
+            return [
+                _file(r) for r in (await s.exec(select(FileRow).where(FileRow.grant_id == grant_id))).all()
+            ]
+
     # -- paging ----------------------------------------------------------------------------------------
 
     async def _page(self, q: Any, table: Any, convert: Any, first: int, after: str | None) -> Page[Any]:
@@ -349,6 +513,8 @@ class Store:
             if decoded is None:
                 raise ValueError("invalid cursor")
             stamp, ident = decoded
+            if not _storable(ident):
+                raise ValueError("invalid cursor")
             q = q.where(
                 or_(
                     col(table.created_at) < stamp,
@@ -379,6 +545,16 @@ def _grant(r: GrantRow) -> Grant:
         state=GrantState(r.state),
         created_at=_utc(r.created_at),  # type: ignore[arg-type]
         expires_at=_utc(r.expires_at),
+        transfer_process_id=r.transfer_process_id,
+        resource_definition_id=r.resource_definition_id,
+        callback_address=r.callback_address,
+        secret_salt=r.secret_salt,
+        callback_state=CallbackState(r.callback_state) if r.callback_state else None,
+        callback_attempts=r.callback_attempts,
+        callback_next_at=_utc(r.callback_next_at),
+        callback_error=r.callback_error,
+        deprovisioned_at=_utc(r.deprovisioned_at),
+        files_purged=r.files_purged,
     )
 
 

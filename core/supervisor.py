@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import PurePosixPath
@@ -40,6 +41,7 @@ from backends.workflow.base import (
 from backends.workflow.base import InputKind as BackendInputKind
 from core.events import EventBus
 from core.files import storage_key
+from core.metrics import Metrics
 from core.models import FileOrigin, FileRecord, FileStatus, Job, JobEvent, utcnow
 from core.parameters import as_env
 from core.states import JobState, Reason
@@ -57,6 +59,12 @@ PHASE_TO_STATE = {
 LIVE_BACKEND_STATES = (JobState.INITIALIZING, JobState.RUNNING, JobState.CANCELING)
 
 
+def derived_file_id(job_id: str, what: str) -> str:
+    """A job's output or log file id, the same every time it is derived (a restarted backend uploads to
+    the same key), and as short as every file id: file ids are at most 40 characters."""
+    return "f_" + hashlib.sha256(f"{job_id}/{what}".encode()).hexdigest()[:32]
+
+
 class Supervisor:
     def __init__(
         self,
@@ -71,7 +79,9 @@ class Supervisor:
         tick_interval: float,
         reconcile_interval: float,
         sweep: Callable[[], Awaitable[int]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._store = store
         self._backend = backend
         self._storage = storage
@@ -146,9 +156,19 @@ class Supervisor:
         job, event = result
         self._publish(event)
         log.info("job state", job_id=job.id, consumer_id=job.consumer_id, state=job.state, reason=job.reason)
+        self._observe(job)
         if target.terminal:
             self.wake()  # capacity freed
         return job
+
+    def _observe(self, job: Job) -> None:
+        m = self._metrics
+        m.job_transitions.labels(job.state.value, job.reason or "").inc()
+        if job.state == JobState.RUNNING and job.started_at is not None:
+            m.queue_wait.observe((job.started_at - job.created_at).total_seconds())
+        if job.state.terminal and job.finished_at is not None:
+            began = job.started_at or job.created_at
+            m.job_duration.labels(job.state.value).observe((job.finished_at - began).total_seconds())
 
     def _publish(self, event: JobEvent) -> None:
         self._bus.publish(event)
@@ -219,7 +239,7 @@ class Supervisor:
                 name=o.name,
                 path=o.path,
                 required=o.required,
-                key=storage_key(job.consumer_id, f"f_{job.id[2:]}_{o.name}"),
+                key=storage_key(job.consumer_id, derived_file_id(job.id, f"output/{o.name}")),
             )
             for o in job.asset.outputs
         ]
@@ -240,7 +260,7 @@ class Supervisor:
             ),
             inputs=inputs,
             outputs=outputs,
-            log_key=storage_key(job.consumer_id, f"f_{job.id[2:]}_log"),
+            log_key=storage_key(job.consumer_id, derived_file_id(job.id, "log")),
             run_timeout=asset.timeouts.run,
             local_command=asset.local.command if asset.local else None,
             labels={"wml/job-id": job.id, "wml/consumer-id": job.consumer_id, "wml/asset-id": asset.id},
@@ -425,8 +445,7 @@ class Supervisor:
                         reason=Reason.BACKEND_LOST,
                         message="the service stopped before the job reached the backend",
                     )
-        if not with_ref:
-            return
+        # Called even with nothing live: the backend also sweeps what it holds for jobs that are not.
         updates = await self._backend.reconcile([j.backend_ref for j in with_ref if j.backend_ref])
         for update in updates:
             await self.apply(update)

@@ -45,6 +45,18 @@ class GrantRow(SQLModel, table=True):
     state: str = Field(max_length=20)
     created_at: datetime = _ts(nullable=False)
     expires_at: datetime | None = _ts(nullable=True)
+    # EDC provisioning (null for grants an operator created)
+    transfer_process_id: str | None = Field(default=None, max_length=500, unique=True)
+    resource_definition_id: str | None = Field(default=None, max_length=500)
+    callback_address: str | None = Field(default=None, max_length=2000)
+    secret_salt: str | None = Field(default=None, max_length=64)
+    policy: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    callback_state: str | None = Field(default=None, max_length=20, index=True)
+    callback_attempts: int = 0
+    callback_next_at: datetime | None = _ts(nullable=True)
+    callback_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    deprovisioned_at: datetime | None = _ts(nullable=True)
+    files_purged: bool = False
 
 
 class FileRow(SQLModel, table=True):
@@ -96,6 +108,9 @@ class JobRow(SQLModel, table=True):
 
 class JobEventRow(SQLModel, table=True):
     __tablename__ = "job_event"
+    # SQLite would otherwise reuse the highest seq once its event is deleted (with its job), and a
+    # client resuming with since=<that seq> would miss the new event.
+    __table_args__ = {"sqlite_autoincrement": True}
     seq: int | None = Field(default=None, sa_column=Column(BigIntPK, primary_key=True, autoincrement=True))
     job_id: str = Field(index=True, max_length=40)
     consumer_id: str = Field(index=True, max_length=40)

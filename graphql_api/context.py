@@ -48,6 +48,9 @@ class Context:
     principal: Principal | None
     request: Any = None
     response: Any = None
+    # Websockets only: the connection_init payload, and whether the token was revoked since.
+    connection_params: dict[str, Any] | None = None
+    revoked: bool = False
     file_loader: DataLoader[str, FileRecord | None] = field(init=False)
     job_loader: DataLoader[str, Job | None] = field(init=False)
     job_files_loader: DataLoader[str, list[FileRecord]] = field(init=False)
@@ -56,6 +59,8 @@ class Context:
         self.file_loader, self.job_loader, self.job_files_loader = _loaders(self.services)
 
     def require_principal(self) -> Principal:
+        if self.revoked:
+            raise ClientError("access revoked: the token's grant is no longer active", "ACCESS_REVOKED")
         if self.principal is None:
             raise ClientError(
                 "authentication required: send 'Authorization: Bearer <token>'", "UNAUTHENTICATED"

@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.services import Services
 from core.settings import Settings
+from graphql_api.graphiql import graphiql_routes
 from graphql_api.http import file_routes
 from graphql_api.view import GraphQLView
 
@@ -23,6 +24,7 @@ def graphql_routes(services: Services) -> list[BaseRoute]:
         Route("/graphql", view, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", view),
         *file_routes(services),
+        *graphiql_routes(services.settings),
     ]
 
 

@@ -15,6 +15,7 @@ from strawberry.schema.config import StrawberryConfig
 
 from core import errors as domain
 from core.states import JobState as DomainJobState
+from graphql_api.admin import AdminMutation, AdminQuery
 from graphql_api.context import ClientError, Context
 from graphql_api.errors import (
     ConflictError,
@@ -24,6 +25,8 @@ from graphql_api.errors import (
     ValidationError,
     to_graphql,
 )
+from graphql_api.observability import OperationMetrics
+from graphql_api.subscriptions import Subscription
 from graphql_api.types import (
     LONG_SCALAR,
     Asset,
@@ -51,7 +54,13 @@ UPLOAD_CHUNK = 1024 * 1024
 UploadFilePayload = Annotated[
     File | ValidationError | UnavailableError, strawberry.union("UploadFilePayload")
 ]
-CreateUploadPayload = Annotated[UploadTicket | ValidationError, strawberry.union("CreateUploadPayload")]
+CreateUploadPayload = Annotated[
+    UploadTicket | ValidationError | UnavailableError, strawberry.union("CreateUploadPayload")
+]
+CompleteUploadPayload = Annotated[
+    File | NotFoundError | ValidationError | ConflictError | UnavailableError,
+    strawberry.union("CompleteUploadPayload"),
+]
 DeleteFilePayload = Annotated[
     DeletedFile | NotFoundError | ConflictError, strawberry.union("DeleteFilePayload")
 ]
@@ -90,7 +99,7 @@ def _page_size(first: int) -> int:
 
 
 @strawberry.type
-class Query:
+class Query(AdminQuery):
     @strawberry.field(description="The calling consumer (null for the operator).")
     async def me(self, info: Info) -> Consumer | None:
         principal = info.context.require_principal()
@@ -185,7 +194,7 @@ async def _chunks(upload: Upload) -> AsyncIterator[bytes]:
 
 
 @strawberry.type
-class Mutation:
+class Mutation(AdminMutation):
     @strawberry.mutation(description="Upload a file (GraphQL multipart request). Large files: createUpload.")
     async def upload_file(self, info: Info, file: Upload, name: str | None = None) -> UploadFilePayload:
         principal = info.context.require_principal()
@@ -203,7 +212,9 @@ class Mutation:
             return to_graphql(e)  # type: ignore[return-value]
         return File.from_domain(record)
 
-    @strawberry.mutation(description="Announce a large upload; PUT the bytes to the returned URL.")
+    @strawberry.mutation(
+        description="Announce a large upload; PUT the bytes to the returned URL, then call completeUpload."
+    )
     async def create_upload(self, info: Info, input: CreateUploadInput) -> CreateUploadPayload:
         principal = info.context.require_principal()
         try:
@@ -220,6 +231,18 @@ class Mutation:
             method="PUT",
             expires_at=datetime.fromtimestamp(expires, UTC),
         )
+
+    @strawberry.mutation(
+        description="Finish a createUpload once its bytes are PUT: checks their size and sha256 and makes "
+        "the file usable (a mismatch deletes them and is refused). A completed file is returned as it is."
+    )
+    async def complete_upload(self, info: Info, file_id: strawberry.ID) -> CompleteUploadPayload:
+        principal = info.context.require_principal()
+        try:
+            record = await info.context.services.files.complete_upload(principal, str(file_id))
+        except domain.DomainError as e:
+            return to_graphql(e)  # type: ignore[return-value]
+        return File.from_domain(record)
 
     @strawberry.mutation
     async def delete_file(self, info: Info, id: strawberry.ID) -> DeleteFilePayload:
@@ -274,11 +297,13 @@ def build_schema(*, max_depth: int = 10, max_tokens: int = 2000, max_aliases: in
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         config=StrawberryConfig(scalar_map={Long: LONG_SCALAR}),
         extensions=[
             lambda: QueryDepthLimiter(max_depth=max_depth),
             lambda: MaxTokensLimiter(max_token_count=max_tokens),
             lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
+            OperationMetrics,
             lambda: MaskErrors(
                 should_mask_error=_should_mask, error_message="Internal error; it has been logged."
             ),

@@ -316,7 +316,10 @@ class FileConnection:
         return [e.node for e in self.edges]
 
 
-@strawberry.type(description="A URL to PUT a large file's bytes to; the file appears once they arrive.")
+@strawberry.type(
+    description="A URL to PUT a large file's bytes to (storage directly, when it offers presigned URLs); "
+    "then call completeUpload(fileId) to verify them and make the file usable."
+)
 class UploadTicket:
     file_id: strawberry.ID
     upload_url: str

@@ -1,23 +1,55 @@
-"""The Strawberry ASGI view: authenticates each request (HTTP headers) and builds its context."""
+"""The Strawberry ASGI view: authenticates each request and builds its context.
+
+HTTP requests carry their token in a header. Websockets (``graphql-transport-ws`` and the legacy
+``graphql-ws``) authenticate once, at ``connection_init``: the token comes from its payload
+(``{"authorization": "Bearer ..."}`` or ``{"access-token": "..."}``) or else from the handshake's
+headers, and a missing or bad one closes the connection with 4403 in both protocols. The principal
+then serves every operation of the connection until the token's grant is revoked.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
+from strawberry.types.unset import UNSET, UnsetType
 
 from core.auth import Principal, bearer_token
 from core.services import Services
 from graphql_api.context import Context
+from graphql_api.graphiql import assets_dir, offline_page
 from graphql_api.schema import build_schema
 
 # The code in ``extensions`` of a request refused before it reached the schema, by HTTP status.
 HTTP_ERROR_CODES = {401: "UNAUTHENTICATED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+WS_CLEANUP = "wml.ws_cleanup"  # scope key: what to undo when a websocket connection ends
+REJECTED: dict[str, object] = {"message": "invalid, expired or revoked token", "code": "UNAUTHENTICATED"}
+
+
+class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
+    """The legacy ``graphql-ws`` protocol, refusing a bad token with close code 4403 (Strawberry's
+    default is 1011) so both protocols refuse alike; the ``connection_error`` message still comes first."""
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        payload = message.get("payload")
+        if payload is None or isinstance(payload, dict):
+            self.context.connection_params = payload
+            try:
+                await self.view.on_ws_connect(self.context)
+            except ConnectionRejectionError as e:
+                await self.send_message({"type": "connection_error", "payload": e.payload})
+                await self.websocket.close(code=4403, reason="Forbidden")
+                return
+        await super().handle_connection_init(message)
 
 
 class GraphQLView(GraphQL[Context, None]):
@@ -29,8 +61,23 @@ class GraphQLView(GraphQL[Context, None]):
             graphql_ide="graphiql",
         )
         self.services = services
+        self._ide_page = offline_page(self.graphql_ide_html, assets_dir(settings))
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return HTMLResponse(self._ide_page)
+
+    graphql_ws_handler_class = LegacyWSHandler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            cleanup: list[Callable[[], object]] = []
+            scope[WS_CLEANUP] = cleanup
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                for undo in cleanup:
+                    undo()
+            return
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
@@ -68,8 +115,43 @@ class GraphQLView(GraphQL[Context, None]):
         return principal
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
+        if isinstance(request, WebSocket):
+            return Context(services=self.services, principal=None, request=request, response=response)
         principal = await self._principal(request.headers)
         return Context(services=self.services, principal=principal, request=request, response=response)
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        """Authenticate a websocket at ``connection_init``; refuse (4403) a missing or bad token."""
+        if context.principal is not None:
+            return UNSET  # type: ignore[no-any-return]  # the legacy handler authenticated it already
+        headers = context.request.headers
+        token = _token_from_params(context.connection_params) or bearer_token(
+            headers.get("authorization"), headers.get("access-token")
+        )
+        principal = await self.services.auth.authenticate(token)
+        if principal is None:
+            raise ConnectionRejectionError(REJECTED)
+        context.principal = principal
+        if not principal.is_operator:
+
+            def revoke() -> None:
+                context.revoked = True
+
+            unregister = self.services.bus.on_revocation(principal.grant_ids, revoke)
+            context.request.scope.get(WS_CLEANUP, []).append(unregister)
+        return UNSET  # type: ignore[no-any-return]
+
+
+def _token_from_params(params: dict[str, Any] | None) -> str | None:
+    """The token in a ``connection_init`` payload, whatever the case of its keys."""
+    if not params:
+        return None
+    lowered = {str(k).lower(): v for k, v in params.items()}
+    authorization, access_token = lowered.get("authorization"), lowered.get("access-token")
+    return bearer_token(
+        authorization if isinstance(authorization, str) else None,
+        access_token if isinstance(access_token, str) else None,
+    )
 
 
 __all__ = ["GraphQLView"]

@@ -45,3 +45,14 @@ class OutputManifest(BaseModel):
     outputs: list[UploadedObject] = []
     missing: list[str] = []  # declared outputs that were not there (required or not)
     log: UploadedObject | None = None
+
+
+# Where a backend cannot read the file at ``result_path`` (Kubernetes: it lives in the pod), stage-out
+# also prints the output manifest as its last stdout line, prefixed with this marker, and the backend
+# reads it from the container's log.
+OUTPUT_MANIFEST_MARKER = "wml-output-manifest: "
+
+
+def output_manifest_line(manifest: OutputManifest) -> str:
+    """The one line (no newline inside) that carries ``manifest`` in a container log."""
+    return OUTPUT_MANIFEST_MARKER + manifest.model_dump_json()

@@ -9,11 +9,10 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 
 import core.tables  # noqa: F401  (registers the tables)
-from core.db import migrate
+from core.db import create_engine, migrate
 from core.settings import Settings
 from graphql_api.schema import build_schema
 
@@ -49,15 +48,17 @@ def test_schema_has_the_names_the_design_fixes() -> None:
         assert name in sdl, name
 
 
-async def test_migrations_produce_exactly_the_models(tmp_path: Path) -> None:
-    db = tmp_path / "m.sqlite"
-    await migrate(f"sqlite+aiosqlite:///{db}")
-    engine = create_engine(f"sqlite:///{db}")
+async def test_migrations_produce_exactly_the_models(database_url: str) -> None:
+    # On PostgreSQL the test database is a copy of a template the migrations built from nothing.
+    await migrate(database_url)
+    engine = create_engine(database_url)
     try:
-        with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), SQLModel.metadata)
+            )
     finally:
-        engine.dispose()
+        await engine.dispose()
     assert diff == [], f"models and migrations differ; add a migration: {diff}"
 
 

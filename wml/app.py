@@ -6,25 +6,31 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from backends.storage.registry import create_storage
 from backends.workflow.registry import create_workflow_backend
 from core.services import Services, open_services
 from core.settings import Settings
+from core.states import JobState
 from graphql_api.routes import graphql_middleware, graphql_routes
+from provisioner.callbacks import ProvisionerTasks
+from provisioner.routes import provision_routes
 
 log = structlog.get_logger("wml.app")
 
 
 async def build_services(settings: Settings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    storage = create_storage(settings.resolved_storage_url())
-    backend = create_workflow_backend(settings.workflow, storage=storage, work_dir=settings.jobs_dir())
+    storage = create_storage(settings.resolved_storage_url(), credentials=settings.storage_credentials())
+    backend = create_workflow_backend(
+        settings.workflow, storage=storage, work_dir=settings.jobs_dir(), settings=settings
+    )
     try:
         return await open_services(settings, storage, backend)
     except BaseException:
@@ -39,8 +45,11 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = await build_services(settings)
         app.state.services = services
-        for route in graphql_routes(services):
-            app.router.routes.append(route)
+        provisioner = ProvisionerTasks(services.provisioning, settings, services.metrics)
+        app.state.provisioner = provisioner
+        # Added on start-up because they need the services; the app serves nothing before that anyway.
+        app.router.routes.extend([*graphql_routes(services), *provision_routes(services, provisioner.wake)])
+        await provisioner.start()
         log.info(
             "serving",
             url=settings.resolved_public_url(),
@@ -50,6 +59,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            await provisioner.stop()
             await services.close()
 
     async def healthz(_request: Request) -> Response:
@@ -66,8 +76,19 @@ def create_app(settings: Settings) -> Starlette:
             return JSONResponse({"status": "database unavailable"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
+    async def metrics(request: Request) -> Response:
+        services: Services | None = getattr(request.app.state, "services", None)
+        if services is None:
+            return PlainTextResponse("starting\n", status_code=503)
+        m = services.metrics
+        counts = await services.store.count_by_state()
+        for state in JobState:
+            m.jobs.labels(state.value).set(counts.get(state.value, 0))
+        m.subscriptions.set(services.bus.subscriber_count)
+        return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
+
     return Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)],
         lifespan=lifespan,
         middleware=graphql_middleware(settings),
     )

@@ -1,4 +1,4 @@
-"""The ``wml`` command: serve, demo, export-schema, and operator commands."""
+"""The ``wml`` command: serve, demo, export-schema, operator commands, and the data side-car."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import asyncio
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from core.assets import CatalogError
 from core.errors import DomainError
 from core.settings import Settings
+from wml.connector import DIALECTS
 from wml.logs import configure_logging
 
 
@@ -27,6 +30,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--sleep", type=int, default=3, help="seconds the dummy job runs (default 3)")
     demo.add_argument("--verbose", action="store_true", help="show the server's log lines too")
+    demo.add_argument(
+        "--dialect",
+        choices=DIALECTS,
+        default="0.11",
+        help="EDC request dialect the connector stand-in speaks",
+    )
+
+    watch = sub.add_parser(
+        "watch", help="follow a job live: its state changes and log lines, until it ends (exit 0: COMPLETE)"
+    )
+    watch.add_argument("job_id", metavar="JOB_ID")
+    watch.add_argument(
+        "--url", help="the API's base URL (default: WML_PUBLIC_URL, or http://WML_HOST:WML_PORT)"
+    )
+    watch.add_argument("--token", help="the consumer token (default: WML_TOKEN)")
 
     export = sub.add_parser("export-schema", help="print the GraphQL schema (SDL)")
     export.add_argument("--output", "-o", type=Path, help="write to this file instead of stdout")
@@ -40,12 +58,41 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--asset", action="append", required=True, help="asset id (repeatable)")
     create.add_argument("--expires-in", type=int, help="grant lifetime in seconds (default: no expiry)")
+    _add_sidecar(sub)
     return p
+
+
+def _add_sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sidecar = sub.add_parser(
+        "sidecar",
+        help="the data side-car: stage a job's inputs in or its outputs out (storage from WML_STORAGE)",
+        description="Exit codes: 0 done, 1 unexpected failure, 2 usage, 3 input missing or corrupt, "
+        "4 required output missing, 5 storage unavailable.",
+    ).add_subparsers(dest="action", required=True)
+    for action, what, root in (
+        ("stage-in", "fetch, verify and place the inputs", "the inputs directory"),
+        ("stage-out", "upload the outputs, then write the output manifest", "the outputs directory"),
+    ):
+        step = sidecar.add_parser(action, help=what)
+        step.add_argument("--manifest", type=Path, required=True, help=f"the {action} manifest (JSON)")
+        step.add_argument("--root", type=Path, required=True, help=f"{root} the manifest's paths are in")
+        step.add_argument(
+            "--attempts", type=int, default=4, help="tries per transfer while storage is unavailable (4)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as e:  # name the settings, never echo their values (they may be secrets)
+        names = [
+            "WML_" + "_".join(map(str, err["loc"])).upper() if err["loc"] else "settings"
+            for err in e.errors()
+        ]
+        problems = "; ".join(f"{name}: {err['msg']}" for name, err in zip(names, e.errors(), strict=True))
+        print(f"error: invalid settings: {problems}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
         return _dispatch(args, settings)
@@ -69,7 +116,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "demo":
         from wml.demo import run_demo
 
-        return asyncio.run(run_demo(settings, data_dir=args.data_dir, sleep=args.sleep, verbose=args.verbose))
+        return asyncio.run(
+            run_demo(
+                settings, data_dir=args.data_dir, sleep=args.sleep, dialect=args.dialect, verbose=args.verbose
+            )
+        )
+    if args.command == "watch":
+        return asyncio.run(_watch(settings, args.job_id, args.url, args.token))
     if args.command == "export-schema":
         from graphql_api.schema import build_schema
 
@@ -79,9 +132,36 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         else:
             sys.stdout.write(sdl)
         return 0
+    if args.command == "sidecar":
+        from sidecar.main import run_step
+
+        credentials = settings.storage_credentials()
+        return run_step(
+            args.action,
+            args.manifest,
+            args.root,
+            storage_url=settings.storage,
+            credentials=credentials,
+            attempts=args.attempts,
+        )
     if args.command == "consumers" and args.action == "create":
         return asyncio.run(_create_consumer(settings, args.name, args.asset, args.expires_in))
     raise AssertionError(f"unhandled command {args.command}")
+
+
+async def _watch(settings: Settings, job_id: str, url: str | None, token: str | None) -> int:
+    from wml.client import ApiError
+    from wml.watch import watch
+
+    token = token or (settings.token.get_secret_value() if settings.token else None)
+    if not token:
+        print("error: no token: pass --token or set WML_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        return await watch(url or settings.resolved_public_url(), token, job_id)
+    except (ApiError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 async def _create_consumer(settings: Settings, name: str, assets: list[str], lifetime: int | None) -> int:

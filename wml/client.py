@@ -1,12 +1,19 @@
-"""A small consumer-side client of the GraphQL API, used by ``wml demo`` (and later ``wml run``/``watch``)."""
+"""A small consumer-side client of the GraphQL API (HTTP, and subscriptions over ``graphql-transport-ws``),
+used by ``wml demo`` and ``wml watch``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import websockets
+from websockets.typing import Subprotocol
+
+SUBPROTOCOL = Subprotocol("graphql-transport-ws")
 
 
 class ApiError(Exception):
@@ -16,6 +23,8 @@ class ApiError(Exception):
 class Client:
     def __init__(self, base_url: str, token: str, *, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
         )
@@ -83,6 +92,44 @@ class Client:
         )
         job: dict[str, Any] | None = data["job"]
         return job
+
+    async def subscribe(self, document: str, variables: dict[str, Any] | None = None) -> AsyncIterator[Any]:
+        """The ``data`` of each result of a subscription, until the server completes it."""
+        url = "ws" + self.base_url.removeprefix("http") + "/graphql"
+        try:
+            async with websockets.connect(
+                url,
+                subprotocols=[SUBPROTOCOL],
+                open_timeout=self._timeout,
+            ) as ws:
+                await ws.send(
+                    json.dumps(
+                        {"type": "connection_init", "payload": {"authorization": f"Bearer {self._token}"}}
+                    )
+                )
+                ack = json.loads(await asyncio.wait_for(ws.recv(), self._timeout))
+                if ack.get("type") != "connection_ack":
+                    raise ApiError(f"the server did not accept the connection: {ack}")
+                payload = {"query": document, "variables": variables or {}}
+                await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+                async for raw in ws:
+                    message = json.loads(raw)
+                    if message["type"] == "ping":
+                        await ws.send(json.dumps({"type": "pong"}))
+                    elif message["type"] == "complete":
+                        return
+                    elif message["type"] == "error" or message["payload"].get("errors"):
+                        errors = (
+                            message["payload"] if message["type"] == "error" else message["payload"]["errors"]
+                        )
+                        raise ApiError("; ".join(e.get("message", "?") for e in errors))
+                    elif message["type"] == "next":
+                        yield message["payload"]["data"]
+        except websockets.ConnectionClosed as e:
+            if e.rcvd is not None and e.rcvd.code == 4403:
+                raise ApiError("the server refused the token (invalid, expired or revoked)") from None
+            raise ApiError(f"the subscription's connection closed: {e}") from None
+        raise ApiError("the subscription's connection closed before the stream completed")
 
     async def download(self, url: str) -> bytes:
         resp = await self._http.get(url)

@@ -1,8 +1,10 @@
 """``wml demo``: the whole consumer flow on a throw-away embedded server, printing every step.
 
-Starts the embedded default (SQLite, local disk, local processes) on a free loopback port, creates a
-consumer with a grant for the dummy job, uploads an input, runs the job, waits for it to end, and
-downloads and prints the result. Exits non-zero if any step fails.
+Starts the embedded default (SQLite, local disk, local processes) on a free loopback port, plays the
+provider's EDC connector (provision request, callback, details pull) to obtain a consumer token the way a
+real consumer does, uploads an input, runs the dummy job, follows it live over the
+jobEvents and jobLogs subscriptions (no polling), and downloads and prints
+the result. Exits non-zero if any step fails.
 """
 
 from __future__ import annotations
@@ -12,24 +14,26 @@ import hashlib
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from core.grants import create_consumer_with_grants
-from core.services import open_store
+from pydantic import SecretStr
+
 from core.settings import Settings
 from wml.client import ApiError, Client
+from wml.connector import ConnectorEmulator, running_connector
 from wml.logs import configure_logging
 from wml.server import embedded_server
+from wml.watch import describe, follow_job
 
 DEMO_ASSET = "dummy-job"
-TERMINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"}
 
 
 def step(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-async def run_demo(settings: Settings, *, data_dir: Path | None, sleep: int, verbose: bool = False) -> int:
+async def run_demo(
+    settings: Settings, *, data_dir: Path | None, sleep: int, dialect: str = "0.11", verbose: bool = False
+) -> int:
     if not verbose:
         configure_logging("WARNING", settings.log_format)  # the steps are the demo's output
     with tempfile.TemporaryDirectory(prefix="wml-demo-") as tmp:
@@ -47,68 +51,67 @@ async def run_demo(settings: Settings, *, data_dir: Path | None, sleep: int, ver
             }
         )
         try:
-            return await _demo(demo_settings, root, sleep)
+            return await _demo(demo_settings, root, sleep, dialect)
         except (ApiError, OSError, TimeoutError) as e:
             print(f"demo failed: {e}", flush=True)
             return 1
 
 
-async def _demo(settings: Settings, root: Path, sleep: int) -> int:
+async def _demo(settings: Settings, root: Path, sleep: int, dialect: str) -> int:
     step(f"data directory {root} (SQLite, local disk, local processes)")
-    store = await open_store(settings)
-    try:
-        issued = (await create_consumer_with_grants(store, "demo consumer", [DEMO_ASSET]))[0]
-    finally:
-        await store.engine.dispose()
-    step(f"created consumer {issued.consumer.id} with a grant for asset {DEMO_ASSET!r}")
+    async with running_connector() as edc:
+        settings = settings.model_copy(update={"edc_api_key": SecretStr(edc.api_key)})
+        async with embedded_server(settings) as server:
+            step(f"server listening at {server.url}/graphql")
+            token = await _provision(edc, server.url, dialect)
+            return await _consume(server.url, token, root, sleep)
 
-    async with embedded_server(settings) as server:
-        step(f"server listening at {server.url}/graphql")
-        async with Client(server.url, issued.token) as client:
-            me = await client.query("{ me { id name } assets { id name } }")
-            step(f"authenticated as {me['me']['name']!r}; granted assets: {[a['id'] for a in me['assets']]}")
 
-            source = root / "demo-input.txt"
-            source.write_text("hello from the workflow middle-layer demo\nsecond line\n", encoding="utf-8")
-            uploaded = await client.upload(source)
-            step(
-                f"uploaded {uploaded['name']} ({uploaded['size']} bytes, sha256 {uploaded['sha256'][:12]}...)"
-            )
+async def _provision(edc: ConnectorEmulator, url: str, dialect: str) -> str:
+    """Play the provider's connector: provision, take the callback, pull the details."""
+    transfer = f"demo-transfer-{int(time.time())}"
+    body = edc.request_body(DEMO_ASSET, transfer, kind="provision", dialect=dialect)
+    resp = await edc.post(f"{url}/provision/", body)
+    if resp.status_code != 200:
+        raise ApiError(f"provision request answered {resp.status_code}: {resp.text[:200]}")
+    step(f"connector ({dialect} dialect) asked to provision {DEMO_ASSET!r} for transfer {transfer}: 200")
+    callback = await edc.wait_for_callback(transfer)
+    step(f"connector received the callback; data address {callback.address['baseUrl']}")
+    details = await edc.pull_details(callback)
+    step(f"consumer pulled the details: API {details['graphqlUrl']}, grant expires {details['expiresAt']}")
+    token: str = details["token"]
+    return token
 
-            job = await client.create_job(DEMO_ASSET, {"data": uploaded["id"]}, {"SLEEPTIME": sleep})
-            step(f"created job {job['id']} ({job['state']})")
-            final = await _wait(client, job["id"], limit=sleep + 120)
 
-            if final["logTail"]:
-                step("worker log (tail):")
-                for line in final["logTail"].splitlines():
-                    print(f"    | {line}")
-            if final["state"] != "COMPLETE":
-                step(f"job ended {final['state']} ({final['reason']}): {final['message']}")
-                return 1
-            result = next(o for o in final["outputs"] if o["name"] == "result.txt")
-            content = await client.download(result["downloadUrl"])
-            if hashlib.sha256(content).hexdigest() != result["sha256"]:
-                step("downloaded result does not match its sha256")
-                return 1
-            step(f"downloaded {result['name']} ({len(content)} bytes, sha256 verified):")
-            for line in content.decode(errors="replace").splitlines():
-                print(f"    {line}")
+async def _consume(url: str, token: str, root: Path, sleep: int) -> int:
+    async with Client(url, token) as client:
+        me = await client.query("{ me { id name } assets { id name } }")
+        step(f"authenticated as {me['me']['name']!r}; granted assets: {[a['id'] for a in me['assets']]}")
+
+        source = root / "demo-input.txt"
+        source.write_text("hello from the workflow middle-layer demo\nsecond line\n", encoding="utf-8")
+        uploaded = await client.upload(source)
+        step(f"uploaded {uploaded['name']} ({uploaded['size']} bytes, sha256 {uploaded['sha256'][:12]}...)")
+
+        job = await client.create_job(DEMO_ASSET, {"data": uploaded["id"]}, {"SLEEPTIME": sleep})
+        step(f"created job {job['id']} ({job['state']}); following it live over the subscriptions:")
+        await asyncio.wait_for(
+            follow_job(client, job["id"], lambda e: step(describe(e)), lambda line: print(f"    | {line}")),
+            sleep + 120,
+        )
+        final = await client.job(job["id"])
+        if final is None:
+            raise ApiError(f"job {job['id']} disappeared")
+        if final["state"] != "COMPLETE":
+            step(f"job ended {final['state']} ({final['reason']}): {final['message']}")
+            return 1
+        result = next(o for o in final["outputs"] if o["name"] == "result.txt")
+        content = await client.download(result["downloadUrl"])
+        if hashlib.sha256(content).hexdigest() != result["sha256"]:
+            step("downloaded result does not match its sha256")
+            return 1
+        step(f"downloaded {result['name']} ({len(content)} bytes, sha256 verified):")
+        for line in content.decode(errors="replace").splitlines():
+            print(f"    {line}")
     step("demo finished: the job is COMPLETE and its result downloaded")
     return 0
-
-
-async def _wait(client: Client, job_id: str, limit: float) -> dict[str, Any]:
-    deadline = time.monotonic() + limit
-    last = None
-    while time.monotonic() < deadline:
-        job = await client.job(job_id)
-        if job is None:
-            raise ApiError(f"job {job_id} disappeared")
-        if job["state"] != last:
-            last = job["state"]
-            step(f"job is {last}" + (f" ({job['reason']})" if job["reason"] else ""))
-        if job["state"] in TERMINAL:
-            return job
-        await asyncio.sleep(0.3)
-    raise TimeoutError(f"job {job_id} did not finish within {limit:.0f}s")

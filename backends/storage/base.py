@@ -8,7 +8,7 @@ appears whole, with its size and sha256, or not at all.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 
@@ -17,6 +17,14 @@ class ObjectInfo:
     key: str
     size: int
     sha256: str | None = None  # hex; None when the backend cannot know it without reading (stat only)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageCredentials:
+    """Explicit credentials for a storage server (S3 access keys); the secret never shows in a repr."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
 
 
 class StorageError(Exception):

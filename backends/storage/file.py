@@ -29,6 +29,7 @@ from backends.storage.base import (
     ObjectInfo,
     ObjectNotFoundError,
     ObjectTooLargeError,
+    StorageCredentials,
     StorageError,
 )
 
@@ -67,8 +68,11 @@ class FileStorageBackend:
         sweep_stale_temp_files(self.root, max_age=STALE_TEMP_AGE)
 
     @classmethod
-    def from_url(cls, url: str) -> Self:
-        """``file:///abs/path``, ``file://localhost/abs/path``, ``file://rel/path`` or ``file:rel/path``."""
+    def from_url(cls, url: str, *, credentials: StorageCredentials | None = None) -> Self:
+        """``file:///abs/path``, ``file://localhost/abs/path``, ``file://rel/path`` or ``file:rel/path``.
+
+        ``credentials`` are ignored: a directory needs none.
+        """
         parts = urlsplit(url)
         if parts.scheme != "file":
             raise ValueError(f"not a file storage URL: {url!r}")

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
@@ -47,6 +47,7 @@ log = structlog.get_logger("wml.workflow.local")
 
 _RUNNER_EXIT_WAIT = 5.0  # seconds the runner may take to exit after writing exit.json
 _MAX_LINE = 64 * 1024  # bytes of one log line kept before it is passed on unfinished
+_READ_SIZE = 64 * 1024
 
 
 class LocalWorkflowBackend:
@@ -161,28 +162,33 @@ class LocalWorkflowBackend:
         if not valid_job_id(ref):
             return
         job = self._job(ref)
-        offset, partial = 0, b""
-        while True:
-            finished = await asyncio.to_thread(job.finished)
-            try:
-                chunk = await asyncio.to_thread(job.read_log, offset)
-            except FileNotFoundError:
-                chunk = b""
-            if chunk:
-                offset += len(chunk)
-                *lines, partial = (partial + chunk).split(b"\n")
-                if len(partial) > _MAX_LINE:  # a line that never ends is passed on in pieces
-                    lines.append(partial)
-                    partial = b""
-                for line in lines:
-                    yield line.decode("utf-8", errors="replace")
-            elif not follow or finished or not await asyncio.to_thread(job.exists):
-                # Finished before this read: the read drained everything the worker wrote.
-                if partial:
-                    yield partial.decode("utf-8", errors="replace")
-                return
-            else:
-                await asyncio.sleep(self._poll)
+        partial = b""
+        # Held open from the first read on: the job directory is removed soon after the run ends, and
+        # an open file can still be read to its end.
+        log_file: BinaryIO | None = None
+        try:
+            while True:
+                finished = await asyncio.to_thread(job.finished)
+                if log_file is None:
+                    log_file = await asyncio.to_thread(job.open_log)
+                chunk = await asyncio.to_thread(log_file.read, _READ_SIZE) if log_file else b""
+                if chunk:
+                    *lines, partial = (partial + chunk).split(b"\n")
+                    if len(partial) > _MAX_LINE:  # a line that never ends is passed on in pieces
+                        lines.append(partial)
+                        partial = b""
+                    for line in lines:
+                        yield line.decode("utf-8", errors="replace")
+                elif not follow or finished or not await asyncio.to_thread(job.exists):
+                    # Finished before this read: the read drained everything the worker wrote.
+                    if partial:
+                        yield partial.decode("utf-8", errors="replace")
+                    return
+                else:
+                    await asyncio.sleep(self._poll)
+        finally:
+            if log_file is not None:
+                log_file.close()
 
     # -- the pipeline ------------------------------------------------------------------------------
 
@@ -267,6 +273,9 @@ class LocalWorkflowBackend:
                     await asyncio.to_thread(signal_runner_group, job, signal.SIGKILL)
             await asyncio.sleep(self._poll)
         await asyncio.to_thread(wait_runner_gone, job, _RUNNER_EXIT_WAIT)
+        if status is None:  # the runner died without saying how the worker ended: keep why, if it knows
+            said = await asyncio.to_thread(job.runner_log_tail)
+            log.warning("local_runner_vanished", job_id=run.job_id, runner_log=said)
         await self._complete(run, job, status)
 
     async def _complete(self, run: JobRun, job: JobDir, status: ExitStatus | None) -> None:
@@ -314,7 +323,8 @@ class LocalWorkflowBackend:
             return final
         run = await asyncio.to_thread(job.read_run)
         launched = await asyncio.to_thread(job.launched)
-        alive = await asyncio.to_thread(job.runner_alive)
+        # A written exit status means the worker is done, even if its runner has yet to exit.
+        alive = await asyncio.to_thread(job.read_exit) is None and await asyncio.to_thread(job.runner_alive)
         # No await from this check to _track: two reconciles never start two watchers.
         if ref in self._tasks:
             return BackendUpdate(ref, RunPhase.RUNNING if launched else RunPhase.INITIALIZING)

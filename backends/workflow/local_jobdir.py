@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from backends.workflow import local_runner
 from backends.workflow.base import (
@@ -133,29 +133,55 @@ class JobDir:
         except FileNotFoundError:
             return None
 
-    def runner_pid(self) -> int | None:
+    def _runner_identity(self) -> tuple[int, str | None] | None:
+        """``runner.pid`` holds the pid and the process's start time (an older file: the pid only)."""
         try:
-            return int(self._runner_pid.read_text().strip())
-        except (FileNotFoundError, ValueError):
+            fields = self._runner_pid.read_text().split()
+            return int(fields[0]), (fields[1] if len(fields) > 1 else None)
+        except (FileNotFoundError, ValueError, IndexError):
             return None
 
+    def runner_pid(self) -> int | None:
+        identity = self._runner_identity()
+        return identity[0] if identity else None
+
     def write_runner_pid(self, pid: int) -> None:
-        write_atomic(self._runner_pid, str(pid))
+        write_atomic(self._runner_pid, local_runner.process_identity(pid))
 
     def runner_alive(self) -> bool:
-        """Our runner for this job still runs (a reused pid running something else does not count)."""
-        pid = self.runner_pid()
-        if pid is None:
+        """Our runner for this job still runs (a reused pid running something else does not count).
+
+        The pid and its start time name one process for good. (The command line is no proof while the
+        runner is being exec'd: right after the spawn returns, /proc shows it empty for a moment.)
+        """
+        identity = self._runner_identity()
+        if identity is None:
             return False
+        pid, started = identity
         reap(pid)
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             return False
-        if stat[stat.rfind(")") + 2 :].startswith("Z"):
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if fields[0] == "Z":
+            return False
+        if started is not None:
+            return fields[19] == started  # field 22 of stat: the start time, in clock ticks since boot
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
             return False
         return RUNNER_MODULE.encode() in cmdline and str(self.root).encode() in cmdline
+
+    def runner_log_tail(self, max_bytes: int = 4096) -> str:
+        """The end of the runner's own output (its errors, if it had any)."""
+        try:
+            with open(self.root / "runner.log", "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+                return f.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def tail(self, lines: int, max_bytes: int = 256 * 1024) -> str:
         """The last ``lines`` lines of the worker log (reading at most ``max_bytes`` from its end)."""
@@ -169,10 +195,12 @@ class JobDir:
         text = data.decode("utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
 
-    def read_log(self, offset: int, size: int = 64 * 1024) -> bytes:
-        with open(self.worker_log, "rb") as f:
-            f.seek(offset)
-            return f.read(size)
+    def open_log(self) -> BinaryIO | None:
+        """The worker log opened for reading, or None while it does not exist."""
+        try:
+            return open(self.worker_log, "rb")  # the caller holds it open while following
+        except FileNotFoundError:
+            return None
 
 
 def reap(pid: int) -> None:

@@ -44,6 +44,12 @@ _POLL = 0.05
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 
+def process_identity(pid: int) -> str:
+    """``"<pid> <start time>"``: the start time (field 22 of /proc/<pid>/stat) tells a reused pid apart."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return f"{pid} {stat[stat.rfind(')') + 2 :].split()[19]}"
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so a reader sees the old content or the new one, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -219,7 +225,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, sup.on_sigterm)
     _become_subreaper()
     os.chdir(job_dir)
-    write_atomic(job_dir / RUNNER_PID_FILE, str(os.getpid()))
+    write_atomic(job_dir / RUNNER_PID_FILE, process_identity(os.getpid()))
     result: dict[str, Any] = {"exit_code": None, "signal": None, "timed_out": False}
     result |= {"terminated": False, "oom": False, "error": None}
     try:

@@ -3,11 +3,14 @@
 Each implementation is named in :data:`BACKENDS` as ``"module:Class"`` and must offer a
 ``from_url(url, *, storage, work_dir) -> instance`` class method; nothing is imported until a URL asks
 for it, so optional dependencies (kubernetes_asyncio for ``kubernetes``) are needed only where used.
+A backend whose ``from_url`` also takes ``settings`` gets the service's settings object (the
+``kubernetes`` backend reads its ``WML_K8S_*`` values from it); backends never read the environment.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -26,7 +29,9 @@ class WorkflowConfigurationError(ValueError):
     """The workflow URL names no known backend, or one that cannot be loaded in this build."""
 
 
-def create_workflow_backend(url: str, *, storage: StorageBackend, work_dir: Path) -> WorkflowBackend:
+def create_workflow_backend(
+    url: str, *, storage: StorageBackend, work_dir: Path, settings: object | None = None
+) -> WorkflowBackend:
     """Build the backend for ``url`` (``local://``, ``kubernetes://namespace``, ``container://podman``).
 
     ``storage`` is where the side-car stages files from and to; ``work_dir`` holds backend state on this
@@ -40,8 +45,11 @@ def create_workflow_backend(url: str, *, storage: StorageBackend, work_dir: Path
     if target is None:
         raise WorkflowConfigurationError(f"unknown workflow scheme {scheme!r}; known schemes: {known}")
     backend_class = _load(scheme, target)
+    extra = {}
+    if settings is not None and "settings" in inspect.signature(backend_class.from_url).parameters:
+        extra["settings"] = settings
     try:
-        backend = backend_class.from_url(url.strip(), storage=storage, work_dir=work_dir)
+        backend = backend_class.from_url(url.strip(), storage=storage, work_dir=work_dir, **extra)
     except ValueError as e:
         raise WorkflowConfigurationError(f"invalid {scheme} workflow URL: {e}") from e
     return cast(WorkflowBackend, backend)

@@ -73,8 +73,7 @@ ASSET = Asset.model_validate(
 )
 
 
-async def _setup(tmp_path: Path) -> tuple[Store, ScriptedBackend, Supervisor]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+async def _setup(tmp_path: Path, url: str) -> tuple[Store, ScriptedBackend, Supervisor]:
     await migrate(url)
     store = Store(create_engine(url))
     await store.sync_assets([ASSET])
@@ -134,8 +133,9 @@ async def _wait_state(store: Store, job_id: str, state: JobState, timeout: float
 
 async def test_a_job_that_never_starts_ends_start_timeout_and_is_cancelled_in_the_backend(
     tmp_path: Path,
+    database_url: str,
 ) -> None:
-    store, backend, supervisor = await _setup(tmp_path)
+    store, backend, supervisor = await _setup(tmp_path, database_url)
     consumer = (await store.list_grants())[0].consumer_id
     await supervisor.start()
     try:
@@ -151,8 +151,10 @@ async def test_a_job_that_never_starts_ends_start_timeout_and_is_cancelled_in_th
         await store.engine.dispose()
 
 
-async def test_a_cancel_the_backend_never_confirms_is_forced_after_the_cancel_timeout(tmp_path: Path) -> None:
-    store, backend, supervisor = await _setup(tmp_path)
+async def test_a_cancel_the_backend_never_confirms_is_forced_after_the_cancel_timeout(
+    tmp_path: Path, database_url: str
+) -> None:
+    store, backend, supervisor = await _setup(tmp_path, database_url)
     consumer = (await store.list_grants())[0].consumer_id
     await supervisor.start()
     try:
@@ -170,8 +172,10 @@ async def test_a_cancel_the_backend_never_confirms_is_forced_after_the_cancel_ti
         await store.engine.dispose()
 
 
-async def test_startup_reconcile_marks_forgotten_and_unsubmitted_jobs_backend_lost(tmp_path: Path) -> None:
-    store, _backend, supervisor = await _setup(tmp_path)
+async def test_startup_reconcile_marks_forgotten_and_unsubmitted_jobs_backend_lost(
+    tmp_path: Path, database_url: str
+) -> None:
+    store, _backend, supervisor = await _setup(tmp_path, database_url)
     consumer = (await store.list_grants())[0].consumer_id
     forgotten = await _job(store, consumer)
     await store.transition(forgotten.id, JobState.INITIALIZING)
@@ -188,8 +192,8 @@ async def test_startup_reconcile_marks_forgotten_and_unsubmitted_jobs_backend_lo
         await store.engine.dispose()
 
 
-async def test_an_update_for_an_already_ended_job_changes_nothing(tmp_path: Path) -> None:
-    store, backend, supervisor = await _setup(tmp_path)
+async def test_an_update_for_an_already_ended_job_changes_nothing(tmp_path: Path, database_url: str) -> None:
+    store, backend, supervisor = await _setup(tmp_path, database_url)
     consumer = (await store.list_grants())[0].consumer_id
     job = await _job(store, consumer)
     await supervisor.cancel(job, reason="CANCELED_BY_USER", message="stop")
@@ -202,8 +206,8 @@ async def test_an_update_for_an_already_ended_job_changes_nothing(tmp_path: Path
     await store.engine.dispose()
 
 
-async def test_concurrent_transitions_record_exactly_one_winner(tmp_path: Path) -> None:
-    store, _backend, _supervisor = await _setup(tmp_path)
+async def test_concurrent_transitions_record_exactly_one_winner(tmp_path: Path, database_url: str) -> None:
+    store, _backend, _supervisor = await _setup(tmp_path, database_url)
     consumer = (await store.list_grants())[0].consumer_id
     job = await _job(store, consumer)
     results = await asyncio.gather(
@@ -219,4 +223,18 @@ async def test_concurrent_transitions_record_exactly_one_winner(tmp_path: Path) 
     # Each recorded event is a legal step from the one before, and the last one is the job's state.
     assert events[-1].state == final.state
     assert len(events) == 1 + len(winners)
+    await store.engine.dispose()
+
+
+async def test_an_event_seq_is_never_reused_after_the_newest_job_is_deleted(
+    tmp_path: Path, database_url: str
+) -> None:
+    store, _backend, _supervisor = await _setup(tmp_path, database_url)
+    consumer = (await store.list_grants())[0].consumer_id
+    await _job(store, consumer)
+    newest = await _job(store, consumer)
+    seen = (await store.events(newest.id))[-1].seq
+    await store.delete_job(newest.id)
+    later = await _job(store, consumer)
+    assert (await store.events(later.id))[0].seq > seen
     await store.engine.dispose()

@@ -87,8 +87,8 @@ async def test_run_timeout_ends_the_job_with_reason_run_timeout(api: Api) -> Non
     assert job["reason"] == "RUN_TIMEOUT"
 
 
-async def test_queue_timeout_fails_a_job_that_never_gets_capacity(tmp_path: Path) -> None:
-    async with running_api(tmp_path, backend_capacity=1) as api:
+async def test_queue_timeout_fails_a_job_that_never_gets_capacity(tmp_path: Path, database_url: str) -> None:
+    async with running_api(tmp_path, database_url=database_url, backend_capacity=1) as api:
         blocking = await api.consumer("alice", ("dummy-job",))
         blocker = await api.create_job(blocking, parameters={"SLEEPTIME": 30})
         await api.wait_for(blocking, blocker["id"], {"RUNNING"})
@@ -99,8 +99,8 @@ async def test_queue_timeout_fails_a_job_that_never_gets_capacity(tmp_path: Path
         assert job["reason"] == "QUEUE_TIMEOUT"
 
 
-async def test_capacity_limit_keeps_jobs_queued_until_room_frees(tmp_path: Path) -> None:
-    async with running_api(tmp_path, backend_capacity=1) as api:
+async def test_capacity_limit_keeps_jobs_queued_until_room_frees(tmp_path: Path, database_url: str) -> None:
+    async with running_api(tmp_path, database_url=database_url, backend_capacity=1) as api:
         token = await api.consumer("alice")
         first = await api.create_job(token, parameters={"SLEEPTIME": 2})
         await api.wait_for(token, first["id"], {"RUNNING"})
@@ -113,8 +113,12 @@ async def test_capacity_limit_keeps_jobs_queued_until_room_frees(tmp_path: Path)
         assert done_second["startedAt"] >= done_first["finishedAt"]
 
 
-async def test_per_consumer_quota_queues_one_consumer_without_blocking_another(tmp_path: Path) -> None:
-    async with running_api(tmp_path, max_running_jobs_per_consumer=1, backend_capacity=4) as api:
+async def test_per_consumer_quota_queues_one_consumer_without_blocking_another(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with running_api(
+        tmp_path, database_url=database_url, max_running_jobs_per_consumer=1, backend_capacity=4
+    ) as api:
         alice = await api.consumer("alice")
         bob = await api.consumer("bob")
         a1 = await api.create_job(alice, parameters={"SLEEPTIME": 2})
@@ -127,8 +131,8 @@ async def test_per_consumer_quota_queues_one_consumer_without_blocking_another(t
         assert (await api.wait_for(alice, a2["id"]))["state"] == "COMPLETE"
 
 
-async def test_queued_jobs_beyond_the_quota_are_refused(tmp_path: Path) -> None:
-    async with running_api(tmp_path, max_queued_jobs_per_consumer=1) as api:
+async def test_queued_jobs_beyond_the_quota_are_refused(tmp_path: Path, database_url: str) -> None:
+    async with running_api(tmp_path, database_url=database_url, max_queued_jobs_per_consumer=1) as api:
         token = await api.consumer("alice")
         await api.create_job(token, parameters={"SLEEPTIME": 5})
         refused = await api.create_job(token, parameters={"SLEEPTIME": 0})

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from backends.workflow.local_jobdir import JobDir
 from core.grants import create_consumer_with_grants
 from core.services import Services
 from core.settings import Settings
@@ -144,10 +145,17 @@ class Api:
 
 
 def kill_leftover_workers(jobs_dir: Path) -> None:
-    """Local workers outlive the server on purpose (restart adoption); a test must not leave them."""
+    """Local workers outlive the server on purpose (restart adoption); a test must not leave them.
+
+    Only runners that are still this job directory's own are killed: pids are reused quickly (pid_max
+    may be 32768), and a stale runner.pid must never take down another test's worker.
+    """
     for pid_file in jobs_dir.glob("*/runner.pid"):
-        with contextlib.suppress(ValueError, OSError):
-            os.killpg(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        job = JobDir(pid_file.parent)
+        pid = job.runner_pid()
+        if pid is not None and job.runner_alive():
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 @asynccontextmanager

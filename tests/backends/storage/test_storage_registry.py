@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 from backends.storage import registry
+from backends.storage.base import StorageCredentials
 from backends.storage.file import FileStorageBackend
 from backends.storage.registry import StorageConfigurationError, create_storage
+from backends.storage.s3 import S3StorageBackend
+from backends.storage.s3_url import S3Location
 
 
 def test_file_url_builds_the_file_backend(tmp_path: Path) -> None:
@@ -38,12 +40,30 @@ def test_plain_absolute_path_is_file_storage(tmp_path: Path) -> None:
     assert storage.root == tmp_path / "odd%name"
 
 
-def test_s3_is_reported_as_not_available_in_this_build() -> None:
-    if "backends.storage.s3" in sys.modules or _s3_exists():
-        pytest.skip("the s3 backend exists in this build")
+def test_s3_url_builds_the_s3_backend_with_the_credentials_handed_in() -> None:
+    keys = StorageCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI")
 
-    with pytest.raises(ValueError, match="s3 storage backend is not available in this build"):
-        create_storage("s3://bucket?endpoint=http://minio:9000&region=eu-1")
+    storage = create_storage("s3://bucket/pre/fix?endpoint=http://minio:9000&region=eu-1", credentials=keys)
+
+    assert isinstance(storage, S3StorageBackend)
+    assert storage.location == S3Location(
+        bucket="bucket", endpoint="http://minio:9000", region="eu-1", prefix="pre/fix/"
+    )
+    assert "wJalrXUtnFEMI" not in repr(keys)
+
+
+def test_invalid_s3_url_is_a_configuration_error_that_does_not_repeat_the_url() -> None:
+    with pytest.raises(StorageConfigurationError) as caught:
+        create_storage("s3://bucket?endpoint=http://minio:9000&secret=hunter2")
+
+    assert "unknown parameter 'secret'" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_file_storage_ignores_credentials(tmp_path: Path) -> None:
+    storage = create_storage(f"file://{tmp_path}", credentials=StorageCredentials("id", "secret"))
+
+    assert isinstance(storage, FileStorageBackend)
 
 
 def test_unknown_scheme_lists_the_known_ones() -> None:
@@ -71,7 +91,3 @@ def test_backend_module_without_the_class_is_not_available(monkeypatch: pytest.M
 
     with pytest.raises(StorageConfigurationError, match="not available"):
         create_storage("fake://x")
-
-
-def _s3_exists() -> bool:
-    return (Path(registry.__file__).parent / "s3.py").exists()

@@ -1,7 +1,10 @@
 """Fixtures for the workflow-backend contract suite: each backend, on a file storage in tmp_path.
 
 Every fixture here is backend-neutral except where a backend has to say something only it knows
-(``process_group``: the local backend's process group of a run, for checking that nothing is left).
+(``process_group``: the local backend's process group of a run, for checking that nothing is left;
+``backend_traits``: what a backend's design decides differently, each case named there).
+The ``kubernetes`` backend runs against a fake API server on loopback whose fake kubelet really runs
+the Pods (tests/support/kube_*.py).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from backends.workflow.base import (
     WorkflowBackend,
 )
 from backends.workflow.local import LocalWorkflowBackend
+from tests.support.kube_backend import fake_kube
 
 ENTRYPOINT = Path(__file__).resolve().parents[3] / "dummy-job" / "entrypoint.sh"
 TERMINAL = {RunPhase.SUCCEEDED, RunPhase.FAILED, RunPhase.ERROR, RunPhase.CANCELED}
@@ -45,7 +49,7 @@ def storage(tmp_path: Path) -> FileStorageBackend:
 def kill_leftovers(work_dir: Path) -> None:
     """Tests end their jobs, but a failing test must not leave process trees behind."""
     for pid_file in work_dir.glob("*/runner.pid"):
-        pid = int(pid_file.read_text())
+        pid = int(pid_file.read_text().split()[0])
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
@@ -69,10 +73,19 @@ def make_local_backend(work_dir: Path, storage: FileStorageBackend) -> LocalWork
     return LocalWorkflowBackend(work_dir, storage, poll_interval=0.05, kill_grace=1.0)
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "kubernetes"])
 async def workflow_backend(
-    request: pytest.FixtureRequest, storage: FileStorageBackend, local_work_dir: Path
+    request: pytest.FixtureRequest, storage: FileStorageBackend, local_work_dir: Path, tmp_path: Path
 ) -> AsyncIterator[WorkflowBackend]:
+    if request.param == "kubernetes":
+        async with fake_kube(tmp_path, f"file://{tmp_path / 'files'}", run_pods=True) as kube:
+            k8s = kube.backend(storage)
+            await k8s.start()
+            try:
+                yield k8s
+            finally:
+                await k8s.close()
+        return
     backend = make_local_backend(local_work_dir, storage)
     await backend.start()
     try:
@@ -81,13 +94,25 @@ async def workflow_backend(
         await backend.close()
 
 
+@dataclass(frozen=True)
+class BackendTraits:
+    # Kubernetes runs stage-out as the Pod's main container, after the worker init container succeeded:
+    # a failed worker's outputs are not uploaded (its log is).
+    outputs_after_failure: bool
+
+
+@pytest.fixture
+def backend_traits(workflow_backend: WorkflowBackend) -> BackendTraits:
+    return BackendTraits(outputs_after_failure=workflow_backend.name != "kubernetes")
+
+
 @pytest.fixture
 def process_group(workflow_backend: WorkflowBackend, local_work_dir: Path) -> Callable[[str], int | None]:
     """The process group a run's processes live in, where the backend has one on this machine."""
 
     def find(ref: str) -> int | None:
         pid_file = local_work_dir / ref / "runner.pid"
-        return int(pid_file.read_text()) if pid_file.exists() else None
+        return int(pid_file.read_text().split()[0]) if pid_file.exists() else None
 
     return find
 

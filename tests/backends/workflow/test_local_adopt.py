@@ -34,7 +34,7 @@ async def test_new_instance_adopts_a_running_worker_and_reports_its_end(
     ref = await first.submit(make_run(env={"SLEEPTIME": "2"}))
     await updates_of(first).next_for(ref, {RunPhase.RUNNING})
     await first.close()
-    runner = int((local_work_dir / ref / "runner.pid").read_text())
+    runner = int((local_work_dir / ref / "runner.pid").read_text().split()[0])
     os.killpg(runner, 0)  # close() left the worker running
 
     second = local_backend_factory()
@@ -105,7 +105,7 @@ async def test_runner_that_died_without_an_exit_status_is_reported_lost(
     ref = await first.submit(make_run(env={"SLEEPTIME": "30"}))
     await updates_of(first).next_for(ref, {RunPhase.RUNNING})
     await first.close()
-    runner = int((local_work_dir / ref / "runner.pid").read_text())
+    runner = int((local_work_dir / ref / "runner.pid").read_text().split()[0])
     os.killpg(runner, signal.SIGKILL)  # as if the machine went down under it
     os.waitpid(runner, 0)
 
@@ -128,7 +128,7 @@ async def test_cancel_after_a_restart_stops_the_adopted_worker(
     ref = await first.submit(make_run(env={"SLEEPTIME": "30"}))
     await updates_of(first).next_for(ref, {RunPhase.RUNNING})
     await first.close()
-    runner = int((local_work_dir / ref / "runner.pid").read_text())
+    runner = int((local_work_dir / ref / "runner.pid").read_text().split()[0])
 
     second = local_backend_factory()
     await second.start()

@@ -118,7 +118,7 @@ async def test_cancel_of_a_worker_that_ignores_sigterm_kills_it_after_the_grace_
     updates = updates_of(backend)
     ref = await backend.submit(make_run(**shell("trap '' TERM; echo ready; sleep 30")))
     await updates.next_for(ref, {RunPhase.RUNNING})
-    runner = int((local_work_dir / ref / "runner.pid").read_text())
+    runner = int((local_work_dir / ref / "runner.pid").read_text().split()[0])
     async with asyncio.timeout(5):
         while "ready" not in (local_work_dir / ref / "worker.log").read_text():
             await asyncio.sleep(0.05)

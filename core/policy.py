@@ -1,0 +1,64 @@
+"""Reading what we need from an EDC contract policy: the consumer's id and the contract's end.
+
+The policy arrives in EDC's Jackson form and is otherwise opaque to us. A contract end is an atomic
+constraint whose left operand names an end date (``contractEndDate``, ``inForceDate``, with or without a
+namespace prefix), whose operator is "before" (``LT``/``LEQ``/``lt``/``lteq``) and whose right operand is an
+ISO-8601 date-time. The earliest such date wins; anything else (relative expressions included) is ignored
+and the configured default lifetime applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+END_OPERANDS = ("contractenddate", "inforcedate")
+BEFORE_OPERATORS = {"lt", "leq", "lteq", "odrl:lt", "odrl:lteq"}
+
+
+def assignee(policy: dict[str, Any] | None) -> str | None:
+    value = (policy or {}).get("assignee")
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def contract_end(policy: dict[str, Any] | None) -> datetime | None:
+    ends = [d for d in (_end_of(c) for c in _constraints(policy or {})) if d is not None]
+    return min(ends) if ends else None
+
+
+def _constraints(node: Any) -> Iterator[dict[str, Any]]:
+    """Every dict in the policy that looks like an atomic constraint, at any depth."""
+    if isinstance(node, dict):
+        if ("leftExpression" in node or "leftOperand" in node) and "operator" in node:
+            yield node
+        for value in node.values():
+            yield from _constraints(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _constraints(item)
+
+
+def _value(expr: Any) -> Any:
+    if isinstance(expr, dict):
+        for key in ("value", "@value", "@id"):
+            if key in expr:
+                return _value(expr[key])
+        return None
+    return expr
+
+
+def _end_of(constraint: dict[str, Any]) -> datetime | None:
+    left = _value(constraint.get("leftExpression", constraint.get("leftOperand")))
+    operator = _value(constraint.get("operator"))
+    right = _value(constraint.get("rightExpression", constraint.get("rightOperand")))
+    if not isinstance(left, str) or not isinstance(operator, str) or not isinstance(right, str):
+        return None
+    name = left.rsplit(":", 1)[-1].rsplit("/", 1)[-1].lower()
+    if name not in END_OPERANDS or operator.lower() not in BEFORE_OPERATORS:
+        return None
+    try:
+        moment = datetime.fromisoformat(right.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,133 @@
+"""Sending provisioning callbacks to the connector, and the background loops of the provisioner.
+
+The sender works from state persisted on each grant (``callback_state``, ``callback_next_at``), so a
+callback pending when the service stops is sent after it starts again. How each answer is treated:
+
+| connector answer          | what we do                                                            |
+|---------------------------|-----------------------------------------------------------------------|
+| 2xx (204)                 | delivered; the grant is ACTIVE                                        |
+| 401                       | FAILED_CALLBACK, a loud log line naming the setting; retried slowly   |
+| 404                       | the connector does not know the transfer: give up, deprovision        |
+| 400 / other 4xx           | our body was refused: give up, FAILED_CALLBACK, logged as an error    |
+| 409, 5xx, network, timeout| retried with bounded exponential backoff                              |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+
+import httpx
+import structlog
+
+from core.metrics import Metrics
+from core.models import Grant, utcnow
+from core.provisioning import CallbackOutcome, ProvisioningService
+from core.settings import Settings
+from provisioner.wire import callback_body, callback_url
+
+log = structlog.get_logger("wml.provisioner")
+
+
+def classify(status: int) -> CallbackOutcome:
+    if 200 <= status < 300:
+        return CallbackOutcome(delivered=True)
+    if status == 401:
+        return CallbackOutcome(unauthorized=True, error="401 from the connector")
+    if status == 404:
+        return CallbackOutcome(unknown_transfer=True, error="404: the connector does not know this transfer")
+    if status == 409 or status >= 500:
+        return CallbackOutcome(error=f"{status} from the connector")
+    return CallbackOutcome(give_up=True, error=f"{status}: the connector refused the callback body")
+
+
+def _outcome_name(outcome: CallbackOutcome) -> str:
+    if outcome.delivered:
+        return "delivered"
+    if outcome.unauthorized:
+        return "unauthorized"
+    if outcome.unknown_transfer:
+        return "unknown_transfer"
+    return "refused" if outcome.give_up else "retry"
+
+
+class ProvisionerTasks:
+    """The callback sender and the expiry reaper, owned by the app's lifespan."""
+
+    def __init__(self, provisioning: ProvisioningService, settings: Settings, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._provisioning = provisioning
+        self._settings = settings
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: httpx.AsyncClient | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._http = httpx.AsyncClient(timeout=self._settings.callback_timeout)
+        self._tasks = [
+            asyncio.create_task(self._send_loop(), name="provisioner-callbacks"),
+            asyncio.create_task(self._reap_loop(), name="provisioner-reaper"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def _send_loop(self) -> None:
+        while True:
+            try:
+                for grant in await self._provisioning.due_callbacks():
+                    await self.send(grant)
+                nxt = await self._provisioning.next_callback_at()
+            except Exception:
+                log.exception("callback pass failed; retrying shortly")
+                nxt = utcnow() + timedelta(seconds=1)
+            pause = 5.0 if nxt is None else max(0.05, min(5.0, (nxt - utcnow()).total_seconds()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=pause)
+            self._wake.clear()
+
+    async def send(self, grant: Grant) -> None:
+        assert self._http is not None
+        auth_code = self._provisioning.auth_code_for(grant)
+        body = callback_body(grant, self._settings.resolved_public_url(), auth_code)
+        key = self._settings.edc_api_key.get_secret_value() if self._settings.edc_api_key else ""
+        try:
+            resp = await self._http.post(callback_url(grant), json=body, headers={"X-Api-Key": key})
+            outcome = classify(resp.status_code)
+        except httpx.HTTPError as e:
+            outcome = CallbackOutcome(error=f"connector unreachable: {type(e).__name__}")
+        if outcome.unauthorized:
+            log.error(
+                "the connector refused our provisioning callback (401): set WML_EDC_API_KEY to the "
+                "connector's management API key (and give the connector a fixed key); retrying slowly",
+                grant_id=grant.id,
+                transfer_process_id=grant.transfer_process_id,
+                key_set=bool(key),
+            )
+        elif not outcome.delivered:
+            log.warning(
+                "provisioning callback failed",
+                grant_id=grant.id,
+                error=outcome.error,
+                attempt=grant.callback_attempts + 1,
+            )
+        self._metrics.callbacks.labels(_outcome_name(outcome)).inc()
+        await self._provisioning.record_callback(grant, outcome)
+
+    async def _reap_loop(self) -> None:
+        while True:
+            try:
+                await self._provisioning.reap()
+            except Exception:
+                log.exception("grant reaper pass failed")
+            await asyncio.sleep(self._settings.reaper_interval)

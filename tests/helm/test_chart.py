@@ -1,0 +1,171 @@
+"""The Helm chart: every CI scenario lints strictly, renders, and passes Kubernetes schema validation."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from backends.workflow.kube_manifests import JOBS_NAMESPACE_RBAC, RBAC_NEEDS
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "workflow-middlelayer"
+HELM = ROOT / ".venv" / "bin" / "helm"
+KUBERNETES_VERSION = "1.37.0"
+SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    assert HELM.exists(), "helm is missing: run scripts/get-helm (make test does)"
+    return subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=120)
+
+
+def render(*args: str) -> list[dict[str, Any]]:
+    done = helm("template", "wml", str(CHART), "--namespace", "wml", *args)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def test_there_are_scenarios_for_embedded_and_production() -> None:
+    assert {p.name for p in SCENARIOS} >= {"embedded-values.yaml", "production-values.yaml"}
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda p: p.stem)
+def test_scenario_lints_strictly(values: Path) -> None:
+    done = helm("lint", "--strict", str(CHART), "-f", str(values))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda p: p.stem)
+def test_scenario_renders_manifests_that_pass_schema_validation(values: Path) -> None:
+    docs = render("-f", str(values))
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda p: p.stem)
+def test_api_pod_has_secure_defaults_and_probes(values: Path) -> None:
+    [deployment] = [d for d in render("-f", str(values)) if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    [api] = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert api["securityContext"]["readOnlyRootFilesystem"] is True
+    assert api["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    env = {e["name"]: e for e in api["env"]}
+    for secret in ("WML_ADMIN_TOKEN", "WML_SECRET_KEY", "WML_EDC_API_KEY"):
+        assert "secretKeyRef" in env[secret]["valueFrom"], f"{secret} must come from a Secret"
+
+
+def test_production_scenario_runs_replicas_on_postgresql_s3_and_kubernetes() -> None:
+    docs = render("-f", str(CHART / "ci" / "production-values.yaml"))
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert deployment["spec"]["replicas"] == 3
+    assert env["WML_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "wml-database"
+    assert env["WML_STORAGE"]["value"].startswith("s3://")
+    assert env["WML_WORKFLOW"]["value"] == "kubernetes://wml-jobs"
+    kinds = {d["kind"] for d in docs}
+    assert {"Role", "RoleBinding", "NetworkPolicy", "Ingress"} <= kinds
+    assert "PersistentVolumeClaim" not in kinds
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == "wml-jobs"
+    assert policy["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/managed-by": "workflow-middlelayer"
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["--set", "replicaCount=2"], "needs PostgreSQL"),
+        (["--set", "replicaCount=2", "--set", "database.existingSecret=db"], "needs shared storage"),
+        (["--set", "publicUrl="], "set publicUrl"),
+    ],
+)
+def test_values_that_cannot_work_fail_rendering_with_a_clear_message(values: list[str], message: str) -> None:
+    done = helm("template", "wml", str(CHART), *values)
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+def test_catalogue_values_become_the_mounted_configmap() -> None:
+    docs = render("-f", str(CHART / "ci" / "embedded-values.yaml"))
+    [catalog] = [d for d in docs if d["kind"] == "ConfigMap"]
+    asset = yaml.safe_load(catalog["data"]["dummy-job.yaml"])
+    assert asset["id"] == "dummy-job"
+
+
+def test_every_value_is_documented() -> None:
+    """Every key in values.yaml has a `# --` comment above it, or sits inside a documented parent
+    (helm-docs style: a documented map or literal covers what it contains)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    documented_parents: list[tuple[int, bool]] = []  # (indent, documented) of the open maps
+    undocumented = []
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][\w.-]*):", line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        while documented_parents and documented_parents[-1][0] >= indent:
+            documented_parents.pop()
+        comments = []
+        for j in range(i - 1, -1, -1):
+            if not lines[j].strip().startswith("#"):
+                break
+            comments.append(lines[j].strip())
+        documented = any(c.startswith("# --") for c in comments)
+        inherited = any(doc for _, doc in documented_parents)
+        following = next((x for x in lines[i + 1 :] if x.strip() and not x.strip().startswith("#")), "")
+        groups_documented_keys = len(following) - len(following.lstrip()) > indent  # a map of settings
+        if not documented and not inherited and not groups_documented_keys:
+            undocumented.append(match.group(2))
+        documented_parents.append((indent, documented or inherited))
+    assert undocumented == []
+
+
+def _granted(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (g, r, v)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+
+
+def _needed(needs: tuple[tuple[str, str, tuple[str, ...]], ...]) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for group, resource, verbs in needs for verb in verbs}
+
+
+def test_the_jobs_role_grants_exactly_what_the_kubernetes_backend_uses() -> None:
+    docs = render("-f", str(CHART / "ci" / "production-values.yaml"))
+    [role] = [d for d in docs if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "wml-jobs"
+    assert _granted(role["rules"]) == _needed(JOBS_NAMESPACE_RBAC)
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+
+
+def test_namespace_per_consumer_gets_a_cluster_role_with_exactly_the_backends_needs() -> None:
+    docs = render("-f", str(CHART / "ci" / "namespace-per-consumer-values.yaml"))
+    [cluster_role] = [d for d in docs if d["kind"] == "ClusterRole"]
+    assert _granted(cluster_role["rules"]) == _needed(RBAC_NEEDS)
+    assert not [d for d in docs if d["kind"] == "Role"]
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["WML_K8S_NAMESPACE_PER_CONSUMER"] == "true"
+
+
+def test_embedded_scenario_needs_no_kubernetes_permissions() -> None:
+    docs = render("-f", str(CHART / "ci" / "embedded-values.yaml"))
+    assert not [d for d in docs if d["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")]
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False

@@ -1,0 +1,244 @@
+"""A fake kubelet that really runs each Pod of the fake cluster: the workflow contract suite runs real jobs.
+
+For every Pod the controller creates it does what a node would, in order, reporting each container's state
+through :class:`tests.support.kube_cluster.FakeCluster` (so the backend sees it on its watch):
+
+- volumes are host directories (emptyDirs; the Secret's items written as files), mounted by rewriting
+  the container paths in the command, args and environment;
+- ``stage-in`` / ``stage-out`` (the side-car image) run the side-car's staging code in-process against the
+  storage named by ``WML_STORAGE`` in their environment (resolved from the job's Secret), with the
+  side-car program's exit codes, error text as the last log line (``FallbackToLogsOnError`` makes it the
+  termination message) and the output manifest printed last, as ``wml sidecar`` does;
+- ``worker`` runs the container's command as a host process (images map container paths to host
+  directories: the dummy job's ``/app`` is ``dummy-job/``); its output is the container log;
+- ``activeDeadlineSeconds`` is enforced (SIGTERM, then SIGKILL), a deleted Pod's processes are killed,
+  and an unknown image leaves its container waiting in ``ErrImagePull``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from backends.storage.base import StorageError
+from backends.storage.registry import create_storage
+from sidecar.errors import InputStagingError, OutputUploadError
+from sidecar.main import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_OUTPUT_MISSING, EXIT_STORAGE
+from sidecar.manifest import StageInManifest, StageOutManifest, output_manifest_line
+from sidecar.staging import RetryPolicy, stage_in, stage_out
+from tests.support.kube_cluster import (
+    STAGE_IN,
+    STAGE_OUT,
+    WORKER,
+    FakeCluster,
+    running,
+    status,
+    terminated,
+    waiting,
+)
+from tests.support.kube_state import Obj
+
+SIDECAR_IMAGE = "localhost/wml/sidecar:0.1.0"
+
+
+class ProcessKubelet:
+    def __init__(self, cluster: FakeCluster, work_dir: Path, images: dict[str, dict[str, Path]]) -> None:
+        self.cluster = cluster
+        self.state = cluster.state
+        self.work_dir = work_dir
+        self.images = images  # image -> {container path prefix: host directory}
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        cluster.on_pod.append(self._start)
+        cluster.on_pod_deleted.append(self._stop)
+
+    def _start(self, namespace: str, name: str) -> None:
+        self._tasks[(namespace, name)] = asyncio.get_running_loop().create_task(self._run(namespace, name))
+
+    def _stop(self, namespace: str, name: str) -> None:
+        task = self._tasks.pop((namespace, name), None)
+        if task is not None:
+            task.cancel()
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- one Pod ---------------------------------------------------------------------------------------
+
+    async def _run(self, namespace: str, name: str) -> None:
+        pod = self.state.get("pods", namespace, name)
+        assert pod is not None
+        spec, ref = pod["spec"], f"{namespace}/{pod['metadata']['ownerReferences'][0]['name']}"
+        secret = await self._secret(namespace, spec)
+        volumes = self._volumes(namespace, name, spec, secret)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(spec.get("activeDeadlineSeconds") or 3600)
+        containers = {c["name"]: c for c in [*spec["initContainers"], *spec["containers"]]}
+        missing = [
+            c for c in containers.values() if c["image"] != SIDECAR_IMAGE and c["image"] not in self.images
+        ]
+        if missing:
+            pull = waiting("ErrImagePull", f"pull access denied for {missing[0]['image']}")
+            states = [pull if c["name"] == missing[0]["name"] else waiting() for c in containers.values()]
+            await self.cluster.set_status(ref, status("Pending", *states))
+            return
+        done: list[Obj] = []
+        for step in (STAGE_IN, WORKER, STAGE_OUT):
+            later = [waiting() for _ in range(2 - len(done))]
+            phase = "Running" if step == STAGE_OUT else "Pending"
+            await self.cluster.set_status(ref, status(phase, *done, running(), *later))
+            mounts = {m["mountPath"]: volumes[m["name"]] for m in containers[step]["volumeMounts"]}
+            env = _environment(containers[step], secret)
+            remaining = deadline - loop.time()
+            if step == WORKER:
+                code, timed_out = await self._worker(
+                    namespace, name, containers[step], mounts, env, remaining
+                )
+            else:
+                code, timed_out = await self._sidecar(namespace, name, step, mounts, env), False
+            log = self.state.logs.get((namespace, name, step))
+            last = bytes(log.data).decode().strip().splitlines()[-1:] if log else []
+            done.append(terminated(code, message="\n".join(last) if code and last else None))
+            if timed_out:
+                text = "Pod was active on the node longer than the specified deadline"
+                rest = [waiting() for _ in range(3 - len(done))]
+                new = status("Failed", *done, *rest, reason="DeadlineExceeded", message=text)
+                await self.cluster.set_status(ref, new)
+                return
+            if code != 0:
+                rest = [waiting() for _ in range(3 - len(done))]
+                await self.cluster.set_status(ref, status("Failed", *done, *rest))
+                return
+        await self.cluster.set_status(ref, status("Succeeded", *done))
+
+    async def _secret(self, namespace: str, spec: Obj) -> dict[str, str]:
+        """The decoded data of the Pod's Secret (created just after the Job: wait for it, like a kubelet)."""
+        name = next(v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v)
+        for _ in range(500):
+            secret = self.state.get("secrets", namespace, name)
+            if secret is not None:
+                return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"the Secret {name} never came")
+
+    def _volumes(self, namespace: str, name: str, spec: Obj, secret: dict[str, str]) -> dict[str, Path]:
+        root = self.work_dir / namespace / name
+        volumes = {}
+        for volume in spec["volumes"]:
+            path = root / volume["name"]
+            path.mkdir(parents=True, exist_ok=True)
+            if "secret" in volume:
+                for item in volume["secret"].get("items", []):
+                    (path / item["path"]).write_text(secret[item["key"]])
+            volumes[volume["name"]] = path
+        return volumes
+
+    # -- containers ------------------------------------------------------------------------------------
+
+    async def _sidecar(
+        self, namespace: str, pod: str, step: str, mounts: dict[str, Path], env: dict[str, str]
+    ) -> int:
+        def say(text: str) -> None:
+            self.state.append_log(namespace, pod, step, text + "\n")
+
+        manifest_dir = mounts["/wml/manifest"]
+        storage = create_storage(env["WML_STORAGE"])
+        try:
+            if step == STAGE_IN:
+                manifest = StageInManifest.model_validate_json((manifest_dir / "stage-in.json").read_text())
+                await stage_in(storage, manifest, mounts["/wml/inputs"], retry=RetryPolicy(attempts=1))
+                say('{"event": "inputs_staged"}')
+                return EXIT_OK
+            out = StageOutManifest.model_validate_json((manifest_dir / "stage-out.json").read_text())
+            out.result_path = str(_rewrite(out.result_path, mounts))
+            result = await stage_out(storage, out, mounts["/wml/outputs"], retry=RetryPolicy(attempts=1))
+            say(output_manifest_line(result))
+            required = {o.name for o in out.outputs if o.required}
+            missing = [m for m in result.missing if m in required]
+            return EXIT_OUTPUT_MISSING if missing else EXIT_OK
+        except InputStagingError as e:
+            say(f'{{"event": "sidecar_failed", "error": "{e}"}}')
+            return EXIT_INPUT
+        except (OutputUploadError, StorageError) as e:
+            say(f'{{"event": "sidecar_failed", "error": "{e}"}}')
+            return EXIT_STORAGE if isinstance(e, StorageError) else EXIT_FAILURE
+        finally:
+            await storage.close()
+
+    async def _worker(
+        self,
+        namespace: str,
+        pod: str,
+        container: Obj,
+        mounts: dict[str, Path],
+        env: dict[str, str],
+        remaining: float,
+    ) -> tuple[int, bool]:
+        paths = {**mounts, **self.images[container["image"]]}
+        argv = [str(_rewrite(a, paths)) for a in [*container.get("command", []), *container.get("args", [])]]
+        env = {k: str(_rewrite(v, paths)) for k, v in env.items()}
+        env["PATH"] = "/usr/bin:/bin"
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        pump = asyncio.create_task(self._pump(process, namespace, pod))
+        timed_out = False
+        try:
+            try:
+                await asyncio.wait_for(asyncio.shield(process.wait()), timeout=max(0.0, remaining))
+            except TimeoutError:
+                timed_out = True
+                _signal(process.pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(asyncio.shield(process.wait()), timeout=2)
+                except TimeoutError:
+                    _signal(process.pid, signal.SIGKILL)
+                    await process.wait()
+            await pump
+        finally:
+            if process.returncode is None:  # the Pod was deleted: kill it, as a kubelet would
+                _signal(process.pid, signal.SIGKILL)
+                await process.wait()
+            pump.cancel()
+        code = process.returncode or 0
+        return (128 - code if code < 0 else code), timed_out
+
+    async def _pump(self, process: asyncio.subprocess.Process, namespace: str, pod: str) -> None:
+        assert process.stdout is not None
+        while line := await process.stdout.readline():
+            self.state.append_log(namespace, pod, WORKER, line.decode(errors="replace"))
+
+
+def _environment(container: Obj, secret: dict[str, str]) -> dict[str, str]:
+    env = {}
+    for source in container.get("envFrom", []):
+        raise AssertionError(f"envFrom is not served by the fake kubelet: {source}")
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            env[item["name"]] = secret[item["valueFrom"]["secretKeyRef"]["key"]]
+    return env
+
+
+def _rewrite(value: str, paths: dict[str, Path]) -> Any:
+    for prefix in sorted(paths, key=len, reverse=True):
+        if value == prefix or value.startswith(prefix + "/"):
+            return str(paths[prefix]) + value[len(prefix) :]
+    return value
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

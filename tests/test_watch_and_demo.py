@@ -1,0 +1,79 @@
+"""``wml watch`` and ``wml demo`` follow a job through the subscriptions, printing state changes and log
+lines as they happen (each line is timestamped on arrival here, to tell "live" from "at the end")."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+from tests.support.api import Api
+
+
+async def _run(*args: str, env: dict[str, str] | None = None) -> tuple[int, list[tuple[float, str]]]:
+    """Run ``wml ARGS``, keeping each output line with the time it arrived."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wml.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "WML_LOG_LEVEL": "WARNING", **(env or {})},
+    )
+    assert proc.stdout is not None
+    lines = []
+    while raw := await asyncio.wait_for(proc.stdout.readline(), 120):
+        lines.append((time.monotonic(), raw.decode().rstrip("\n")))
+    return await proc.wait(), lines
+
+
+def _at(lines: list[tuple[float, str]], text: str) -> float:
+    return next(t for t, line in lines if text in line)
+
+
+async def test_watch_prints_state_changes_and_log_lines_as_they_happen(api: Api) -> None:
+    token = await api.consumer("alice")
+    created = await api.create_job(token, parameters={"SLEEPTIME": 2})
+    code, lines = await _run("watch", created["id"], "--url", api.url, "--token", token)
+    text = [line for _, line in lines]
+    assert code == 0, text
+    states = [
+        s for s in ("QUEUED", "INITIALIZING", "RUNNING", "COMPLETE") if any(f"job is {s}" in t for t in text)
+    ]
+    assert states == ["QUEUED", "INITIALIZING", "RUNNING", "COMPLETE"]
+    assert "    | progress 1/2" in text and "    | done" in text
+    # The first progress line was printed about a second before the job ended: live, not replayed.
+    assert _at(lines, "job is COMPLETE") - _at(lines, "progress 1/2") > 0.5
+
+
+async def test_watch_takes_the_token_from_wml_token_and_fails_for_a_failed_job(api: Api) -> None:
+    token = await api.consumer("alice")
+    created = await api.create_job(token, parameters={"SLEEPTIME": 0, "FAIL": 3})
+    code, lines = await _run("watch", created["id"], "--url", api.url, env={"WML_TOKEN": token})
+    assert code == 1
+    assert any("job is EXECUTOR_ERROR (NONZERO_EXIT), exit code 3" in line for _, line in lines)
+
+
+async def test_watch_with_a_bad_token_fails_clearly(api: Api) -> None:
+    code, lines = await _run("watch", "j_x", "--url", api.url, "--token", "wml_wrong")
+    assert code == 1
+    assert any("refused the token" in line for _, line in lines)
+
+
+async def test_demo_shows_the_jobs_progress_live_and_its_result() -> None:
+    code, lines = await _run("demo", "--sleep", "2")
+    text = [line for _, line in lines]
+    assert code == 0, "\n".join(text)
+    for expected in (
+        "==> job is QUEUED",
+        "==> job is RUNNING",
+        "    | progress 1/2",
+        "==> job is COMPLETE, exit code 0",
+        "==> demo finished: the job is COMPLETE and its result downloaded",
+    ):
+        assert expected in text, expected
+    downloaded = text.index(next(t for t in text if t.startswith("==> downloaded result.txt")))
+    assert text[downloaded + 1].startswith("    dummy-job: SLEEPTIME=2")
+    assert _at(lines, "job is COMPLETE") - _at(lines, "progress 1/2") > 0.5
