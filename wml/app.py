@@ -9,6 +9,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -21,6 +22,7 @@ from core.states import JobState
 from graphql_api.routes import graphql_middleware, graphql_routes
 from provisioner.callbacks import ProvisionerTasks
 from provisioner.routes import provision_routes
+from wml.requestid import RequestIdMiddleware
 
 log = structlog.get_logger("wml.app")
 
@@ -90,5 +92,5 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)],
         lifespan=lifespan,
-        middleware=graphql_middleware(settings),
+        middleware=[Middleware(RequestIdMiddleware), *graphql_middleware(settings)],
     )
