@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,73 +11,7 @@ import httpx
 import pytest
 
 from tests.support.api import JOB_FIELDS, TERMINAL, kill_leftover_workers
-from tests.support.catalog import standard_assets, write_catalog
-
-ADMIN = "restart-admin-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerProcess:
-    """``wml serve`` as a real child process, as an operator runs it."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "WML_DATA_DIR": str(data_dir),
-            "WML_PORT": str(self.port),
-            "WML_CATALOG_DIR": str(write_catalog(data_dir / "catalog", standard_assets())),
-            "WML_ADMIN_TOKEN": ADMIN,
-            "WML_TICK_INTERVAL": "0.1",
-            "WML_RECONCILE_INTERVAL": "1",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = data_dir / "server.log"
-
-    def cli(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "wml.cli", *args],
-            env=self.env,
-            capture_output=True,
-            timeout=60,
-            check=True,
-        )
-        return done.stdout.decode()
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "wml.cli", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None, self.log.read_text()
-            time.sleep(0.1)
-        raise AssertionError("server did not become ready:\n" + self.log.read_text())
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+from tests.support.processes import ADMIN, ServerProcess, token_from
 
 
 @pytest.fixture
@@ -141,15 +70,11 @@ async def _wait(
     raise AssertionError(f"{job_id} never reached {states}")
 
 
-def _token(cli_output: str) -> str:
-    return next(line.split(": ", 1)[1].strip() for line in cli_output.splitlines() if "token" in line)
-
-
 async def test_sigkilled_server_finishes_running_and_meanwhile_finished_jobs_after_restart(
     server: ServerProcess,
 ) -> None:
     server.start()
-    token = _token(server.cli("consumers", "create", "alice", "--asset", "dummy-job"))
+    token = token_from(server.cli("consumers", "create", "alice", "--asset", "dummy-job"))
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         long_job = await _create(http, token, {"SLEEPTIME": 4})
         short_job = await _create(http, token, {"SLEEPTIME": 1})
