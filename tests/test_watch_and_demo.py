@@ -35,7 +35,9 @@ def _at(lines: list[tuple[float, str]], text: str) -> float:
 
 async def test_watch_prints_state_changes_and_log_lines_as_they_happen(api: Api) -> None:
     token = await api.consumer("alice")
-    created = await api.create_job(token, parameters={"SLEEPTIME": 2})
+    # Long enough that `wml watch` (a new Python process, slow to start on a loaded machine) is
+    # following before the last progress lines are written.
+    created = await api.create_job(token, parameters={"SLEEPTIME": 6})
     code, lines = await _run("watch", created["id"], "--url", api.url, "--token", token)
     text = [line for _, line in lines]
     assert code == 0, text
@@ -43,9 +45,10 @@ async def test_watch_prints_state_changes_and_log_lines_as_they_happen(api: Api)
         s for s in ("QUEUED", "INITIALIZING", "RUNNING", "COMPLETE") if any(f"job is {s}" in t for t in text)
     ]
     assert states == ["QUEUED", "INITIALIZING", "RUNNING", "COMPLETE"]
-    assert "    | progress 1/2" in text and "    | done" in text
-    # The first progress line was printed about a second before the job ended: live, not replayed.
-    assert _at(lines, "job is COMPLETE") - _at(lines, "progress 1/2") > 0.5
+    assert "    | progress 1/6" in text and "    | done" in text
+    # The fifth progress line was printed about a second before the job ended, and arrived then: live,
+    # not replayed at the end.
+    assert _at(lines, "job is COMPLETE") - _at(lines, "progress 5/6") > 0.5
 
 
 async def test_watch_takes_the_token_from_wml_token_and_fails_for_a_failed_job(api: Api) -> None:
