@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12
 # GraphiQL's browser files, served by the app so the page works without a public CDN.
 GRAPHIQL := $(VENV)/share/wml-graphiql/.installed
 
-.PHONY: demo test check serve system-deps clean
+.PHONY: demo test check serve system-deps podman-setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ serve: $(STAMP) $(GRAPHIQL)
 system-deps:
 	scripts/system-deps
 
+# podman + runc, a containers.conf, the busybox base image and the dummy-job image (container backend).
+podman-setup: system-deps
+	scripts/podman-setup
+
 $(BIN)/helm: scripts/get-helm | $(STAMP)
 	scripts/get-helm
 
@@ -33,8 +37,13 @@ $(GRAPHIQL): scripts/get-graphiql | $(STAMP)
 	scripts/get-graphiql $(VENV)
 	touch $@
 
-test: $(STAMP) system-deps $(BIN)/helm $(GRAPHIQL)
+test: $(STAMP) system-deps podman-setup $(BIN)/helm $(GRAPHIQL)
 	scripts/check
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
+
+# Benchmarks (bench/README.md): measurements against raw baselines, under ten minutes on 2 cores.
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py

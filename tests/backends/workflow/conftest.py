@@ -32,6 +32,8 @@ from backends.workflow.base import (
     StagedOutput,
     WorkflowBackend,
 )
+from backends.workflow.container import ContainerWorkflowBackend
+from backends.workflow.container_cli import Engine
 from backends.workflow.local import LocalWorkflowBackend
 from tests.support.kube_backend import fake_kube
 
@@ -73,10 +75,43 @@ def make_local_backend(work_dir: Path, storage: FileStorageBackend) -> LocalWork
     return LocalWorkflowBackend(work_dir, storage, poll_interval=0.05, kill_grace=1.0)
 
 
-@pytest.fixture(params=["local", "kubernetes"])
+# The containers.conf scripts/podman-setup writes (runc, explicit ulimits); `make test` runs it first.
+PODMAN = Engine("podman", "/etc/wml/containers.conf")
+
+
+def make_container_backend(work_dir: Path, storage: FileStorageBackend) -> ContainerWorkflowBackend:
+    return ContainerWorkflowBackend(work_dir, storage, engine=PODMAN, stop_timeout=2)
+
+
+async def remove_containers(work_dir: Path) -> None:
+    """Tests clean up their runs, but a failing test must not leave containers behind."""
+    instance = make_container_backend(work_dir, FileStorageBackend(work_dir)).instance
+    _, out, _ = await PODMAN.run("ps", "-aq", "--filter", f"label=wml/instance={instance}")
+    if out.split():
+        await PODMAN.run("rm", "--force", "--time", "0", *out.split(), check=False)
+
+
+@pytest.fixture
+async def container_work_dir(tmp_path: Path) -> AsyncIterator[Path]:
+    work_dir = tmp_path / "containers"
+    yield work_dir
+    await remove_containers(work_dir)
+
+
+@pytest.fixture(params=["local", "kubernetes", "container"])
 async def workflow_backend(
     request: pytest.FixtureRequest, storage: FileStorageBackend, local_work_dir: Path, tmp_path: Path
 ) -> AsyncIterator[WorkflowBackend]:
+    if request.param == "container":
+        work_dir = tmp_path / "containers"
+        container = make_container_backend(work_dir, storage)
+        await container.start()
+        try:
+            yield container
+        finally:
+            await container.close()
+            await remove_containers(work_dir)
+        return
     if request.param == "kubernetes":
         async with fake_kube(tmp_path, f"file://{tmp_path / 'files'}", run_pods=True) as kube:
             k8s = kube.backend(storage)

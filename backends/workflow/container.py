@@ -1,0 +1,395 @@
+"""The container workflow backend (``container://podman``): each job's worker is a podman container.
+
+A job runs as stage-in (the side-car's code, in-process, into ``<work_dir>/<job id>/inputs``), then the
+worker as a container of the asset's image (never pulled; inputs mounted read-only, outputs writable, no
+network, CPU and memory limits, a non-root user, ulimits, ownership labels), then stage-out in-process
+(the outputs and the container's log, saved at the run's ``log_key``). The job directory is the same
+:class:`~backends.workflow.local_jobdir.JobDir` the local backend uses, so state survives a restart.
+
+**CLI, not the API socket.** podman is driven through its command line (asyncio subprocesses): a root
+podman on a host like ours has no service running (``podman system service`` would be one more daemon to
+start, supervise and secure), the CLI needs no extra Python dependency, and every call is a short
+process, so a crashed or restarted server leaves nothing half-open. Only podman is supported so far.
+
+**Status without polling.** Each running container is followed by one ``podman wait`` (a blocking call,
+woken by the engine when the container exits), bounded by the run timeout; after a restart
+:meth:`ContainerWorkflowBackend.reconcile` lists this instance's containers with one ``podman ps -a
+--filter label=...`` and re-attaches a ``podman wait`` to each running one. The exit maps like the
+Kubernetes table: ``State.OOMKilled`` (or a SIGKILL exit, 137, that we did not send: on cgroup v1 podman
+does not always record OOMKilled) -> FAILED/OOM_KILLED; timeout -> FAILED/RUN_TIMEOUT; non-zero ->
+FAILED/NONZERO_EXIT (see :mod:`backends.workflow.local_outcome`, shared with the local backend).
+
+Container names are ``wml-<instance>-<job id>``, the instance being a digest of the work directory, so two
+services (or test workers) on one host never touch each other's containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import parse_qsl, urlsplit
+
+import structlog
+
+from backends.storage.base import StorageBackend, StorageError
+from backends.workflow.base import BackendUpdate, InputKind, JobRun, RunPhase, WorkflowBackendError
+from backends.workflow.container_cli import ContainerState, Engine, container_env, run_args
+from backends.workflow.local_jobdir import ExitStatus, JobDir, valid_job_id
+from backends.workflow.local_outcome import outcome, upload_failed
+from sidecar.errors import InputStagingError, OutputUploadError
+from sidecar.manifest import InputEntry, OutputEntry, StageInManifest, StageOutManifest
+from sidecar.staging import read_dotenv, stage_in, stage_out
+
+log = structlog.get_logger("wml.workflow.container")
+
+DEFAULT_CONF = "/etc/wml/containers.conf"  # written by scripts/podman-setup
+STARTED_FILE = "container-started"  # in the job directory: its mtime is when the worker container started
+DEFAULT_ULIMITS = ("nofile=1024:1024", "nproc=4096:4096")
+_OPTIONS = {"conf", "user", "ulimit", "network", "stop_timeout", "log_tail_lines"}
+
+
+class ContainerWorkflowBackend:
+    """Runs each job's worker as a podman container; see the module docstring."""
+
+    name = "container"
+
+    def __init__(
+        self,
+        work_dir: Path,
+        storage: StorageBackend,
+        *,
+        engine: Engine | None = None,
+        user: str | None = "65534:65534",
+        ulimits: Sequence[str] = DEFAULT_ULIMITS,
+        network: str = "none",
+        stop_timeout: int = 5,
+        log_tail_lines: int = 50,
+    ) -> None:
+        self._work_dir = Path(work_dir).absolute()
+        self._storage = storage
+        self._engine = engine or Engine()
+        self._user, self._ulimits, self._network = user, tuple(ulimits), network
+        self._stop_timeout = stop_timeout
+        self._tail_lines = log_tail_lines
+        self._instance = hashlib.sha256(str(self._work_dir).encode()).hexdigest()[:10]
+        self._queue: asyncio.Queue[BackendUpdate] = asyncio.Queue()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._timed_out: set[str] = set()
+
+    @classmethod
+    def from_url(cls, url: str, *, storage: StorageBackend, work_dir: Path) -> Self:
+        """``container://podman`` with optional ``?conf=&user=&ulimit=&network=&stop_timeout=``."""
+        parts = urlsplit(url)
+        if parts.netloc != "podman" or parts.path.strip("/"):
+            raise ValueError("use container://podman (docker is not supported yet)")
+        pairs = parse_qsl(parts.query)
+        unknown = {k for k, _ in pairs} - _OPTIONS
+        if unknown:
+            raise ValueError(f"unknown container workflow options: {', '.join(sorted(unknown))}")
+        options = dict(pairs)
+        conf = options.get("conf") or (DEFAULT_CONF if os.path.exists(DEFAULT_CONF) else None)
+        ulimits = [v for k, v in pairs if k == "ulimit"] or list(DEFAULT_ULIMITS)
+        return cls(
+            work_dir,
+            storage,
+            engine=Engine(parts.netloc, conf),
+            user=options.get("user", "65534:65534") or None,
+            ulimits=ulimits,
+            network=options.get("network", "none"),
+            stop_timeout=int(options.get("stop_timeout", 5)),
+            log_tail_lines=int(options.get("log_tail_lines", 50)),
+        )
+
+    @property
+    def instance(self) -> str:
+        """This backend's label value ``wml/instance`` (a digest of its work directory)."""
+        return self._instance
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._work_dir.mkdir, parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        """Stop following; containers keep running so a new instance can re-attach to them."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def submit(self, run: JobRun) -> str:
+        ref = run.job_id
+        if not valid_job_id(ref):
+            raise WorkflowBackendError(f"job id {ref!r} cannot name a job directory")
+        job = self._job(ref)
+        if await asyncio.to_thread(job.exists):
+            await self.reconcile([ref])  # submitted before (a retry): keep following it
+            return ref
+        try:
+            await asyncio.to_thread(job.create, run)
+        except OSError as e:
+            raise WorkflowBackendError(f"cannot create the job directory: {e.strerror}") from e
+        self._emit(BackendUpdate(ref, RunPhase.INITIALIZING))
+        self._track(ref, self._pipeline(run, job))
+        return ref
+
+    async def cancel(self, ref: str) -> None:
+        job = self._job(ref)
+        if not valid_job_id(ref) or not await asyncio.to_thread(job.exists):
+            return
+        if await asyncio.to_thread(job.read_final) is not None:
+            return
+        await asyncio.to_thread(job.request_cancel)
+        task = self._tasks.get(ref)
+        if task is not None and not await asyncio.to_thread(job.launched):
+            task.cancel()  # still staging: the cancel is answered below
+            await asyncio.gather(task, return_exceptions=True)
+            await self._complete(job, None)
+            return
+        await self._stop(ref)  # the follower sees the exit and reports CANCELED
+
+    async def cleanup(self, ref: str) -> None:
+        if not valid_job_id(ref):
+            return
+        task = self._tasks.pop(ref, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._engine.run("rm", "--force", "--time", "0", self._name(ref), check=False)
+        await asyncio.to_thread(shutil.rmtree, self._job(ref).root, ignore_errors=True)
+
+    async def updates(self) -> AsyncIterator[BackendUpdate]:
+        while True:
+            yield await self._queue.get()
+
+    async def reconcile(self, refs: Sequence[str]) -> list[BackendUpdate]:
+        try:
+            containers = await self._engine.managed(self._instance)
+        except (WorkflowBackendError, ValueError) as e:
+            message = f"cannot list the containers: {e}"
+            return [BackendUpdate(ref, RunPhase.ERROR, "BACKEND_LOST", message) for ref in refs]
+        return list(await asyncio.gather(*(self._reconcile_one(ref, containers) for ref in refs)))
+
+    async def logs(self, ref: str, *, follow: bool) -> AsyncIterator[str]:
+        """``podman logs [--follow]`` while the container exists, else the log saved in the job dir."""
+        if not valid_job_id(ref):
+            return
+        job = self._job(ref)
+        if await self._engine.inspect(self._name(ref)) is not None:
+            args = ["logs", *(["--follow"] if follow else []), self._name(ref)]
+            async for line in self._engine.stream(*args):
+                yield line.decode("utf-8", errors="replace").rstrip("\n")
+            return
+        text = await asyncio.to_thread(job.tail, 1_000_000, 64 * 1024 * 1024)
+        for saved in text.splitlines():
+            yield saved
+
+    # -- the pipeline ------------------------------------------------------------------------------
+
+    async def _pipeline(self, run: JobRun, job: JobDir) -> None:
+        dotenv = await self._stage_in(run, job)
+        if dotenv is None:
+            return
+        if await asyncio.to_thread(job.cancel_requested_at) is not None:
+            await self._complete(job, None)
+            return
+        args = run_args(
+            run,
+            name=self._name(run.job_id),
+            instance=self._instance,
+            env=container_env(run, dotenv),
+            inputs=str(job.inputs),
+            outputs=str(job.outputs),
+            user=self._user,
+            ulimits=self._ulimits,
+            network=self._network,
+        )
+        await asyncio.to_thread(job.write_launch, {"args": args})
+        code, _, err = await self._engine.run(*args, check=False)
+        if code != 0:
+            message = f"the worker container could not be started: {err.strip()[-500:]}"
+            await self._finish(job, BackendUpdate(run.job_id, RunPhase.ERROR, "SUBMIT_FAILED", message))
+            return
+        await asyncio.to_thread((job.root / STARTED_FILE).touch)
+        log.info("container_worker_started", job_id=run.job_id)
+        if await asyncio.to_thread(job.cancel_requested_at) is not None:
+            await self._stop(run.job_id)  # a cancel that came while the container was being created
+        self._emit(BackendUpdate(run.job_id, RunPhase.RUNNING))
+        await self._follow(run, job)
+
+    async def _stage_in(self, run: JobRun, job: JobDir) -> dict[str, str] | None:
+        """Fetch the inputs and parse the env-file ones; None when the run ended here (already reported)."""
+        entries = [
+            InputEntry(slot=i.slot, kind=str(i.kind), path=i.path, key=i.key, size=i.size, sha256=i.sha256)
+            for i in run.inputs
+        ]
+        try:
+            await asyncio.to_thread(job.clear_inputs)  # a re-run after a restart starts afresh
+            await stage_in(self._storage, StageInManifest(inputs=entries), job.inputs)
+            dotenv: dict[str, str] = {}
+            for staged in (i for i in run.inputs if i.kind == InputKind.ENV):
+                dotenv.update(await asyncio.to_thread(read_dotenv, job.inputs / staged.path))
+            await asyncio.to_thread(_open_for_worker, job, self._user)
+        except (InputStagingError, StorageError, OSError, ValueError) as e:
+            message = f"staging the inputs failed: {e}"
+            await self._finish(
+                job, BackendUpdate(run.job_id, RunPhase.ERROR, "INPUT_STAGING_FAILED", message)
+            )
+            return None
+        return dotenv
+
+    async def _follow(self, run: JobRun, job: JobDir) -> None:
+        """``podman wait`` for the exit (bounded by the run timeout), then stage out and report."""
+        ref, name = run.job_id, self._name(run.job_id)
+        # The deadline counts from the container's start, so a restarted server does not extend it.
+        started = await asyncio.to_thread(_started_at, job)
+        budget = max(0.0, run.run_timeout - (time.time() - started)) if started else run.run_timeout
+        try:
+            async with asyncio.timeout(budget):
+                await self._engine.run("wait", name, check=False)
+        except TimeoutError:
+            self._timed_out.add(ref)
+            await self._stop(ref)
+        await self._complete(job, await self._engine.inspect(name))
+
+    async def _complete(self, job: JobDir, state: ContainerState | None) -> None:
+        """Save the container log, stage out (only the log when canceled), classify, and report."""
+        run = await asyncio.to_thread(job.read_run)
+        assert run is not None
+        ref = run.job_id
+        canceled = await asyncio.to_thread(job.cancel_requested_at) is not None
+        timed_out = ref in self._timed_out
+        status = None
+        if state is not None:
+            code = state.exit_code if state.exit_code is not None else -1
+            oom = state.oom_killed or (code == 137 and not canceled and not timed_out)
+            status = ExitStatus(exit_code=code, timed_out=timed_out, oom=oom, terminated=canceled)
+            canceled = canceled and code != 0
+        elif canceled:
+            status = ExitStatus(exit_code=None, terminated=True)
+        await self._save_log(job)
+        manifest = StageOutManifest(
+            outputs=[]
+            if canceled
+            else [OutputEntry(name=o.name, path=o.path, required=o.required, key=o.key) for o in run.outputs],
+            log_path=str(job.worker_log),
+            log_key=run.log_key,
+            result_path=str(job.output_manifest),
+        )
+        tail = await asyncio.to_thread(job.tail, self._tail_lines)
+        try:
+            uploaded = await stage_out(self._storage, manifest, job.outputs)
+        except (OutputUploadError, StorageError, OSError) as e:
+            update = upload_failed(run, status, e)
+        else:
+            update = outcome(run, status, canceled, uploaded)
+        self._timed_out.discard(ref)
+        await self._finish(job, replace(update, log_tail=tail))
+
+    async def _save_log(self, job: JobDir) -> None:
+        """Write the container's whole log into the job directory (stage-out uploads it from there)."""
+        name = self._name(job.root.name)
+        if await self._engine.inspect(name) is None:
+            return  # never started (canceled while staging): the log stays empty
+        with open(job.worker_log, "wb") as f:  # noqa: ASYNC230 - small local writes between awaits
+            async for line in self._engine.stream("logs", name):
+                f.write(line)
+
+    async def _stop(self, ref: str) -> None:
+        await self._engine.run("stop", "--time", str(self._stop_timeout), self._name(ref), check=False)
+
+    async def _finish(self, job: JobDir, update: BackendUpdate) -> None:
+        await asyncio.to_thread(job.write_final, update)
+        log.info("container_job_finished", job_id=update.ref, phase=update.phase, reason=update.reason)
+        self._emit(update)
+
+    # -- reconcile -----------------------------------------------------------------------------------
+
+    async def _reconcile_one(self, ref: str, containers: dict[str, bool]) -> BackendUpdate:
+        job = self._job(ref)
+        if not valid_job_id(ref) or not await asyncio.to_thread(job.exists):
+            return BackendUpdate(ref, RunPhase.ERROR, "BACKEND_LOST", "the container backend has no such job")
+        final = await asyncio.to_thread(job.read_final)
+        if final is not None:
+            return final
+        launched = await asyncio.to_thread(job.launched)
+        if ref in self._tasks:
+            return BackendUpdate(ref, RunPhase.RUNNING if launched else RunPhase.INITIALIZING)
+        run = await asyncio.to_thread(job.read_run)
+        if run is None:
+            return BackendUpdate(ref, RunPhase.ERROR, "BACKEND_LOST", "the job's run record is missing")
+        if not launched:  # the server stopped during stage-in: stage in again and go on
+            self._track(ref, self._pipeline(run, job))
+            return BackendUpdate(ref, RunPhase.INITIALIZING)
+        name = self._name(ref)
+        if name not in containers:
+            message = "the job's container is gone"
+            await self._finish(job, BackendUpdate(ref, RunPhase.ERROR, "BACKEND_LOST", message))
+            return BackendUpdate(ref, RunPhase.ERROR, "BACKEND_LOST", message)
+        task = self._track(ref, self._follow(run, job))
+        if containers[name]:
+            log.info("container_job_adopted", job_id=ref)
+            return BackendUpdate(ref, RunPhase.RUNNING)
+        await asyncio.shield(task)  # it ended while nobody watched: finish it now
+        return await asyncio.to_thread(job.read_final) or BackendUpdate(
+            ref, RunPhase.ERROR, "BACKEND_LOST", "adopting the finished container failed"
+        )
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    def _name(self, ref: str) -> str:
+        return f"wml-{self._instance}-{ref}"
+
+    def _job(self, ref: str) -> JobDir:
+        return JobDir(self._work_dir / ref)
+
+    def _emit(self, update: BackendUpdate) -> None:
+        self._queue.put_nowait(update)
+
+    def _track(self, ref: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._guarded(ref, work), name=f"container-job-{ref}")
+        self._tasks[ref] = task
+        task.add_done_callback(lambda t: self._tasks.pop(ref) if self._tasks.get(ref) is t else None)
+        return task
+
+    async def _guarded(self, ref: str, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a job never ends without a terminal update
+            log.exception("container_job_failed", job_id=ref)
+            message = f"the container backend failed: {type(e).__name__}: {e}"
+            await self._finish(self._job(ref), BackendUpdate(ref, RunPhase.ERROR, "BACKEND_LOST", message))
+
+
+def _open_for_worker(job: JobDir, user: str | None) -> None:
+    """Let the container's user read the inputs and write the outputs: owned by it when we are root."""
+    uid, _, gid = (user or "").partition(":")
+    if os.geteuid() == 0 and uid.isdigit() and (gid or uid).isdigit():
+        for top in (job.inputs, job.outputs):
+            os.chown(top, int(uid), int(gid or uid))
+            for root, dirs, files in os.walk(top):
+                for entry in (*dirs, *files):
+                    os.chown(os.path.join(root, entry), int(uid), int(gid or uid), follow_symlinks=False)
+        return
+    # Not root (or a named user): open the job's own, private directories up instead.
+    for root, dirs, files in os.walk(job.inputs):
+        for d in (root, *(os.path.join(root, d) for d in dirs)):
+            os.chmod(d, 0o755)  # noqa: S103 - inside the private job directory; mounted read-only
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+    os.chmod(job.outputs, 0o777)  # noqa: S103 - inside the private job directory
+
+
+def _started_at(job: JobDir) -> float | None:
+    try:
+        return (job.root / STARTED_FILE).stat().st_mtime
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,175 @@
+"""The container backend beyond the shared contract: real podman runs (OOM, restart, cleanup) and its CLI.
+
+The image and containers.conf come from scripts/podman-setup (run by `make test`). On this kind of host
+(cgroup v1, runc) podman applies the memory limit but does not record ``State.OOMKilled``: the OOM test
+checks the kill and its mapping, which the backend infers from a SIGKILL exit it did not send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from backends.workflow.base import JobRun, Resources, RunPhase
+from backends.workflow.container import ContainerWorkflowBackend
+from backends.workflow.container_cli import INPUTS_MOUNT, run_args
+from backends.workflow.registry import WorkflowConfigurationError, create_workflow_backend
+from tests.backends.workflow.conftest import PODMAN, make_container_backend
+
+
+async def _container_ids(backend: ContainerWorkflowBackend) -> list[str]:
+    _, out, _ = await PODMAN.run("ps", "-aq", "--filter", f"label=wml/instance={backend.instance}")
+    return out.split()
+
+
+async def test_a_memory_hungry_worker_ends_oom_killed(
+    container_work_dir: Path, storage, make_run, updates_of
+) -> None:
+    backend = make_container_backend(container_work_dir, storage)
+    await backend.start()
+    # A shell variable of 200 MB in a container limited to 32 MiB (no swap).
+    hog = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"
+    run = make_run(command=["/bin/sh", "-c", hog], resources=Resources(cpu=1.0, memory=32 * 1024 * 1024))
+    try:
+        ref = await backend.submit(run)
+        final = await updates_of(backend).terminal(ref, timeout=30)
+    finally:
+        await backend.close()
+
+    assert (final.phase, final.reason, final.exit_code) == (RunPhase.FAILED, "OOM_KILLED", 137)
+    assert final.log_tail is not None
+    assert "survived" not in final.log_tail
+    await backend.cleanup(ref)
+
+
+async def test_a_restarted_backend_reattaches_to_the_running_container(
+    container_work_dir: Path, storage, make_run, updates_of, read_object
+) -> None:
+    first = make_container_backend(container_work_dir, storage)
+    await first.start()
+    ref = await first.submit(make_run(env={"SLEEPTIME": "3"}))
+    await updates_of(first).next_for(ref, {RunPhase.RUNNING})
+    await first.close()  # the server stops; the container keeps running
+
+    second = make_container_backend(container_work_dir, storage)
+    await second.start()
+    try:
+        [now] = await second.reconcile([ref])
+        assert now.phase == RunPhase.RUNNING
+        final = await updates_of(second).terminal(ref, timeout=30)
+        assert (final.phase, final.exit_code) == (RunPhase.SUCCEEDED, 0)
+        [output] = final.outputs
+        assert b"dummy-job: SLEEPTIME=3" in await read_object(output.key)
+        assert final.log is not None
+        assert b"progress 3/3" in await read_object(final.log.key)
+
+        await second.cleanup(ref)
+        assert await _container_ids(second) == []
+        assert not (container_work_dir / ref).exists()
+    finally:
+        await second.close()
+
+
+async def test_the_run_timeout_counts_across_a_restart(
+    container_work_dir: Path, storage, make_run, updates_of
+) -> None:
+    first = make_container_backend(container_work_dir, storage)
+    await first.start()
+    ref = await first.submit(make_run(env={"SLEEPTIME": "30"}, run_timeout=1))
+    await updates_of(first).next_for(ref, {RunPhase.RUNNING})
+    await first.close()
+    await asyncio.sleep(1.2)  # the deadline passes while no server runs
+
+    second = make_container_backend(container_work_dir, storage)
+    await second.start()
+    try:
+        [now] = await second.reconcile([ref])
+        assert now.phase == RunPhase.RUNNING
+        final = await updates_of(second).terminal(ref, timeout=30)
+    finally:
+        await second.close()
+
+    assert (final.phase, final.reason) == (RunPhase.FAILED, "RUN_TIMEOUT")
+    await second.cleanup(ref)
+    assert await _container_ids(second) == []
+
+
+async def test_the_worker_container_is_labelled_unprivileged_and_offline(
+    container_work_dir: Path, storage, make_run, updates_of
+) -> None:
+    backend = make_container_backend(container_work_dir, storage)
+    await backend.start()
+    run = make_run(env={"SLEEPTIME": "0"})
+    try:
+        ref = await backend.submit(run)
+        await updates_of(backend).terminal(ref)
+        [container] = await _container_ids(backend)
+        _, out, _ = await PODMAN.run("container", "inspect", "--format", "json", container)
+        [info] = json.loads(out)
+    finally:
+        await backend.close()
+
+    labels = info["Config"]["Labels"]
+    assert labels["app.kubernetes.io/managed-by"] == "workflow-middlelayer"
+    assert (labels["wml/job-id"], labels["wml/consumer-id"], labels["wml/asset-id"]) == (
+        ref,
+        "c1",
+        "dummy-job",
+    )
+    assert info["Config"]["User"] == "65534:65534"
+    assert info["HostConfig"]["NetworkMode"] == "none"
+    assert info["HostConfig"]["Memory"] == run.resources.memory
+    await backend.cleanup(ref)
+    assert await _container_ids(backend) == []
+
+
+def test_run_arguments_never_pull_and_carry_limits_and_ulimits(make_run) -> None:
+    run: JobRun = make_run(args=["--flag"], labels={"team": "a"})
+    args = run_args(
+        run,
+        name="wml-x-job",
+        instance="x",
+        env={"A": "1=2"},
+        inputs="/jobs/j/inputs",
+        outputs="/jobs/j/outputs",
+        user="1000:1000",
+        ulimits=["nofile=1024:1024"],
+        network="none",
+    )
+
+    assert args[:3] == ["run", "--detach", "--pull=never"]
+    assert "--network=none" in args
+    assert f"/jobs/j/inputs:{INPUTS_MOUNT}:ro" in args
+    for flag, value in [("--cpus", "1"), ("--memory", str(run.resources.memory)), ("--user", "1000:1000")]:
+        assert args[args.index(flag) + 1] == value
+    assert args[args.index("--ulimit") + 1] == "nofile=1024:1024"
+    assert "A=1=2" in args
+    assert "team=a" in args
+    assert args[args.index("--entrypoint") + 1] == json.dumps(list(run.command))
+    assert args[-2:] == [run.image, "--flag"]
+
+
+def test_the_registry_builds_the_container_backend_from_its_url(storage, tmp_path) -> None:
+    url = "container://podman?conf=/etc/wml/containers.conf&ulimit=nofile=512:512&user=1000"
+    backend = create_workflow_backend(url, storage=storage, work_dir=tmp_path)
+
+    assert isinstance(backend, ContainerWorkflowBackend)
+    assert backend.name == "container"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "container://",
+        "container://docker",
+        "container://lxc",
+        "container://podman/x",
+        "container://podman?a=b",
+    ],
+)
+def test_invalid_container_urls_are_refused(storage, tmp_path, url) -> None:
+    with pytest.raises(WorkflowConfigurationError, match="invalid container workflow URL"):
+        create_workflow_backend(url, storage=storage, work_dir=tmp_path)
