@@ -9,6 +9,7 @@ import sys
 import time
 
 from tests.support.api import Api
+from wml.demo import pick_workflow
 
 
 async def _run(*args: str, env: dict[str, str] | None = None) -> tuple[int, list[tuple[float, str]]]:
@@ -66,7 +67,7 @@ async def test_watch_with_a_bad_token_fails_clearly(api: Api) -> None:
 
 
 async def test_demo_shows_the_jobs_progress_live_and_its_result() -> None:
-    code, lines = await _run("demo", "--sleep", "2")
+    code, lines = await _run("demo", "--sleep", "2", "--workflow", "local")
     text = [line for _, line in lines]
     assert code == 0, "\n".join(text)
     for expected in (
@@ -80,3 +81,10 @@ async def test_demo_shows_the_jobs_progress_live_and_its_result() -> None:
     downloaded = text.index(next(t for t in text if t.startswith("==> downloaded result.txt")))
     assert text[downloaded + 1].startswith("    dummy-job: SLEEPTIME=2")
     assert _at(lines, "job is COMPLETE") - _at(lines, "progress 1/2") > 0.5
+
+
+def test_the_demo_runs_in_podman_when_the_image_is_built_and_can_stay_local() -> None:
+    # make test builds localhost/wml/dummy-job:1 (scripts/podman-setup), so auto finds podman here.
+    assert pick_workflow("auto")[0] == "container://podman"
+    assert pick_workflow("container")[0] == "container://podman"
+    assert pick_workflow("local") == ("local://", "local processes")

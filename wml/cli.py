@@ -31,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--sleep", type=int, default=3, help="seconds the dummy job runs (default 3)")
     demo.add_argument("--verbose", action="store_true", help="show the server's log lines too")
     demo.add_argument(
+        "--workflow",
+        choices=("auto", "local", "container"),
+        default="auto",
+        help="where the job runs: podman containers when available (auto), or local processes",
+    )
+    demo.add_argument(
         "--dialect",
         choices=DIALECTS,
         default="0.11",
@@ -118,7 +124,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return asyncio.run(
             run_demo(
-                settings, data_dir=args.data_dir, sleep=args.sleep, dialect=args.dialect, verbose=args.verbose
+                settings,
+                data_dir=args.data_dir,
+                sleep=args.sleep,
+                dialect=args.dialect,
+                verbose=args.verbose,
+                workflow=args.workflow,
             )
         )
     if args.command == "watch":

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,19 +27,51 @@ from wml.server import embedded_server
 from wml.watch import describe, follow_job
 
 DEMO_ASSET = "dummy-job"
+DEMO_IMAGE = "localhost/wml/dummy-job:1"  # the asset's image, as scripts/podman-setup builds it
 
 
 def step(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
+def pick_workflow(choice: str) -> tuple[str, str]:
+    """The backend the demo runs on: podman containers of the asset's image when podman works here and
+    the dummy-job image is built (``scripts/podman-setup``), otherwise local processes."""
+    if choice == "local":
+        return "local://", "local processes"
+    podman = shutil.which("podman")
+    if podman is not None:
+        try:
+            found = subprocess.run(
+                [podman, "image", "exists", DEMO_IMAGE], capture_output=True, timeout=20, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            found = None
+        if found is not None and found.returncode == 0:
+            return "container://podman", f"podman containers of {DEMO_IMAGE}"
+    if choice == "container":
+        raise ApiError(f"podman with the image {DEMO_IMAGE} is needed (run scripts/podman-setup)")
+    return "local://", "local processes (no podman with the dummy-job image here)"
+
+
 async def run_demo(
-    settings: Settings, *, data_dir: Path | None, sleep: int, dialect: str = "0.11", verbose: bool = False
+    settings: Settings,
+    *,
+    data_dir: Path | None,
+    sleep: int,
+    dialect: str = "0.11",
+    verbose: bool = False,
+    workflow: str = "auto",
 ) -> int:
     if not verbose:
         configure_logging("WARNING", settings.log_format)  # the steps are the demo's output
     with tempfile.TemporaryDirectory(prefix="wml-demo-") as tmp:
         root = data_dir or Path(tmp)
+        try:
+            backend_url, backend_text = pick_workflow(workflow)
+        except ApiError as e:
+            print(f"demo failed: {e}", flush=True)
+            return 1
         demo_settings = settings.model_copy(
             update={
                 "data_dir": root,
@@ -46,19 +80,19 @@ async def run_demo(
                 "public_url": None,
                 "database_url": None,
                 "storage": None,
-                "workflow": "local://",
+                "workflow": backend_url,
                 "tick_interval": 0.2,
             }
         )
         try:
-            return await _demo(demo_settings, root, sleep, dialect)
+            return await _demo(demo_settings, root, sleep, dialect, backend_text)
         except (ApiError, OSError, TimeoutError) as e:
             print(f"demo failed: {e}", flush=True)
             return 1
 
 
-async def _demo(settings: Settings, root: Path, sleep: int, dialect: str) -> int:
-    step(f"data directory {root} (SQLite, local disk, local processes)")
+async def _demo(settings: Settings, root: Path, sleep: int, dialect: str, backend: str) -> int:
+    step(f"data directory {root} (SQLite, local disk); jobs run as {backend}")
     async with running_connector() as edc:
         settings = settings.model_copy(update={"edc_api_key": SecretStr(edc.api_key)})
         async with embedded_server(settings) as server:
