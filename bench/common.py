@@ -1,0 +1,166 @@
+"""Shared pieces of the benchmarks: a `wml serve` subprocess on a scratch data directory, a consumer token,
+percentiles, and the result file every benchmark writes (``bench/results/<name>.json``).
+
+The server always runs as its own process so that its CPU and memory are not the load generator's; on a
+2-core machine that leaves one core to the server and one to the clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "bench" / "results"
+PYTHON = sys.executable
+SECRET_KEY = "bench-signing-key"
+ADMIN_TOKEN = "bench-admin"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until_up(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} never answered")
+
+
+def proc_kib(pid: int, field: str) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, flags=re.MULTILINE)
+    return int(match[1]) if match else 0
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (``fraction`` in 0..1); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
+    """p50 / p90 / p99 / mean of durations given in seconds, in milliseconds."""
+    return {
+        "p50_ms": percentile(seconds, 0.50) * 1000,
+        "p90_ms": percentile(seconds, 0.90) * 1000,
+        "p99_ms": percentile(seconds, 0.99) * 1000,
+        "mean_ms": (statistics.fmean(seconds) * 1000) if seconds else 0.0,
+        "count": len(seconds),
+    }
+
+
+def catalog(directory: Path, assets: Sequence[dict[str, Any]]) -> Path:
+    """The example dummy-job asset (runnable from anywhere) plus ``assets`` (overrides of it, with an id)."""
+    base = yaml.safe_load((ROOT / "assets" / "dummy-job.yaml").read_text())
+    base["local"] = {"command": ["sh", str(ROOT / "dummy-job" / "entrypoint.sh")]}
+    directory.mkdir(parents=True, exist_ok=True)
+    for spec in [base, *({**base, **a} for a in assets)]:
+        (directory / f"{spec['id']}.yaml").write_text(yaml.safe_dump(spec))
+    return directory
+
+
+def environment(work: Path, port: int, **settings: Any) -> dict[str, str]:
+    """A `wml serve` environment on the embedded default (SQLite, local disk, local processes)."""
+    data_dir = work / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(data_dir),
+        "WML_DATA_DIR": str(data_dir),
+        "WML_HOST": "127.0.0.1",
+        "WML_PORT": str(port),
+        "WML_SECRET_KEY": SECRET_KEY,
+        "WML_ADMIN_TOKEN": ADMIN_TOKEN,
+        "WML_LOG_LEVEL": "WARNING",
+    }
+    env.update({f"WML_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def create_token(env: dict[str, str], name: str = "bench", assets: Sequence[str] = ("dummy-job",)) -> str:
+    asset_args = [arg for asset in assets for arg in ("--asset", asset)]
+    done = subprocess.run(
+        [PYTHON, "-m", "wml.cli", "consumers", "create", name, *asset_args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return done.stdout.split("token (shown once): ", 1)[1].split()[0]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    env: dict[str, str]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@contextlib.contextmanager
+def wml_server(work: Path, **settings: Any) -> Iterator[Server]:
+    """``wml serve`` as a subprocess on a free port; SIGTERM and reaped at the end."""
+    port = free_port()
+    env = environment(work, port, **settings)
+    process = subprocess.Popen(
+        [PYTHON, "-m", "wml.cli", "serve"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{url}/readyz")
+        yield Server(process=process, url=url, env=env)
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
+
+
+def write_result(name: str, document: dict[str, Any]) -> Path:
+    path = RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"benchmark": name, "machine": machine(), **document}
+    path.write_text(json.dumps(body, indent=2) + "\n")
+    return path

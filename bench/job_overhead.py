@@ -1,0 +1,189 @@
+"""Job overhead: trivial jobs on the local backend, from `createJob` to COMPLETE, against a direct spawn.
+
+``wml serve`` runs as a subprocess with the embedded default and its default settings (supervisor
+``tick_interval`` 1 s, local backend exit polling every 0.2 s, 4 running jobs per consumer). The asset's
+worker is ``true`` (no inputs, no outputs), so the job does nothing but go through the service:
+QUEUED → INITIALIZING (stage-in) → RUNNING → COMPLETE (stage-out of the log).
+
+The client (this process) keeps ``--concurrency`` jobs in flight (default 4, the per-consumer running
+quota, so none waits for quota) until ``--jobs`` have completed, and follows every state change on one
+``jobEvents`` websocket subscription. Times are wall-clock on the same machine:
+
+- ``latency``: from sending ``createJob`` to the COMPLETE event's commit (its ``createdAt``);
+- ``overhead``: latency minus the worker's own run time, taken as the median of spawning the same
+  command directly with :func:`subprocess.run` ``--jobs`` times in the same run (the raw baseline);
+- the phases between events (queued, initializing, running) show where the time goes.
+
+Usage: ``.venv/bin/python bench/job_overhead.py [--jobs 200] [--concurrency 4]``. Writes
+``bench/results/job_overhead.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import catalog, create_token, summary_ms, wml_server, write_result
+from tests.support.api import kill_leftover_workers
+from tests.support.ws import connect
+
+ASSET = "true-job"
+COMMAND = ["true"]
+TERMINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"}
+CREATE = (
+    "mutation($input: CreateJobInput!) { createJob(input: $input) { __typename"
+    " ... on Job { id } ... on Error { message code } } }"
+)
+EVENTS = "subscription { jobEvents { seq jobId state reason createdAt } }"
+
+
+def direct_spawn(count: int) -> list[float]:
+    """Seconds to spawn and reap the worker's command directly, ``count`` times."""
+    seconds = []
+    for _ in range(count):
+        started = time.perf_counter()
+        subprocess.run(COMMAND, check=True)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def stamp(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+async def run_jobs(url: str, token: str, jobs: int, concurrency: int) -> tuple[list[dict[str, Any]], float]:
+    events: dict[str, dict[str, float]] = {}
+    done: dict[str, asyncio.Event] = {}
+    finals: dict[str, str] = {}
+    async with (
+        connect(url, token) as conn,
+        httpx.AsyncClient(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"}) as http,
+    ):
+        op = await conn.subscribe(EVENTS)
+
+        async def follow() -> None:
+            while True:
+                event = (await op.next(timeout=600))["jobEvents"]
+                events.setdefault(event["jobId"], {})[event["state"]] = stamp(event["createdAt"])
+                if event["state"] in TERMINAL:
+                    finals[event["jobId"]] = event["state"]
+                    done.setdefault(event["jobId"], asyncio.Event()).set()
+
+        reader = asyncio.create_task(follow())
+        await asyncio.sleep(0.2)  # the subscription is registered before the first job exists
+        records: list[dict[str, Any]] = []
+        remaining = iter(range(jobs))
+
+        async def worker() -> None:
+            for _ in remaining:
+                sent = time.time()
+                body = (
+                    await http.post(
+                        "/graphql", json={"query": CREATE, "variables": {"input": {"assetId": ASSET}}}
+                    )
+                ).json()
+                acked = time.time()
+                job_id = body["data"]["createJob"]["id"]
+                await done.setdefault(job_id, asyncio.Event()).wait()
+                records.append({"id": job_id, "sent": sent, "acked": acked, "seen": time.time()})
+
+        started = time.perf_counter()
+        try:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        finally:
+            reader.cancel()
+        elapsed = time.perf_counter() - started
+    for record in records:
+        record["final"] = finals[record["id"]]
+        record["events"] = events[record["id"]]
+    return records, elapsed
+
+
+def phases(records: list[dict[str, Any]], run_seconds: float) -> dict[str, Any]:
+    complete = [r for r in records if r["final"] == "COMPLETE"]
+    latency = [r["events"]["COMPLETE"] - r["sent"] for r in complete]
+
+    def between(a: str, b: str) -> list[float]:
+        return [r["events"][b] - r["events"][a] for r in complete if a in r["events"] and b in r["events"]]
+
+    return {
+        "completed": len(complete),
+        "failed": len(records) - len(complete),
+        "latency": summary_ms(latency),
+        "overhead": summary_ms([x - run_seconds for x in latency]),
+        "create_ack": summary_ms([r["acked"] - r["sent"] for r in complete]),
+        "queued_to_initializing": summary_ms(between("QUEUED", "INITIALIZING")),
+        "initializing_to_running": summary_ms(between("INITIALIZING", "RUNNING")),
+        "running_to_complete": summary_ms(between("RUNNING", "COMPLETE")),
+        "complete_delivery": summary_ms([r["seen"] - r["events"]["COMPLETE"] for r in complete]),
+    }
+
+
+def run(jobs: int, concurrency: int) -> dict[str, Any]:
+    spawn = direct_spawn(jobs)
+    run_seconds = statistics.median(spawn)
+    with tempfile.TemporaryDirectory(prefix="wml-bench-jobs-") as scratch:
+        work = Path(scratch)
+        spec = {
+            "id": ASSET,
+            "name": "True job",
+            "inputs": [],
+            "outputs": [],
+            "parameters": [],
+            "local": {"command": COMMAND},
+        }
+        try:
+            with wml_server(work, catalog_dir=catalog(work / "catalog", [spec])) as server:
+                token = create_token(server.env, assets=(ASSET,))
+                records, elapsed = asyncio.run(run_jobs(server.url, token, jobs, concurrency))
+        finally:
+            kill_leftover_workers(work / "data" / "jobs")
+    service = phases(records, run_seconds)
+    direct_rate = len(spawn) / sum(spawn)
+    return {
+        "settings": {
+            "jobs": jobs,
+            "concurrency": concurrency,
+            "command": COMMAND,
+            "server": "wml serve subprocess, default settings (tick_interval 1 s, local poll 0.2 s)",
+        },
+        "direct_spawn": {**summary_ms(spawn), "jobs_per_second": direct_rate},
+        "service": {**service, "jobs_per_second": service["completed"] / elapsed, "elapsed_s": elapsed},
+        "ratio_jobs_per_second_service_over_direct": (service["completed"] / elapsed) / direct_rate,
+        "target": "median overhead < 50 ms",
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=4, help="jobs in flight at once")
+    args = parser.parse_args()
+    document = run(args.jobs, args.concurrency)
+    path = write_result("job_overhead", document)
+    s, d = document["service"], document["direct_spawn"]
+    print(
+        f"service: {s['completed']} complete, {s['jobs_per_second']:.2f} jobs/s, overhead p50"
+        f" {s['overhead']['p50_ms']:.0f} ms p90 {s['overhead']['p90_ms']:.0f} ms | direct spawn p50"
+        f" {d['p50_ms']:.2f} ms, {d['jobs_per_second']:.0f}/s"
+    )
+    for phase in ("queued_to_initializing", "initializing_to_running", "running_to_complete"):
+        print(f"  {phase}: p50 {s[phase]['p50_ms']:.0f} ms p90 {s[phase]['p90_ms']:.0f} ms")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

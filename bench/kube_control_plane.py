@@ -1,0 +1,115 @@
+"""Kubernetes control-plane cost: API requests and watch streams per job, against the fake API server.
+
+The whole service runs in this process (``tests.support.api.running_api``, the real server on a
+loopback port) with ``WML_WORKFLOW=kubernetes://wml-jobs``, pointed at the fake Kubernetes API server of
+the backend's tests (``tests.support.kube_backend.fake_kube``: real HTTP, real kubernetes_asyncio client)
+whose fake kubelet really runs each Pod (side-cars and the dummy worker with ``SLEEPTIME=0``).
+
+It runs ``--jobs`` jobs (all created at once, 8 running at a time) to COMPLETE, waits until the backend
+has cleaned up every object, and counts every request the fake API server received, by verb and
+resource. The baseline is the same count for a tenth of the jobs in the same run: a constant cost per
+job shows as the same requests per job at both sizes (ratio 1.0), while polling or per-job watches
+would make the bigger run cost more per job, or the count grow with time instead of with jobs.
+
+Usage: ``.venv/bin/python bench/kube_control_plane.py [--jobs 100]``. Writes
+``bench/results/kube_control_plane.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import write_result
+from tests.support.api import TERMINAL, running_api
+from tests.support.kube_backend import fake_kube
+from tests.support.kube_kubelet import SIDECAR_IMAGE
+
+
+async def measure(jobs: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="wml-bench-kube-") as scratch:
+        work = Path(scratch)
+        data_dir = work / "data"
+        async with (
+            fake_kube(work, f"file://{data_dir / 'files'}", run_pods=True) as kube,
+            running_api(
+                data_dir,
+                workflow="kubernetes://wml-jobs?deadline_allowance=0",
+                k8s_api_url=kube.api.url,
+                k8s_sidecar_image=SIDECAR_IMAGE,
+                k8s_retry_max_delay=0.1,
+                max_running_jobs_per_consumer=8,
+                max_queued_jobs_per_consumer=10 * jobs,
+                backend_capacity=8,
+                log_level="WARNING",
+            ) as api,
+        ):
+            token = await api.consumer("bench")
+            before = len(kube.api.requests)
+            started = time.perf_counter()
+            created = [await api.create_job(token, parameters={"SLEEPTIME": 0}) for _ in range(jobs)]
+            states = collections.Counter()
+            for job in created:
+                final = await api.wait_for(token, job["id"], TERMINAL, timeout=600)
+                states[final["state"]] += 1
+            await kube.nothing_left(timeout=120)
+            elapsed = time.perf_counter() - started
+            calls = kube.api.requests[before:]
+            startup = collections.Counter(f"{c.method} {c.plural}" for c in kube.api.requests[:before])
+            watches = sum(1 for c in kube.api.requests if c.method == "WATCH")
+    by_kind = collections.Counter(f"{c.method} {c.plural}" for c in calls)
+    return {
+        "jobs": jobs,
+        "final_states": dict(states),
+        "elapsed_s": elapsed,
+        "requests": len(calls),
+        "requests_per_job": len(calls) / jobs,
+        "watch_requests_during_jobs": by_kind_total(by_kind, "WATCH"),
+        "watch_requests_whole_run": watches,
+        "startup_requests": dict(sorted(startup.items())),
+        "by_kind": dict(sorted(by_kind.items())),
+        "by_kind_per_job": {k: v / jobs for k, v in sorted(by_kind.items())},
+    }
+
+
+def by_kind_total(by_kind: collections.Counter[str], method: str) -> int:
+    return sum(v for k, v in by_kind.items() if k.startswith(f"{method} "))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=100)
+    args = parser.parse_args()
+    baseline = asyncio.run(measure(max(1, args.jobs // 10)))
+    full = asyncio.run(measure(args.jobs))
+    document = {
+        "settings": {"jobs": args.jobs, "baseline_jobs": baseline["jobs"], "worker": "dummy-job SLEEPTIME=0"},
+        "run": full,
+        "baseline": baseline,
+        "ratio_requests_per_job_full_over_baseline": full["requests_per_job"] / baseline["requests_per_job"],
+        "target": "a small constant per job, no polling",
+    }
+    path = write_result("kube_control_plane", document)
+    for side in ("baseline", "run"):
+        r = document[side]
+        print(
+            f"{r['jobs']:>5} jobs: {r['requests']} requests, {r['requests_per_job']:.2f}/job,"
+            f" {r['watch_requests_whole_run']} watch requests in all (startup: {r['startup_requests']}),"
+            f" {r['elapsed_s']:.1f} s, {r['final_states']}"
+        )
+    for kind, per_job in full["by_kind_per_job"].items():
+        print(f"  {kind}: {per_job:.2f}/job")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""Run every benchmark, then regenerate the results table in ``bench/README.md`` from their JSON.
+
+Each benchmark runs as its own process with the workload sized for ``make bench`` (under ten minutes on 2
+cores); ``--only`` runs a subset and ``--table-only`` just rebuilds the table from ``bench/results/``.
+The table sits between the two markers in ``bench/README.md``; the rest of that file is left alone.
+``transfer_memory`` (issue 5) is slow and needs several GiB of disk, so it is not re-run here; its
+recorded results are shown when ``bench/results/transfer_memory.json`` exists.
+
+Usage: ``.venv/bin/python bench/run_all.py [--only api_overhead,job_overhead,fanout] [--table-only]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "bench" / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+# result name -> (script, arguments): the workload make bench runs.
+BENCHMARKS: dict[str, tuple[str, list[str]]] = {
+    "api_overhead": ("api_overhead", ["--clients", "16", "--seconds", "8"]),
+    "job_overhead": ("job_overhead", ["--jobs", "200", "--concurrency", "4"]),
+    "fanout": ("fanout", ["--subscribers", "1000", "--events", "10"]),
+    # The same with quiet subscriptions re-checking their grant every 10 minutes instead of 5 s: how much
+    # of the fan-out cost is those database reads.
+    "fanout_recheck600": (
+        "fanout",
+        ["--subscribers", "1000", "--events", "10", "--set", "stream_recheck_interval=600", "--output"],
+    ),
+    "kube_control_plane": ("kube_control_plane", ["--jobs", "100"]),
+}
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def verdict(met: bool, by: str) -> str:
+    return "met" if met else f"missed ({by})"
+
+
+def row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def api_rows(doc: dict[str, Any]) -> list[str]:
+    rows = []
+    s = doc["settings"]
+    for kind, label in (("job_query", "`job(id)` query"), ("create_job", "`createJob` mutation")):
+        g, b = doc["graphql"][kind], doc["bare"][kind]
+        ratio = doc["ratio_graphql_over_bare"][kind]
+        rows.append(
+            row(
+                f"API overhead: {label}",
+                f"{s['clients']} clients, {s['seconds']:g} s",
+                f"{g['rps']:.0f} req/s, p50 {g['p50_ms']:.0f} ms, p99 {g['p99_ms']:.0f} ms",
+                f"bare Starlette + Store: {b['rps']:.0f} req/s, p50 {b['p50_ms']:.0f} ms,"
+                f" p99 {b['p99_ms']:.0f} ms",
+                f"{ratio:.2f} (req/s)",
+                f"ratio >= 0.5: {verdict(ratio >= 0.5, f'{ratio / 0.5:.0%} of target')}",
+            )
+        )
+    return rows
+
+
+def job_rows(doc: dict[str, Any]) -> list[str]:
+    s, d, cfg = doc["service"], doc["direct_spawn"], doc["settings"]
+    median = s["overhead"]["p50_ms"]
+    phases = ", ".join(
+        f"{name.replace('_', ' ')} {s[name]['p50_ms']:.0f}"
+        for name in ("queued_to_initializing", "initializing_to_running", "running_to_complete")
+    )
+    return [
+        row(
+            "Job overhead (local backend, `true`)",
+            f"{s['completed']} of {cfg['jobs']} jobs, {cfg['concurrency']} in flight",
+            f"overhead p50 {median:.0f} ms, p90 {s['overhead']['p90_ms']:.0f} ms;"
+            f" {s['jobs_per_second']:.1f} jobs/s; phases p50 (ms): {phases}",
+            f"direct `subprocess.run`: {d['p50_ms']:.1f} ms, {d['jobs_per_second']:.0f} jobs/s",
+            f"{doc['ratio_jobs_per_second_service_over_direct']:.3f} (jobs/s)",
+            f"median < 50 ms: {verdict(median < 50, f'{median / 50:.1f}x the target')}",
+        )
+    ]
+
+
+def fanout_rows(doc: dict[str, Any]) -> list[str]:
+    rows = []
+    for run in doc["runs"]:
+        s, b = run["service"], run["bare"]
+        every, bare_every = s["to_every_subscriber"], b["to_every_subscriber"]
+        p99, kib = every["p99_ms"], s["kib_per_idle_subscriber"]
+        kb = kib * 1.024
+        settings = doc["settings"].get("server_settings") or {}
+        label = "Subscription fan-out (`jobEvents`)" + "".join(f", {k}={v}" for k, v in settings.items())
+        rows.append(
+            row(
+                label,
+                f"{run['subscribers']} subscribers (not 10,000: time budget),"
+                f" {doc['settings']['events']} jobs",
+                f"to every subscriber p50 {every['p50_ms']:.0f} ms, p99 {p99:.0f} ms"
+                f" ({s['events_delivered_to_all']}/{s['events']} events to all); {kib:.0f} KiB per idle"
+                " subscriber",
+                f"bare `websockets` broadcast: p50 {bare_every['p50_ms']:.0f} ms, p99"
+                f" {bare_every['p99_ms']:.0f} ms; {b['kib_per_idle_subscriber']:.0f} KiB",
+                f"{run['ratio_p99_to_every_service_over_bare']:.1f}x (p99, lower is better)",
+                f"p99 < 500 ms: {verdict(p99 < 500, f'{p99 / 500:.1f}x')}; < 50 KB:"
+                f" {verdict(kb < 50, f'{kb / 50:.1f}x')}",
+            )
+        )
+    return rows
+
+
+def kube_rows(doc: dict[str, Any]) -> list[str]:
+    run, base = doc["run"], doc["baseline"]
+    kinds = ", ".join(f"{kind} {per_job:.2f}" for kind, per_job in run["by_kind_per_job"].items())
+    ratio = doc["ratio_requests_per_job_full_over_baseline"]
+    return [
+        row(
+            "Kubernetes control plane (fake API server, test settings)",
+            f"{run['jobs']} jobs (not 1,000: time budget), dummy-job SLEEPTIME=0",
+            f"{run['requests_per_job']:.2f} API requests per job ({kinds});"
+            f" {run['watch_requests_whole_run']} watch stream in the whole run; {run['elapsed_s']:.0f} s",
+            f"{base['jobs']} jobs in the same run: {base['requests_per_job']:.2f} requests per job",
+            f"{ratio:.2f} (requests per job)",
+            f"small constant per job, no polling: {verdict(ratio < 1.1, f'per-job cost grows {ratio:.2f}x')}",
+        )
+    ]
+
+
+def transfer_rows(doc: dict[str, Any]) -> list[str]:
+    rows = []
+    for run in doc["runs"]:
+        rows.append(
+            f"| File transfer memory (recorded, not re-run) | {run['backend']} {run['size']} |"
+            f" up {run['upload_mib_s']:.0f} MiB/s, down {run['download_mib_s']:.0f} MiB/s, server peak"
+            f" {run['server_vmhwm_kib'] / 1024:.0f} MiB | no baseline measured | n/a | flat peak memory |"
+        )
+    return rows
+
+
+def table() -> str:
+    lines = [
+        "| benchmark | workload | service | raw baseline (same run) | ratio | target |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    machines = set()
+    for name, rows in (
+        ("api_overhead", api_rows),
+        ("job_overhead", job_rows),
+        ("fanout", fanout_rows),
+        ("fanout_recheck600", fanout_rows),
+        ("kube_control_plane", kube_rows),
+        ("transfer_memory", transfer_rows),
+    ):
+        doc = load(name)
+        if doc is None:
+            lines.append(f"| {name} | not run | | | | |")
+            continue
+        machines.add(f"{doc['machine']['cpus']} CPUs, Python {doc['machine']['python']}")
+        lines.extend(rows(doc))
+    lines.append("")
+    lines.append(f"Measured on: {'; '.join(sorted(machines))}.")
+    return "\n".join(lines)
+
+
+def write_table() -> None:
+    text = README.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{START}\n{table()}\n{END}{tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated benchmark names (default: all)")
+    parser.add_argument("--table-only", action="store_true", help="only rebuild the table")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(BENCHMARKS)
+    failed = []
+    if not args.table_only:
+        for name in names:
+            started = time.monotonic()
+            print(f"== {name}", flush=True)
+            script, arguments = BENCHMARKS[name]
+            if arguments and arguments[-1] == "--output":
+                arguments = [*arguments, name]
+            done = subprocess.run(
+                [sys.executable, str(ROOT / "bench" / f"{script}.py"), *arguments], cwd=ROOT
+            )
+            print(f"== {name}: exit {done.returncode} in {time.monotonic() - started:.0f} s", flush=True)
+            if done.returncode:
+                failed.append(name)
+    write_table()
+    print(f"table written to {README.relative_to(ROOT)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
