@@ -30,22 +30,23 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 
 from backends.storage.base import StorageBackend, StorageError
-from backends.workflow.base import BackendUpdate, InputKind, JobRun, RunPhase, WorkflowBackendError
+from backends.workflow.base import BackendUpdate, JobRun, RunPhase, WorkflowBackendError
 from backends.workflow.container_cli import ContainerState, Engine, container_env, run_args
+from backends.workflow.host_jobs import HostJobs, stage_inputs
 from backends.workflow.local_jobdir import ExitStatus, JobDir, valid_job_id
 from backends.workflow.local_outcome import outcome, upload_failed
 from sidecar.errors import InputStagingError, OutputUploadError
-from sidecar.manifest import InputEntry, OutputEntry, StageInManifest, StageOutManifest
-from sidecar.staging import read_dotenv, stage_in, stage_out
+from sidecar.manifest import OutputEntry, StageOutManifest
+from sidecar.staging import stage_out
 
 log = structlog.get_logger("wml.workflow.container")
 
@@ -55,10 +56,11 @@ DEFAULT_ULIMITS = ("nofile=1024:1024", "nproc=4096:4096")
 _OPTIONS = {"conf", "user", "ulimit", "network", "stop_timeout", "log_tail_lines"}
 
 
-class ContainerWorkflowBackend:
+class ContainerWorkflowBackend(HostJobs):
     """Runs each job's worker as a podman container; see the module docstring."""
 
     name = "container"
+    kind = "container"
 
     def __init__(
         self,
@@ -72,15 +74,13 @@ class ContainerWorkflowBackend:
         stop_timeout: int = 5,
         log_tail_lines: int = 50,
     ) -> None:
-        self._work_dir = Path(work_dir).absolute()
+        super().__init__(work_dir)
         self._storage = storage
         self._engine = engine or Engine()
         self._user, self._ulimits, self._network = user, tuple(ulimits), network
         self._stop_timeout = stop_timeout
         self._tail_lines = log_tail_lines
         self._instance = hashlib.sha256(str(self._work_dir).encode()).hexdigest()[:10]
-        self._queue: asyncio.Queue[BackendUpdate] = asyncio.Queue()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._timed_out: set[str] = set()
 
     @classmethod
@@ -117,11 +117,7 @@ class ContainerWorkflowBackend:
 
     async def close(self) -> None:
         """Stop following; containers keep running so a new instance can re-attach to them."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._stop_tasks()
 
     async def submit(self, run: JobRun) -> str:
         ref = run.job_id
@@ -163,10 +159,6 @@ class ContainerWorkflowBackend:
             await asyncio.gather(task, return_exceptions=True)
         await self._engine.run("rm", "--force", "--time", "0", self._name(ref), check=False)
         await asyncio.to_thread(shutil.rmtree, self._job(ref).root, ignore_errors=True)
-
-    async def updates(self) -> AsyncIterator[BackendUpdate]:
-        while True:
-            yield await self._queue.get()
 
     async def reconcile(self, refs: Sequence[str]) -> list[BackendUpdate]:
         try:
@@ -225,16 +217,8 @@ class ContainerWorkflowBackend:
 
     async def _stage_in(self, run: JobRun, job: JobDir) -> dict[str, str] | None:
         """Fetch the inputs and parse the env-file ones; None when the run ended here (already reported)."""
-        entries = [
-            InputEntry(slot=i.slot, kind=str(i.kind), path=i.path, key=i.key, size=i.size, sha256=i.sha256)
-            for i in run.inputs
-        ]
         try:
-            await asyncio.to_thread(job.clear_inputs)  # a re-run after a restart starts afresh
-            await stage_in(self._storage, StageInManifest(inputs=entries), job.inputs)
-            dotenv: dict[str, str] = {}
-            for staged in (i for i in run.inputs if i.kind == InputKind.ENV):
-                dotenv.update(await asyncio.to_thread(read_dotenv, job.inputs / staged.path))
+            dotenv = await stage_inputs(self._storage, run, job)
             await asyncio.to_thread(_open_for_worker, job, self._user)
         except (InputStagingError, StorageError, OSError, ValueError) as e:
             message = f"staging the inputs failed: {e}"
@@ -304,11 +288,6 @@ class ContainerWorkflowBackend:
     async def _stop(self, ref: str) -> None:
         await self._engine.run("stop", "--time", str(self._stop_timeout), self._name(ref), check=False)
 
-    async def _finish(self, job: JobDir, update: BackendUpdate) -> None:
-        await asyncio.to_thread(job.write_final, update)
-        log.info("container_job_finished", job_id=update.ref, phase=update.phase, reason=update.reason)
-        self._emit(update)
-
     # -- reconcile -----------------------------------------------------------------------------------
 
     async def _reconcile_one(self, ref: str, containers: dict[str, bool]) -> BackendUpdate:
@@ -345,28 +324,6 @@ class ContainerWorkflowBackend:
 
     def _name(self, ref: str) -> str:
         return f"wml-{self._instance}-{ref}"
-
-    def _job(self, ref: str) -> JobDir:
-        return JobDir(self._work_dir / ref)
-
-    def _emit(self, update: BackendUpdate) -> None:
-        self._queue.put_nowait(update)
-
-    def _track(self, ref: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._guarded(ref, work), name=f"container-job-{ref}")
-        self._tasks[ref] = task
-        task.add_done_callback(lambda t: self._tasks.pop(ref) if self._tasks.get(ref) is t else None)
-        return task
-
-    async def _guarded(self, ref: str, work: Coroutine[Any, Any, None]) -> None:
-        try:
-            await work
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a job never ends without a terminal update
-            log.exception("container_job_failed", job_id=ref)
-            message = f"the container backend failed: {type(e).__name__}: {e}"
-            await self._finish(self._job(ref), BackendUpdate(ref, RunPhase.ERROR, "BACKEND_LOST", message))
 
 
 def _open_for_worker(job: JobDir, user: str | None) -> None:

@@ -14,16 +14,17 @@ import asyncio
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO, Self
+from typing import BinaryIO, Self
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 
 from backends.storage.base import StorageBackend, StorageError
-from backends.workflow.base import BackendUpdate, InputKind, JobRun, RunPhase, WorkflowBackendError
+from backends.workflow.base import BackendUpdate, JobRun, RunPhase, WorkflowBackendError
+from backends.workflow.host_jobs import HostJobs, stage_inputs
 from backends.workflow.local_jobdir import (
     ExitStatus,
     JobDir,
@@ -36,12 +37,10 @@ from backends.workflow.local_jobdir import (
 from backends.workflow.local_outcome import outcome, upload_failed
 from sidecar.errors import InputStagingError, OutputUploadError
 from sidecar.manifest import (
-    InputEntry,
     OutputEntry,
-    StageInManifest,
     StageOutManifest,
 )
-from sidecar.staging import read_dotenv, stage_in, stage_out
+from sidecar.staging import stage_out
 
 log = structlog.get_logger("wml.workflow.local")
 
@@ -50,10 +49,11 @@ _MAX_LINE = 64 * 1024  # bytes of one log line kept before it is passed on unfin
 _READ_SIZE = 64 * 1024
 
 
-class LocalWorkflowBackend:
+class LocalWorkflowBackend(HostJobs):
     """Runs jobs as local processes under ``work_dir``; see the module docstring."""
 
     name = "local"
+    kind = "local"
 
     def __init__(
         self,
@@ -64,13 +64,11 @@ class LocalWorkflowBackend:
         log_tail_lines: int = 50,
         kill_grace: float = 5.0,
     ) -> None:
-        self._work_dir = Path(work_dir).absolute()
+        super().__init__(work_dir)
         self._storage = storage
         self._poll = poll_interval
         self._tail_lines = log_tail_lines
         self._grace = kill_grace
-        self._queue: asyncio.Queue[BackendUpdate] = asyncio.Queue()
-        self._tasks: dict[str, asyncio.Task[None]] = {}  # job id -> its pipeline or watcher
         self._staging: set[str] = set()  # jobs in stage-in, which a cancel interrupts
         self._interrupted: set[str] = set()  # jobs whose stage-in a cancel interrupted
         self._closing = False
@@ -99,11 +97,7 @@ class LocalWorkflowBackend:
     async def close(self) -> None:
         """Stop watching; running workers are left alone so a new instance can adopt them."""
         self._closing = True
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._stop_tasks()
 
     async def submit(self, run: JobRun) -> str:
         ref = run.job_id
@@ -150,10 +144,6 @@ class LocalWorkflowBackend:
         await asyncio.to_thread(signal_runner_group, job, signal.SIGKILL)
         await asyncio.to_thread(wait_runner_gone, job, _RUNNER_EXIT_WAIT)
         await asyncio.to_thread(shutil.rmtree, job.root, ignore_errors=True)
-
-    async def updates(self) -> AsyncIterator[BackendUpdate]:
-        while True:
-            yield await self._queue.get()
 
     async def reconcile(self, refs: Sequence[str]) -> list[BackendUpdate]:
         return list(await asyncio.gather(*(self._reconcile_one(ref) for ref in refs)))
@@ -219,22 +209,11 @@ class LocalWorkflowBackend:
     async def _stage_in(self, run: JobRun, job: JobDir) -> dict[str, str] | None:
         """Fetch the inputs and parse the env-file ones; None when the run ended here (already reported)."""
         ref = run.job_id
-        manifest = StageInManifest(
-            inputs=[
-                InputEntry(
-                    slot=i.slot, kind=str(i.kind), path=i.path, key=i.key, size=i.size, sha256=i.sha256
-                )
-                for i in run.inputs
-            ]
-        )
         self._staging.add(ref)
         try:
             dotenv: dict[str, str] = {}
             if await asyncio.to_thread(job.cancel_requested_at) is None:
-                await asyncio.to_thread(job.clear_inputs)  # a re-run after a restart starts afresh
-                await stage_in(self._storage, manifest, job.inputs)
-                for staged in (i for i in run.inputs if i.kind == InputKind.ENV):
-                    dotenv.update(await asyncio.to_thread(read_dotenv, job.inputs / staged.path))
+                dotenv = await stage_inputs(self._storage, run, job)
         except (InputStagingError, StorageError, OSError, ValueError) as e:
             message = f"staging the inputs failed: {e}"
             await self._finish(job, BackendUpdate(ref, RunPhase.ERROR, "INPUT_STAGING_FAILED", message))
@@ -300,11 +279,6 @@ class LocalWorkflowBackend:
             update = outcome(run, status, canceled, uploaded)
         await self._finish(job, replace(update, log_tail=tail))
 
-    async def _finish(self, job: JobDir, update: BackendUpdate) -> None:
-        await asyncio.to_thread(job.write_final, update)
-        log.info("local_job_finished", job_id=update.ref, phase=update.phase, reason=update.reason)
-        self._emit(update)
-
     # -- reconcile -----------------------------------------------------------------------------------
 
     async def _reconcile_one(self, ref: str) -> BackendUpdate:
@@ -347,25 +321,3 @@ class LocalWorkflowBackend:
         return final
 
     # -- plumbing ------------------------------------------------------------------------------------
-
-    def _job(self, ref: str) -> JobDir:
-        return JobDir(self._work_dir / ref)
-
-    def _emit(self, update: BackendUpdate) -> None:
-        self._queue.put_nowait(update)
-
-    def _track(self, ref: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._guarded(ref, work), name=f"local-job-{ref}")
-        self._tasks[ref] = task
-        task.add_done_callback(lambda t: self._tasks.pop(ref) if self._tasks.get(ref) is t else None)
-        return task
-
-    async def _guarded(self, ref: str, work: Coroutine[Any, Any, None]) -> None:
-        try:
-            await work
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a job never ends without a terminal update
-            log.exception("local_job_failed", job_id=ref)
-            message = f"the local backend failed: {type(e).__name__}: {e}"
-            await self._finish(self._job(ref), BackendUpdate(ref, RunPhase.ERROR, "BACKEND_LOST", message))
