@@ -27,7 +27,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,10 @@ from typing import Any
 import botocore.session
 import httpx
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import free_port, proc_kib, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "transfer_memory.json"
@@ -52,28 +55,6 @@ UPLOAD = (
     "mutation($file: Upload!) { uploadFile(file: $file) { __typename"
     " ... on File { id size sha256 downloadUrl } ... on Error { message code } } }"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_until_up(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} never answered")
-
-
-def proc_kib(pid: int, field: str) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, flags=re.MULTILINE)
-    return int(match[1]) if match else 0
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:
