@@ -62,7 +62,11 @@ class Settings(BaseSettings):
         default=None, description="Secret access key for s3:// storage (set together with the key id)."
     )
     workflow: str = Field(
-        default="local://", description="Workflow backend URL (local://, kubernetes://NAMESPACE)."
+        default="local://",
+        description=(
+            "Workflow backend URL (local://, kubernetes://NAMESPACE, container://podman, container://docker;"
+            " the container backend's options are URL query parameters, see the README)."
+        ),
     )
     catalog_dir: Path = Field(
         default_factory=_default_catalog, description="Directory of asset YAML files synced at start."

@@ -1,23 +1,35 @@
-"""The container workflow backend (``container://podman``): each job's worker is a podman container.
+"""The container workflow backend (``container://podman``, ``container://docker``): workers as containers.
 
 A job runs as stage-in (the side-car's code, in-process, into ``<work_dir>/<job id>/inputs``), then the
-worker as a container of the asset's image (never pulled; inputs mounted read-only, outputs writable, no
-network, CPU and memory limits, a non-root user, ulimits, ownership labels), then stage-out in-process
-(the outputs and the container's log, saved at the run's ``log_key``). The job directory is the same
-:class:`~backends.workflow.local_jobdir.JobDir` the local backend uses, so state survives a restart.
+worker as a container of the asset's image (``--pull=never`` unless configured; inputs mounted read-only,
+outputs writable, no network, CPU and memory limits, GPU devices when configured, a non-root user,
+ulimits, ownership labels), then stage-out in-process (the outputs and the container's log, saved at the
+run's ``log_key``). The job directory is the same :class:`~backends.workflow.local_jobdir.JobDir` the
+local backend uses, so state survives a restart. Options come from the URL
+(:mod:`backends.workflow.container_config`).
 
-**CLI, not the API socket.** podman is driven through its command line (asyncio subprocesses): a root
+**CLI, not the API socket.** The engine is driven through its command line (asyncio subprocesses): a root
 podman on a host like ours has no service running (``podman system service`` would be one more daemon to
 start, supervise and secure), the CLI needs no extra Python dependency, and every call is a short
-process, so a crashed or restarted server leaves nothing half-open. Only podman is supported so far.
+process, so a crashed or restarted server leaves nothing half-open. The docker CLI talks to whatever
+``DOCKER_HOST`` (the ``host`` option) names: a Docker engine, or podman's Docker-compatible service.
 
-**Status without polling.** Each running container is followed by one ``podman wait`` (a blocking call,
+**Status without polling.** Each running container is followed by one ``wait`` (a blocking call,
 woken by the engine when the container exits), bounded by the run timeout; after a restart
-:meth:`ContainerWorkflowBackend.reconcile` lists this instance's containers with one ``podman ps -a
---filter label=...`` and re-attaches a ``podman wait`` to each running one. The exit maps like the
-Kubernetes table: ``State.OOMKilled`` (or a SIGKILL exit, 137, that we did not send: on cgroup v1 podman
-does not always record OOMKilled) -> FAILED/OOM_KILLED; timeout -> FAILED/RUN_TIMEOUT; non-zero ->
-FAILED/NONZERO_EXIT (see :mod:`backends.workflow.local_outcome`, shared with the local backend).
+:meth:`ContainerWorkflowBackend.reconcile` lists this instance's containers by label and re-attaches a
+``wait`` to each running one. The exit maps like the Kubernetes table: ``State.OOMKilled`` (or a SIGKILL
+exit, 137, that we did not send: on cgroup v1 podman does not always record OOMKilled) ->
+FAILED/OOM_KILLED; timeout -> FAILED/RUN_TIMEOUT; non-zero -> FAILED/NONZERO_EXIT (see
+:mod:`backends.workflow.local_outcome`, shared with the local backend).
+
+**Orphan sweep.** Every reconcile (at start-up and then periodically, driven by the supervisor) also
+removes this instance's containers that no task here follows and whose job is not among the live refs it
+was given (unknown to the service, or already terminal) or has lost its job directory.
+
+**Side-car image mode** (stage-in and stage-out as containers of the side-car image) has its arguments
+built and unit-tested (:func:`~backends.workflow.container_cli.sidecar_args`) but is not wired in: no
+Python side-car image can be built and run on the test machines yet, so the ``sidecar_image`` option is
+refused rather than offered untried.
 
 Container names are ``wml-<instance>-<job id>``, the instance being a digest of the work directory, so two
 services (or test workers) on one host never touch each other's containers.
@@ -34,13 +46,19 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Self
-from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 
 from backends.storage.base import StorageBackend, StorageError
 from backends.workflow.base import BackendUpdate, JobRun, RunPhase, WorkflowBackendError
-from backends.workflow.container_cli import ContainerState, Engine, container_env, run_args
+from backends.workflow.container_cli import (
+    SIDECAR_STEPS,
+    ContainerState,
+    container_env,
+    gpu_args,
+    run_args,
+)
+from backends.workflow.container_config import ContainerOptions, parse_container_url
 from backends.workflow.host_jobs import HostJobs, stage_inputs
 from backends.workflow.local_jobdir import ExitStatus, JobDir, valid_job_id
 from backends.workflow.local_outcome import outcome, upload_failed
@@ -50,62 +68,29 @@ from sidecar.staging import stage_out
 
 log = structlog.get_logger("wml.workflow.container")
 
-DEFAULT_CONF = "/etc/wml/containers.conf"  # written by scripts/podman-setup
 STARTED_FILE = "container-started"  # in the job directory: its mtime is when the worker container started
-DEFAULT_ULIMITS = ("nofile=1024:1024", "nproc=4096:4096")
-_OPTIONS = {"conf", "user", "ulimit", "network", "stop_timeout", "log_tail_lines"}
 
 
 class ContainerWorkflowBackend(HostJobs):
-    """Runs each job's worker as a podman container; see the module docstring."""
+    """Runs each job's worker as a podman or docker container; see the module docstring."""
 
     name = "container"
     kind = "container"
 
     def __init__(
-        self,
-        work_dir: Path,
-        storage: StorageBackend,
-        *,
-        engine: Engine | None = None,
-        user: str | None = "65534:65534",
-        ulimits: Sequence[str] = DEFAULT_ULIMITS,
-        network: str = "none",
-        stop_timeout: int = 5,
-        log_tail_lines: int = 50,
+        self, work_dir: Path, storage: StorageBackend, options: ContainerOptions | None = None
     ) -> None:
         super().__init__(work_dir)
         self._storage = storage
-        self._engine = engine or Engine()
-        self._user, self._ulimits, self._network = user, tuple(ulimits), network
-        self._stop_timeout = stop_timeout
-        self._tail_lines = log_tail_lines
+        self._options = options or ContainerOptions()
+        self._engine = self._options.make_engine()
         self._instance = hashlib.sha256(str(self._work_dir).encode()).hexdigest()[:10]
         self._timed_out: set[str] = set()
 
     @classmethod
     def from_url(cls, url: str, *, storage: StorageBackend, work_dir: Path) -> Self:
-        """``container://podman`` with optional ``?conf=&user=&ulimit=&network=&stop_timeout=``."""
-        parts = urlsplit(url)
-        if parts.netloc != "podman" or parts.path.strip("/"):
-            raise ValueError("use container://podman (docker is not supported yet)")
-        pairs = parse_qsl(parts.query)
-        unknown = {k for k, _ in pairs} - _OPTIONS
-        if unknown:
-            raise ValueError(f"unknown container workflow options: {', '.join(sorted(unknown))}")
-        options = dict(pairs)
-        conf = options.get("conf") or (DEFAULT_CONF if os.path.exists(DEFAULT_CONF) else None)
-        ulimits = [v for k, v in pairs if k == "ulimit"] or list(DEFAULT_ULIMITS)
-        return cls(
-            work_dir,
-            storage,
-            engine=Engine(parts.netloc, conf),
-            user=options.get("user", "65534:65534") or None,
-            ulimits=ulimits,
-            network=options.get("network", "none"),
-            stop_timeout=int(options.get("stop_timeout", 5)),
-            log_tail_lines=int(options.get("log_tail_lines", 50)),
-        )
+        """``container://podman`` or ``container://docker``, options as in :func:`parse_container_url`."""
+        return cls(work_dir, storage, parse_container_url(url))
 
     @property
     def instance(self) -> str:
@@ -123,6 +108,8 @@ class ContainerWorkflowBackend(HostJobs):
         ref = run.job_id
         if not valid_job_id(ref):
             raise WorkflowBackendError(f"job id {ref!r} cannot name a job directory")
+        options = self._options
+        gpu_args(run.resources, gpus=options.gpus, gpu_type=options.gpu_type)  # GpuUnavailableError
         job = self._job(ref)
         if await asyncio.to_thread(job.exists):
             await self.reconcile([ref])  # submitted before (a retry): keep following it
@@ -157,7 +144,7 @@ class ContainerWorkflowBackend(HostJobs):
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await self._engine.run("rm", "--force", "--time", "0", self._name(ref), check=False)
+        await self._engine.remove(self._name(ref))
         await asyncio.to_thread(shutil.rmtree, self._job(ref).root, ignore_errors=True)
 
     async def reconcile(self, refs: Sequence[str]) -> list[BackendUpdate]:
@@ -166,7 +153,9 @@ class ContainerWorkflowBackend(HostJobs):
         except (WorkflowBackendError, ValueError) as e:
             message = f"cannot list the containers: {e}"
             return [BackendUpdate(ref, RunPhase.ERROR, "BACKEND_LOST", message) for ref in refs]
-        return list(await asyncio.gather(*(self._reconcile_one(ref, containers) for ref in refs)))
+        results = list(await asyncio.gather(*(self._reconcile_one(ref, containers) for ref in refs)))
+        await self._sweep(set(refs), containers)
+        return results
 
     async def logs(self, ref: str, *, follow: bool) -> AsyncIterator[str]:
         """``podman logs [--follow]`` while the container exists, else the log saved in the job dir."""
@@ -191,6 +180,7 @@ class ContainerWorkflowBackend(HostJobs):
         if await asyncio.to_thread(job.cancel_requested_at) is not None:
             await self._complete(job, None)
             return
+        options = self._options
         args = run_args(
             run,
             name=self._name(run.job_id),
@@ -198,9 +188,12 @@ class ContainerWorkflowBackend(HostJobs):
             env=container_env(run, dotenv),
             inputs=str(job.inputs),
             outputs=str(job.outputs),
-            user=self._user,
-            ulimits=self._ulimits,
-            network=self._network,
+            user=options.user,
+            ulimits=options.ulimits,
+            network=options.network,
+            pull=options.pull,
+            devices=gpu_args(run.resources, gpus=options.gpus, gpu_type=options.gpu_type),
+            docker=self._engine.docker,
         )
         await asyncio.to_thread(job.write_launch, {"args": args})
         code, _, err = await self._engine.run(*args, check=False)
@@ -219,7 +212,7 @@ class ContainerWorkflowBackend(HostJobs):
         """Fetch the inputs and parse the env-file ones; None when the run ended here (already reported)."""
         try:
             dotenv = await stage_inputs(self._storage, run, job)
-            await asyncio.to_thread(_open_for_worker, job, self._user)
+            await asyncio.to_thread(_open_for_worker, job, self._options.user)
         except (InputStagingError, StorageError, OSError, ValueError) as e:
             message = f"staging the inputs failed: {e}"
             await self._finish(
@@ -266,7 +259,7 @@ class ContainerWorkflowBackend(HostJobs):
             log_key=run.log_key,
             result_path=str(job.output_manifest),
         )
-        tail = await asyncio.to_thread(job.tail, self._tail_lines)
+        tail = await asyncio.to_thread(job.tail, self._options.log_tail_lines)
         try:
             uploaded = await stage_out(self._storage, manifest, job.outputs)
         except (OutputUploadError, StorageError, OSError) as e:
@@ -286,7 +279,7 @@ class ContainerWorkflowBackend(HostJobs):
                 f.write(line)
 
     async def _stop(self, ref: str) -> None:
-        await self._engine.run("stop", "--time", str(self._stop_timeout), self._name(ref), check=False)
+        await self._engine.stop(self._name(ref), self._options.stop_timeout)
 
     # -- reconcile -----------------------------------------------------------------------------------
 
@@ -319,6 +312,24 @@ class ContainerWorkflowBackend(HostJobs):
         return await asyncio.to_thread(job.read_final) or BackendUpdate(
             ref, RunPhase.ERROR, "BACKEND_LOST", "adopting the finished container failed"
         )
+
+    async def _sweep(self, live: set[str], containers: dict[str, bool]) -> None:
+        """Remove this instance's containers that no task of ours follows and no live job owns.
+
+        Their jobs are not listed as live by the caller (unknown to it, or already terminal), or their job
+        directory is gone. A finished job's log was saved before its terminal update: nothing is lost.
+        """
+        prefix = self._name("")
+        for name in containers:
+            ref = name.removeprefix(prefix)
+            for step in SIDECAR_STEPS:  # a side-car step's container is named after its job, plus .<step>
+                ref = ref.removesuffix(f".{step}")
+            if ref in self._tasks:
+                continue
+            if ref in live and valid_job_id(ref) and await asyncio.to_thread(self._job(ref).exists):
+                continue
+            await self._engine.remove(name)
+            log.info("container_orphan_swept", job_id=ref, container=name)
 
     # -- plumbing ------------------------------------------------------------------------------------
 

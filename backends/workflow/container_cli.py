@@ -1,8 +1,11 @@
-"""The podman command line, as the container backend uses it: argument building and subprocess calls.
+"""The podman and docker command lines, as the container backend uses them: arguments and subprocess calls.
 
-Every call is an ``asyncio`` subprocess of the engine binary (``podman``) with ``CONTAINERS_CONF`` set when
-the backend was configured with a containers.conf. Nothing here knows about jobs' life cycles; see
-:mod:`backends.workflow.container`.
+Every call is an ``asyncio`` subprocess of the engine binary (``podman`` or ``docker``), with
+``CONTAINERS_CONF`` set when podman was configured with a containers.conf and ``DOCKER_HOST`` when docker
+was given a socket. The two CLIs differ in a few places, handled here: docker's ``--entrypoint`` takes one
+executable (not podman's JSON list), ``docker rm`` has no ``--time``, and ``docker inspect`` prefixes names
+with ``/``. Both print the same ``State`` fields (``Status``, ``ExitCode``, ``OOMKilled``). Nothing here
+knows about jobs' life cycles; see :mod:`backends.workflow.container`.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import json
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
-from backends.workflow.base import JobRun, WorkflowBackendError
+from backends.workflow.base import JobRun, Resources, WorkflowBackendError
 
 MANAGED_BY = "app.kubernetes.io/managed-by=workflow-middlelayer"
 INSTANCE_LABEL = "wml/instance"
@@ -22,9 +26,13 @@ INPUTS_MOUNT = "/wml/inputs"
 OUTPUTS_MOUNT = "/wml/outputs"
 
 
+class GpuUnavailableError(WorkflowBackendError):
+    """The run asks for GPUs (or a GPU type) this container backend was not configured with."""
+
+
 @dataclass(frozen=True, slots=True)
 class ContainerState:
-    """The part of ``podman inspect``/``podman ps`` the backend needs."""
+    """The part of ``inspect`` the backend needs."""
 
     running: bool
     exit_code: int | None
@@ -36,12 +44,19 @@ class Engine:
     """One container engine binary and its configuration."""
 
     binary: str = "podman"
-    conf: str | None = None  # containers.conf, passed as CONTAINERS_CONF
+    conf: str | None = None  # podman: containers.conf, passed as CONTAINERS_CONF
+    host: str | None = None  # docker: the engine's socket, passed as DOCKER_HOST
+
+    @property
+    def docker(self) -> bool:
+        return PurePath(self.binary).name == "docker"
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = dict(os.environ)  # the CLI's own environment (PATH, HOME), plus what we were configured with
         if self.conf:
             env["CONTAINERS_CONF"] = self.conf
+        if self.host:
+            env["DOCKER_HOST"] = self.host
         return env
 
     async def run(self, *args: str, check: bool = True) -> tuple[int, str, str]:
@@ -92,27 +107,44 @@ class Engine:
 
     async def inspect(self, name: str) -> ContainerState | None:
         """The state of container ``name``, or None when it does not exist."""
-        code, out, _ = await self.run("container", "inspect", "--format", "json", name, check=False)
+        code, out, _ = await self.run("container", "inspect", name, check=False)
         if code != 0:
             return None
         try:
-            state = json.loads(out)[0]["State"]
-        except (json.JSONDecodeError, LookupError, TypeError):
+            return _state(json.loads(out)[0])
+        except (json.JSONDecodeError, LookupError, TypeError, ValueError):
             return None
-        running = state.get("Status") in {"running", "created", "configured", "initialized", "paused"}
-        return ContainerState(running, None if running else int(state["ExitCode"]), bool(state["OOMKilled"]))
 
     async def managed(self, instance: str) -> dict[str, bool]:
-        """Every container of this backend instance (``podman ps -a`` by label): name -> running."""
+        """Every container of this backend instance (listed by label): name -> running."""
         _, out, _ = await self.run(
-            "ps", "-a", "--format", "json", "--filter", f"label={MANAGED_BY}",
+            "ps", "-a", "--format", "{{.Names}}", "--filter", f"label={MANAGED_BY}",
             "--filter", f"label={INSTANCE_LABEL}={instance}",
         )  # fmt: skip
-        found: dict[str, bool] = {}
-        for entry in json.loads(out or "[]"):
-            for name in entry.get("Names") or ():
-                found[name] = entry.get("State") == "running"
-        return found
+        names = out.split()
+        if not names:
+            return {}
+        # One inspect for all: its State is the same on both engines (ps prints it differently).
+        _, out, err = await self.run("container", "inspect", *names, check=False)
+        try:
+            entries = json.loads(out or "[]")
+            return {e["Name"].lstrip("/"): _state(e).running for e in entries}
+        except (json.JSONDecodeError, LookupError, TypeError, ValueError) as e:
+            raise WorkflowBackendError(f"{self.binary} inspect failed: {err.strip()[-500:]}") from e
+
+    async def stop(self, name: str, grace: int) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; a missing container is not an error."""
+        await self.run("stop", "-t", str(grace), name, check=False)
+
+    async def remove(self, name: str) -> None:
+        """Kill (at once) and remove ``name``; a missing container is not an error."""
+        await self.run("rm", "--force", *([] if self.docker else ["--time", "0"]), name, check=False)
+
+
+def _state(info: dict[str, Any]) -> ContainerState:
+    state = info["State"]
+    running = state.get("Status") in {"running", "created", "configured", "initialized", "paused"}
+    return ContainerState(running, None if running else int(state["ExitCode"]), bool(state["OOMKilled"]))
 
 
 def run_args(
@@ -126,11 +158,14 @@ def run_args(
     user: str | None,
     ulimits: Sequence[str],
     network: str,
+    pull: str = "never",
+    devices: Sequence[str] = (),
+    docker: bool = False,
 ) -> list[str]:
-    """The ``podman run`` arguments for the worker of ``run`` (detached, never pulling)."""
+    """The ``run`` arguments for the worker of ``run`` (detached; ``devices`` from :func:`gpu_args`)."""
     mem = str(run.resources.memory)
     args = [
-        "run", "--detach", "--pull=never", "--name", name, f"--network={network}",
+        "run", "--detach", f"--pull={pull}", "--name", name, f"--network={network}",
         "--cpus", f"{run.resources.cpu:g}", "--memory", mem, "--memory-swap", mem,
         "--volume", f"{inputs}:{INPUTS_MOUNT}:ro", "--volume", f"{outputs}:{OUTPUTS_MOUNT}:rw",
         "--label", MANAGED_BY, "--label", f"{INSTANCE_LABEL}={instance}",
@@ -145,11 +180,39 @@ def run_args(
         args += ["--ulimit", limit]
     for key, value in env.items():
         args += ["--env", f"{key}={value}"]
-    if run.command:
-        args += ["--entrypoint", json.dumps(list(run.command))]
-    args.append(run.image)
-    args += list(run.args or ())
-    return args
+    args += devices
+    command, rest = list(run.command or ()), list(run.args or ())
+    if command and docker:  # docker's --entrypoint is one executable: the rest goes before the args
+        args += ["--entrypoint", command[0], run.image, *command[1:], *rest]
+        return args
+    if command:
+        args += ["--entrypoint", json.dumps(command)]
+    return [*args, run.image, *rest]
+
+
+def gpu_args(resources: Resources, *, gpus: Sequence[str], gpu_type: str | None) -> list[str]:
+    """The flags giving a run its GPUs: CDI ``--device`` names, or docker's ``--gpus N``.
+
+    ``gpus`` is what the host offers (CDI device names, ``<vendor>/gpu=all``, or ``["docker"]``); a run
+    asking for more than that, or for a gpuType other than ``gpu_type``, raises GpuUnavailableError rather
+    than running without them. Devices are not shared out between concurrent runs: each gets the first N.
+    """
+    wanted = resources.gpu
+    if wanted <= 0:
+        return []
+    if not gpus:
+        raise GpuUnavailableError(f"the run asks for {wanted} GPU(s) and this host's backend offers none")
+    if resources.gpu_type and resources.gpu_type != gpu_type:
+        offered = f"only {gpu_type!r}" if gpu_type else "no declared type"
+        asked = resources.gpu_type
+        raise GpuUnavailableError(f"the run asks for GPU type {asked!r}; this host has {offered}")
+    if list(gpus) == ["docker"]:
+        return ["--gpus", str(wanted)]
+    if len(gpus) == 1 and gpus[0].endswith("=all"):
+        return ["--device", gpus[0]]
+    if wanted > len(gpus):
+        raise GpuUnavailableError(f"the run asks for {wanted} GPU(s); this host offers {len(gpus)}")
+    return [flag for device in gpus[:wanted] for flag in ("--device", device)]
 
 
 def container_env(run: JobRun, dotenv: Mapping[str, str]) -> dict[str, str]:
@@ -163,3 +226,52 @@ def container_env(run: JobRun, dotenv: Mapping[str, str]) -> dict[str, str]:
     for output in run.outputs:
         env[f"WML_OUTPUT_{output.name.upper()}"] = f"{OUTPUTS_MOUNT}/{output.path}"
     return {k: str(v) for k, v in env.items() if "\0" not in str(v) and "=" not in k}
+
+
+SIDECAR_JOB_MOUNT = "/wml/job"  # the job directory, as a side-car container sees it
+SIDECAR_STEPS = ("stage-in", "stage-out")
+
+
+def sidecar_args(
+    step: str,
+    *,
+    image: str,
+    name: str,
+    instance: str,
+    job_id: str,
+    job_root: str,
+    manifest: str,
+    storage_env: Sequence[str],
+    storage_root: str | None,
+    pull: str = "never",
+    user: str | None = None,
+    network: str | None = None,
+) -> list[str]:
+    """The ``run`` arguments of one side-car step (``wml sidecar stage-in|stage-out``) as a container.
+
+    The job directory is mounted at :data:`SIDECAR_JOB_MOUNT`; ``manifest`` is a path inside it, written
+    with paths as the container sees them. The storage settings are passed by name only (``--env NAME``:
+    the CLI copies the value from its own environment), so no credential appears in a command line. A
+    ``file://`` storage (``storage_root``) is mounted at its own path. ``network`` None: the engine's
+    default, since the side-car needs to reach the storage. The name gets ``.<step>`` so the orphan sweep
+    knows the job it belongs to. Not wired into the backend yet (see the container backend's docstring).
+    """
+    if step not in SIDECAR_STEPS:
+        raise ValueError(f"unknown side-car step {step!r}")
+    root = "inputs" if step == "stage-in" else "outputs"
+    args = [
+        "run", "--rm", f"--pull={pull}", "--name", f"{name}.{step}",
+        "--label", MANAGED_BY, "--label", f"{INSTANCE_LABEL}={instance}",
+        "--label", f"wml/job-id={job_id}", "--label", f"wml/step={step}",
+        "--volume", f"{job_root}:{SIDECAR_JOB_MOUNT}:rw",
+    ]  # fmt: skip
+    if network:
+        args.append(f"--network={network}")
+    if user:
+        args += ["--user", user]
+    if storage_root:
+        args += ["--volume", f"{storage_root}:{storage_root}:rw"]
+    for env_name in storage_env:
+        args += ["--env", env_name]
+    args += [image, step, "--manifest", f"{SIDECAR_JOB_MOUNT}/{manifest}"]
+    return [*args, "--root", f"{SIDECAR_JOB_MOUNT}/{root}"]

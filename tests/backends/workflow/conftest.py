@@ -34,7 +34,9 @@ from backends.workflow.base import (
 )
 from backends.workflow.container import ContainerWorkflowBackend
 from backends.workflow.container_cli import Engine
+from backends.workflow.container_config import ContainerOptions
 from backends.workflow.local import LocalWorkflowBackend
+from tests.support.docker_service import podman_docker_service
 from tests.support.kube_backend import fake_kube
 
 ENTRYPOINT = Path(__file__).resolve().parents[3] / "dummy-job" / "entrypoint.sh"
@@ -80,7 +82,19 @@ PODMAN = Engine("podman", "/etc/wml/containers.conf")
 
 
 def make_container_backend(work_dir: Path, storage: FileStorageBackend) -> ContainerWorkflowBackend:
-    return ContainerWorkflowBackend(work_dir, storage, engine=PODMAN, stop_timeout=2)
+    return ContainerWorkflowBackend(work_dir, storage, ContainerOptions(conf=PODMAN.conf, stop_timeout=2))
+
+
+def make_docker_backend(work_dir: Path, storage: FileStorageBackend, host: str) -> ContainerWorkflowBackend:
+    """The same backend driving the docker CLI (against podman's Docker-compatible service)."""
+    return ContainerWorkflowBackend(work_dir, storage, ContainerOptions("docker", host=host, stop_timeout=2))
+
+
+@pytest.fixture(scope="session")
+def docker_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``DOCKER_HOST`` of a podman API service started for this test session."""
+    with podman_docker_service(tmp_path_factory.mktemp("docker")) as host:
+        yield host
 
 
 async def remove_containers(work_dir: Path) -> None:
@@ -98,13 +112,17 @@ async def container_work_dir(tmp_path: Path) -> AsyncIterator[Path]:
     await remove_containers(work_dir)
 
 
-@pytest.fixture(params=["local", "kubernetes", "container"])
+@pytest.fixture(params=["local", "kubernetes", "container", "docker"])
 async def workflow_backend(
     request: pytest.FixtureRequest, storage: FileStorageBackend, local_work_dir: Path, tmp_path: Path
 ) -> AsyncIterator[WorkflowBackend]:
-    if request.param == "container":
+    if request.param in ("container", "docker"):
         work_dir = tmp_path / "containers"
-        container = make_container_backend(work_dir, storage)
+        container = (
+            make_docker_backend(work_dir, storage, request.getfixturevalue("docker_host"))
+            if request.param == "docker"
+            else make_container_backend(work_dir, storage)
+        )
         await container.start()
         try:
             yield container

@@ -1,4 +1,5 @@
-"""The container backend beyond the shared contract: real podman runs (OOM, restart, cleanup) and its CLI.
+"""The container backend beyond the shared contract: real podman runs (OOM, restart, cleanup) and its CLI;
+the OOM case also through the docker CLI (against podman's Docker-compatible service).
 
 The image and containers.conf come from scripts/podman-setup (run by `make test`). On this kind of host
 (cgroup v1, runc) podman applies the memory limit but does not record ``State.OOMKilled``: the OOM test
@@ -17,7 +18,7 @@ from backends.workflow.base import JobRun, Resources, RunPhase
 from backends.workflow.container import ContainerWorkflowBackend
 from backends.workflow.container_cli import INPUTS_MOUNT, run_args
 from backends.workflow.registry import WorkflowConfigurationError, create_workflow_backend
-from tests.backends.workflow.conftest import PODMAN, make_container_backend
+from tests.backends.workflow.conftest import PODMAN, make_container_backend, make_docker_backend
 
 
 async def _container_ids(backend: ContainerWorkflowBackend) -> list[str]:
@@ -25,10 +26,15 @@ async def _container_ids(backend: ContainerWorkflowBackend) -> list[str]:
     return out.split()
 
 
+@pytest.mark.parametrize("engine", ["podman", "docker"])
 async def test_a_memory_hungry_worker_ends_oom_killed(
-    container_work_dir: Path, storage, make_run, updates_of
+    container_work_dir: Path, storage, make_run, updates_of, engine, request
 ) -> None:
-    backend = make_container_backend(container_work_dir, storage)
+    backend = (
+        make_docker_backend(container_work_dir, storage, request.getfixturevalue("docker_host"))
+        if engine == "docker"
+        else make_container_backend(container_work_dir, storage)
+    )
     await backend.start()
     # A shell variable of 200 MB in a container limited to 32 MiB (no swap).
     hog = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"
@@ -158,13 +164,17 @@ def test_the_registry_builds_the_container_backend_from_its_url(storage, tmp_pat
 
     assert isinstance(backend, ContainerWorkflowBackend)
     assert backend.name == "container"
+    docker = create_workflow_backend(
+        "container://docker?host=unix:///x.sock", storage=storage, work_dir=tmp_path
+    )
+    assert isinstance(docker, ContainerWorkflowBackend)
 
 
 @pytest.mark.parametrize(
     "url",
     [
         "container://",
-        "container://docker",
+        "container://docker?conf=/etc/wml/containers.conf",
         "container://lxc",
         "container://podman/x",
         "container://podman?a=b",

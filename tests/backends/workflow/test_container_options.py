@@ -1,0 +1,192 @@
+"""The container backend's URL options and the engine arguments built from them (no container runs here):
+docker versus podman differences, GPU devices, and the typed refusal of a GPU run on a host without GPUs."""
+
+from __future__ import annotations
+
+import pytest
+
+from backends.workflow.base import Resources
+from backends.workflow.container import ContainerWorkflowBackend
+from backends.workflow.container_cli import (
+    INSTANCE_LABEL,
+    MANAGED_BY,
+    GpuUnavailableError,
+    gpu_args,
+    run_args,
+    sidecar_args,
+)
+from backends.workflow.container_config import DEFAULT_ULIMITS, ContainerOptions, parse_container_url
+
+
+def test_a_docker_url_sets_the_engine_its_socket_and_options() -> None:
+    options = parse_container_url(
+        "container://docker?host=unix:///run/x.sock&pull=missing&user=&ulimit=nofile=64:64&gpus=docker"
+    )
+
+    assert options.engine == "docker" and options.make_engine().docker
+    assert options.make_engine().host == "unix:///run/x.sock"
+    assert (options.conf, options.pull, options.user, options.ulimits) == (
+        None,
+        "missing",
+        None,
+        ("nofile=64:64",),
+    )
+    assert options.gpus == ("docker",)
+
+
+def test_a_bare_podman_url_keeps_the_secure_defaults() -> None:
+    options = parse_container_url("container://podman?conf=/x/containers.conf")
+
+    assert (options.engine, options.conf, options.host) == ("podman", "/x/containers.conf", None)
+    assert (options.user, options.network, options.pull) == ("65534:65534", "none", "never")
+    assert options.ulimits == DEFAULT_ULIMITS
+    assert (options.gpus, options.sidecar_image) == ((), None)
+
+
+def test_cdi_gpu_devices_may_be_listed_with_commas_or_repeated() -> None:
+    url = "container://podman?gpus=nvidia.com/gpu=0,nvidia.com/gpu=1&gpus=nvidia.com/gpu=2&gpu_type=A100"
+    options = parse_container_url(url)
+
+    assert options.gpus == ("nvidia.com/gpu=0", "nvidia.com/gpu=1", "nvidia.com/gpu=2")
+    assert options.gpu_type == "A100"
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("container://docker?conf=/etc/wml/containers.conf", "podman option"),
+        ("container://podman?host=unix:///x.sock", "docker option"),
+        ("container://podman?gpus=docker", "container://docker"),
+        ("container://docker?pull=sometimes", "pull must be one of"),
+        ("container://docker?stop_timeout=soon", "stop_timeout must be a whole number"),
+        ("container://docker?user=1&user=2", "given twice"),
+        ("container://docker?sidecar=x", "unknown container workflow options: sidecar"),
+        ("container://podman?sidecar_image=localhost/wml/sidecar:0.1.0", "not supported yet"),
+    ],
+)
+def test_options_that_do_not_fit_the_engine_are_refused(url: str, complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        parse_container_url(url)
+
+
+def test_docker_gets_one_entrypoint_executable_and_the_rest_of_the_command_as_arguments(make_run) -> None:
+    run = make_run(command=["/bin/sh", "/app/entrypoint.sh"], args=["--flag"])
+    common = {
+        "name": "wml-x-j",
+        "instance": "x",
+        "env": {},
+        "inputs": "/i",
+        "outputs": "/o",
+        "user": None,
+        "ulimits": (),
+        "network": "none",
+        "pull": "missing",
+    }
+
+    docker = run_args(run, docker=True, **common)
+    podman = run_args(run, docker=False, **common)
+
+    assert docker[docker.index("--entrypoint") :] == [
+        "--entrypoint",
+        "/bin/sh",
+        run.image,
+        "/app/entrypoint.sh",
+        "--flag",
+    ]
+    assert podman[podman.index("--entrypoint") :] == [
+        "--entrypoint",
+        '["/bin/sh", "/app/entrypoint.sh"]',
+        run.image,
+        "--flag",
+    ]
+    assert "--pull=missing" in docker and "--pull=missing" in podman
+
+
+def test_gpu_runs_get_cdi_devices_or_docker_gpus() -> None:
+    two = Resources(gpu=2, gpu_type="A100")
+    devices = ("nvidia.com/gpu=0", "nvidia.com/gpu=1", "nvidia.com/gpu=2")
+
+    assert gpu_args(two, gpus=devices, gpu_type="A100") == [
+        "--device",
+        "nvidia.com/gpu=0",
+        "--device",
+        "nvidia.com/gpu=1",
+    ]
+    assert gpu_args(two, gpus=("nvidia.com/gpu=all",), gpu_type="A100") == ["--device", "nvidia.com/gpu=all"]
+    assert gpu_args(two, gpus=("docker",), gpu_type="A100") == ["--gpus", "2"]
+    assert gpu_args(Resources(gpu=0), gpus=(), gpu_type=None) == []
+
+
+@pytest.mark.parametrize(
+    ("resources", "gpus", "gpu_type", "complaint"),
+    [
+        (Resources(gpu=1), (), None, "offers none"),
+        (Resources(gpu=3), ("nvidia.com/gpu=0", "nvidia.com/gpu=1"), None, "this host offers 2"),
+        (Resources(gpu=1, gpu_type="H100"), ("docker",), "A100", "only 'A100'"),
+        (Resources(gpu=1, gpu_type="H100"), ("docker",), None, "no declared type"),
+    ],
+)
+def test_gpu_runs_the_host_cannot_serve_are_refused(resources, gpus, gpu_type, complaint) -> None:
+    with pytest.raises(GpuUnavailableError, match=complaint):
+        gpu_args(resources, gpus=gpus, gpu_type=gpu_type)
+
+
+async def test_submitting_a_gpu_run_to_a_backend_without_gpus_fails_with_a_typed_error(
+    tmp_path, storage, make_run
+) -> None:
+    backend = ContainerWorkflowBackend(tmp_path / "jobs", storage, ContainerOptions(stop_timeout=1))
+    run = make_run(resources=Resources(cpu=1.0, memory=64 * 1024 * 1024, gpu=1))
+
+    with pytest.raises(GpuUnavailableError, match="asks for 1 GPU"):
+        await backend.submit(run)
+    assert not (tmp_path / "jobs" / run.job_id).exists()
+
+
+def test_a_side_car_step_container_mounts_the_job_and_gets_storage_settings_by_name_only() -> None:
+    args = sidecar_args(
+        "stage-out",
+        image="localhost/wml/sidecar:0.1.0",
+        name="wml-x-job-1",
+        instance="x",
+        job_id="job-1",
+        job_root="/jobs/job-1",
+        manifest="stage-out.json",
+        storage_env=["WML_STORAGE", "WML_S3_SECRET_ACCESS_KEY"],
+        storage_root="/data/files",
+        user="65532:65532",
+    )
+
+    assert args[:3] == ["run", "--rm", "--pull=never"]
+    assert args[args.index("--name") + 1] == "wml-x-job-1.stage-out"
+    assert {MANAGED_BY, f"{INSTANCE_LABEL}=x", "wml/job-id=job-1", "wml/step=stage-out"} <= set(args)
+    assert "/jobs/job-1:/wml/job:rw" in args and "/data/files:/data/files:rw" in args
+    assert args[args.index("--user") + 1] == "65532:65532"
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--env"] == [
+        "WML_STORAGE",
+        "WML_S3_SECRET_ACCESS_KEY",
+    ]
+    assert not any("--network" in a for a in args)  # the side-car must reach the storage
+    image_at = args.index("localhost/wml/sidecar:0.1.0")
+    assert args[image_at:] == [
+        "localhost/wml/sidecar:0.1.0",
+        "stage-out",
+        "--manifest",
+        "/wml/job/stage-out.json",
+        "--root",
+        "/wml/job/outputs",
+    ]
+
+
+def test_an_unknown_side_car_step_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown side-car step"):
+        sidecar_args(
+            "stage-sideways",
+            image="i",
+            name="n",
+            instance="x",
+            job_id="j",
+            job_root="/j",
+            manifest="m.json",
+            storage_env=[],
+            storage_root=None,
+        )
