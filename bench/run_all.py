@@ -3,8 +3,7 @@
 Each benchmark runs as its own process with the workload sized for ``make bench`` (under ten minutes on 2
 cores); ``--only`` runs a subset and ``--table-only`` just rebuilds the table from ``bench/results/``.
 The table sits between the two markers in ``bench/README.md``; the rest of that file is left alone.
-``transfer_memory`` (issue 5) is slow and needs several GiB of disk, so it is not re-run here; its
-recorded results are shown when ``bench/results/transfer_memory.json`` exists.
+``transfer`` needs about 4 GiB of free disk for its 1 GiB files.
 
 Usage: ``.venv/bin/python bench/run_all.py [--only api_overhead,job_overhead,fanout] [--table-only]``.
 """
@@ -35,6 +34,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
         ["--subscribers", "1000", "--events", "10", "--set", "stream_recheck_interval=600", "--output"],
     ),
     "kube_control_plane": ("kube_control_plane", ["--jobs", "100"]),
+    "transfer": ("transfer", ["--sizes", "100M,1G", "--backends", "file,s3"]),
 }
 
 
@@ -136,12 +136,30 @@ def kube_rows(doc: dict[str, Any]) -> list[str]:
 
 
 def transfer_rows(doc: dict[str, Any]) -> list[str]:
+    runs = doc["runs"]
     rows = []
-    for run in doc["runs"]:
+    for run in runs:
+        svc, bare, copy = run["service"], run["bare"], run["plain_copy"]
+        up, down = run["ratio_upload_service_over_bare"], run["ratio_download_service_over_bare"]
+        put = ""
+        if "put_upload_mib_s" in svc:
+            put = f" (signed PUT {svc['put_upload_mib_s']:.0f})"
+        peaks = [r["service"]["server_vmhwm_kib"] for r in runs if r["backend"] == run["backend"]]
+        flat = max(peaks) <= min(peaks) * 1.2
+        spread = f"{max(peaks) / 1024:.0f} vs {min(peaks) / 1024:.0f} MiB"
         rows.append(
-            f"| File transfer memory (recorded, not re-run) | {run['backend']} {run['size']} |"
-            f" up {run['upload_mib_s']:.0f} MiB/s, down {run['download_mib_s']:.0f} MiB/s, server peak"
-            f" {run['server_vmhwm_kib'] / 1024:.0f} MiB | no baseline measured | n/a | flat peak memory |"
+            row(
+                f"File transfer ({run['backend']} storage)",
+                f"{run['size']}: GraphQL multipart upload, signed GET download",
+                f"up {svc['upload_mib_s']:.0f}{put}, down {svc['download_mib_s']:.0f} MiB/s; server peak"
+                f" {svc['server_vmhwm_kib'] / 1024:.0f} MiB; side-car stage-out peak"
+                f" {run['sidecar']['sidecar_ru_maxrss_kib'] / 1024:.0f} MiB",
+                f"bare streaming endpoint: up {bare['upload_mib_s']:.0f}, down {bare['download_mib_s']:.0f}"
+                f" MiB/s; plain copy {copy['copy_mib_s']:.0f} MiB/s",
+                f"up {up:.2f}, down {down:.2f}",
+                f">= 0.7 of bare: {verdict(min(up, down) >= 0.7, f'{min(up, down):.2f}')};"
+                f" flat peak memory: {verdict(flat, spread)}",
+            )
         )
     return rows
 
@@ -158,7 +176,7 @@ def table() -> str:
         ("fanout", fanout_rows),
         ("fanout_recheck600", fanout_rows),
         ("kube_control_plane", kube_rows),
-        ("transfer_memory", transfer_rows),
+        ("transfer", transfer_rows),
     ):
         doc = load(name)
         if doc is None:

@@ -1,20 +1,25 @@
-"""Peak memory of transfers: 100 MiB and 1 GiB through the API and through the side-car, on S3 and on disk.
+"""File transfer: 100 MiB and 1 GiB through the API, against a plain file copy and a bare streaming endpoint.
 
-Shows that the server's and the side-car's peak resident memory stay within a small bound that does not
-grow with the file size (issue 5). For each storage backend (``s3``: moto's S3 server as a separate
-process on loopback; ``file``: local disk) and each size it:
+For each storage backend (``file``: local disk; ``s3``: moto's S3 server as its own process on loopback)
+and each size, in one run:
 
-1. starts ``wml serve`` as a subprocess on a fresh data directory and creates a consumer;
-2. uploads the file through the API (GraphQL multipart: the server streams it to storage), then downloads
-   it through the API's signed ``GET /files/{id}/content`` (the server streams it from storage) and, on
-   S3, through the presigned ``downloadUrl`` too; checks every sha256;
-3. stops the server and takes its peak RSS (``VmHWM`` from ``/proc`` while it runs, and ``ru_maxrss``
-   from ``wait4``);
-4. runs ``wml sidecar stage-out`` as a subprocess on the same file and takes its peak RSS, throughput
-   and the sha256 in the output manifest.
+- **plain copy**: ``shutil.copyfile`` of the source file on the same disk (what the disk itself allows);
+- **bare endpoint**: a plain Starlette app served by uvicorn in its own process (``--serve-bare``) that
+  streams a raw ``PUT`` body into storage and a ``GET`` back out, with no GraphQL, no database, no
+  hashing: into a file in 1 MiB writes, fsynced before the answer as the file storage backend does
+  (``file``), or into S3 as a multipart upload of 8 MiB parts with 4 in flight through aiobotocore, the
+  service's defaults (``s3``);
+- **service**: ``wml serve`` on a fresh data directory: the upload as a GraphQL multipart request
+  (``uploadFile``), on ``file`` also the two-step upload (``createUpload``, a ``PUT`` of the raw body to
+  the signed URL, ``completeUpload``), and the download through the signed ``GET /files/{id}/content``
+  (on S3 also through the presigned ``downloadUrl``, which goes to storage directly); every sha256 is
+  checked. The server's peak RSS (``VmHWM``) is read before it stops: it should be the same for both
+  sizes;
+- **side-car**: ``wml sidecar stage-out`` of the same file into the same storage, its peak RSS from wait4.
 
-Usage: ``.venv/bin/python bench/transfer_memory.py [--sizes 100M,1G] [--backends s3,file]``. Writes
-``bench/results/transfer_memory.json`` and prints a table. Needs about 4x the largest size in free disk.
+The ratios are the service's MiB/s over the bare endpoint's for the same direction, size and backend
+(target: at least 0.7). Usage: ``.venv/bin/python bench/transfer.py [--sizes 100M,1G]
+[--backends file,s3]``. Writes ``bench/results/transfer.json``. Needs about 4x the largest size in free disk.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,13 +46,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import free_port, proc_kib, wait_until_up
+from bench.common import free_port, proc_kib, wait_until_up, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "transfer_memory.json"
 PYTHON = sys.executable
 MiB = 1024 * 1024
 CHUNK = MiB
+PART_SIZE = 8 * MiB  # the S3 backend's default part size and concurrency, for the bare endpoint too
+PARTS_IN_FLIGHT = 4
 BUCKET = "wml-bench"
 KEYS = {"WML_S3_ACCESS_KEY_ID": "bench-key", "WML_S3_SECRET_ACCESS_KEY": "bench-secret"}
 SECRET_KEY = "bench-signing-key"
@@ -55,6 +61,169 @@ UPLOAD = (
     "mutation($file: Upload!) { uploadFile(file: $file) { __typename"
     " ... on File { id size sha256 downloadUrl } ... on Error { message code } } }"
 )
+CREATE_UPLOAD = (
+    "mutation($input: CreateUploadInput!) { createUpload(input: $input) { __typename"
+    " ... on UploadTicket { fileId uploadUrl method } ... on Error { message code } } }"
+)
+COMPLETE_UPLOAD = (
+    "mutation($id: ID!) { completeUpload(fileId: $id) { __typename"
+    " ... on File { id size sha256 } ... on Error { message code } } }"
+)
+
+
+# -- the bare streaming endpoint (runs in its own process) ---------------------------------------------
+
+
+def bare_app(root: str, endpoint: str | None) -> Any:
+    """PUT streams the raw body into storage, GET streams it back; nothing else."""
+    import asyncio
+
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    session = get_session()
+
+    # The client settings that matter for speed are the service's: no extra checksums beyond S3's own.
+    config = AioConfig(
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+
+    def s3_client() -> Any:
+        return session.create_client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=KEYS["WML_S3_ACCESS_KEY_ID"],
+            aws_secret_access_key=KEYS["WML_S3_SECRET_ACCESS_KEY"],
+            config=config,
+        )
+
+    def durable(sink: Any) -> None:
+        sink.flush()
+        os.fsync(sink.fileno())  # acknowledged means on disk, as in the file storage backend
+
+    async def put_file(request: Request, key: str) -> int:
+        size = 0
+        with open(os.path.join(root, key), "wb") as sink:
+            pending = bytearray()
+            async for chunk in request.stream():
+                pending += chunk
+                if len(pending) >= CHUNK:
+                    await asyncio.to_thread(sink.write, bytes(pending))
+                    size += len(pending)
+                    pending.clear()
+            await asyncio.to_thread(sink.write, bytes(pending))
+            size += len(pending)
+            await asyncio.to_thread(durable, sink)
+        return size
+
+    async def put_s3(request: Request, key: str) -> int:
+        async with s3_client() as client:
+            upload = await client.create_multipart_upload(Bucket=BUCKET, Key=key)
+            slots = asyncio.Semaphore(PARTS_IN_FLIGHT)
+            parts: dict[int, str] = {}
+
+            async def send(number: int, body: bytes) -> None:
+                try:
+                    answer = await client.upload_part(
+                        Bucket=BUCKET, Key=key, UploadId=upload["UploadId"], PartNumber=number, Body=body
+                    )
+                    parts[number] = answer["ETag"]
+                finally:
+                    slots.release()
+
+            size, number, pending = 0, 0, bytearray()
+            async with asyncio.TaskGroup() as group:
+                async for chunk in request.stream():
+                    pending += chunk
+                    size += len(chunk)
+                    while len(pending) >= PART_SIZE:
+                        await slots.acquire()
+                        number += 1
+                        group.create_task(send(number, bytes(pending[:PART_SIZE])))
+                        del pending[:PART_SIZE]
+                if pending:
+                    await slots.acquire()
+                    number += 1
+                    group.create_task(send(number, bytes(pending)))
+            await client.complete_multipart_upload(
+                Bucket=BUCKET,
+                Key=key,
+                UploadId=upload["UploadId"],
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]},
+            )
+        return size
+
+    async def put(request: Request) -> Response:
+        key = request.path_params["key"]
+        size = await (put_s3(request, key) if endpoint else put_file(request, key))
+        return Response(str(size), status_code=201)
+
+    async def file_chunks(key: str) -> Any:
+        with open(os.path.join(root, key), "rb") as source:
+            while chunk := await asyncio.to_thread(source.read, CHUNK):
+                yield chunk
+
+    async def s3_chunks(key: str) -> Any:
+        async with s3_client() as client:
+            answer = await client.get_object(Bucket=BUCKET, Key=key)
+            async with answer["Body"] as body:
+                while chunk := await body.read(CHUNK):
+                    yield chunk
+
+    async def get(request: Request) -> Response:
+        key = request.path_params["key"]
+        if endpoint:
+            async with s3_client() as client:
+                size = (await client.head_object(Bucket=BUCKET, Key=key))["ContentLength"]
+        else:
+            size = os.stat(os.path.join(root, key)).st_size
+        chunks = s3_chunks(key) if endpoint else file_chunks(key)
+        return StreamingResponse(chunks, headers={"Content-Length": str(size)})
+
+    return Starlette(routes=[Route("/raw/{key}", put, methods=["PUT"]), Route("/raw/{key}", get)])
+
+
+def serve_bare(port: int, root: str, endpoint: str | None) -> None:
+    import uvicorn
+
+    uvicorn.run(bare_app(root, endpoint), host="127.0.0.1", port=port, log_level="warning")
+
+
+@contextlib.contextmanager
+def bare_server(root: Path, endpoint: str | None) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    command = [PYTHON, __file__, "--serve-bare", str(port), "--bare-root", str(root)]
+    if endpoint:
+        command += ["--bare-endpoint", endpoint]
+    process = subprocess.Popen(command, cwd=ROOT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_port(port)
+        yield url, process.pid
+    finally:
+        stop(process)
+
+
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:
@@ -146,6 +315,17 @@ def create_token(env: dict[str, str]) -> str:
     return done.stdout.split("token (shown once): ", 1)[1].split()[0]
 
 
+def file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as source:
+        while chunk := source.read(CHUNK):
+            yield chunk
+
+
+def length(size: int) -> dict[str, str]:
+    """Uploads announce their length, as the multipart upload does (no chunked transfer encoding)."""
+    return {"Content-Length": str(size)}
+
+
 def timed_hash_download(client: httpx.Client, url: str) -> tuple[str, float]:
     hasher = hashlib.sha256()
     started = time.perf_counter()
@@ -156,8 +336,50 @@ def timed_hash_download(client: httpx.Client, url: str) -> tuple[str, float]:
     return hasher.hexdigest(), time.perf_counter() - started
 
 
+def graphql(client: httpx.Client, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/graphql", json={"query": query, "variables": variables})
+    response.raise_for_status()
+    data: dict[str, Any] = next(iter(response.json()["data"].values()))
+    if "message" in data:
+        raise RuntimeError(f"refused: {data}")
+    return data
+
+
+# -- the measurements ------------------------------------------------------------------------------------
+
+
+def plain_copy(source: Path, size: int) -> dict[str, Any]:
+    target = source.with_name("plain-copy.bin")
+    started = time.perf_counter()
+    shutil.copyfile(source, target)
+    seconds = time.perf_counter() - started
+    target.unlink()
+    return {"copy_seconds": seconds, "copy_mib_s": size / MiB / seconds}
+
+
+def bare_transfers(work: Path, endpoint: str | None, source: Path, size: int) -> dict[str, Any]:
+    root = work / "bare-store"
+    root.mkdir()
+    with bare_server(root, endpoint) as (url, pid), httpx.Client(base_url=url, timeout=600) as client:
+        started = time.perf_counter()
+        response = client.put("/raw/object", content=file_chunks(source), headers=length(size))
+        upload_seconds = time.perf_counter() - started
+        response.raise_for_status()
+        if int(response.text) != size:
+            raise RuntimeError(f"bare endpoint stored {response.text} bytes of {size}")
+        digest, download_seconds = timed_hash_download(client, "/raw/object")
+        peak = proc_kib(pid, "VmHWM")
+    shutil.rmtree(root)
+    return {
+        "upload_mib_s": size / MiB / upload_seconds,
+        "download_mib_s": size / MiB / download_seconds,
+        "download_sha256": digest,
+        "server_vmhwm_kib": peak,
+    }
+
+
 def api_transfers(base: str, token: str, source: Path, size: int, s3: bool) -> dict[str, Any]:
-    """Upload through the API, download through the API (and presigned on S3); sha256 and speed."""
+    """Upload through the API (multipart; and two-step on disk), download through the API (and presigned)."""
     from core.signing import UrlSigner
 
     result: dict[str, Any] = {}
@@ -177,13 +399,21 @@ def api_transfers(base: str, token: str, source: Path, size: int, s3: bool) -> d
         if uploaded["__typename"] != "File":
             raise RuntimeError(f"upload refused: {uploaded}")
         result["upload_sha256"] = uploaded["sha256"]
+        if not s3:  # on S3 the signed PUT goes to storage directly, not through the API
+            started = time.perf_counter()
+            ticket = graphql(client, CREATE_UPLOAD, {"input": {"name": "two-step.bin", "size": size}})
+            put = client.put(ticket["uploadUrl"], content=file_chunks(source), headers=length(size))
+            put.raise_for_status()
+            completed = graphql(client, COMPLETE_UPLOAD, {"id": ticket["fileId"]})
+            result["put_upload_seconds"] = time.perf_counter() - started
+            result["put_upload_sha256"] = completed["sha256"]
+            result["put_upload_mib_s"] = size / MiB / result["put_upload_seconds"]
         api_url = UrlSigner(SECRET_KEY.encode(), base).url("GET", uploaded["id"], 3600)[0]
         result["api_download_sha256"], result["download_seconds"] = timed_hash_download(client, api_url)
         if s3:
             presigned = uploaded["downloadUrl"]
-            result["presigned_download_sha256"], result["presigned_download_seconds"] = timed_hash_download(
-                client, presigned
-            )
+            result["presigned_download_sha256"], seconds = timed_hash_download(client, presigned)
+            result["presigned_download_mib_s"] = size / MiB / seconds
     result["upload_mib_s"] = size / MiB / result["upload_seconds"]
     result["download_mib_s"] = size / MiB / result["download_seconds"]
     return result
@@ -217,17 +447,8 @@ def run_stage_out(work: Path, storage: str | None, source: Path, size: int) -> d
     entry = {"name": "result", "path": "result.bin", "key": f"bench/{size}/result"}
     manifest.write_text(json.dumps({"outputs": [entry], "result_path": str(result_path)}))
     env = environment(work / "sidecar-home", storage or f"file://{work / 'sidecar-store'}", 0)
-    command = [
-        PYTHON,
-        "-m",
-        "wml.cli",
-        "sidecar",
-        "stage-out",
-        "--manifest",
-        str(manifest),
-        "--root",
-        str(outputs),
-    ]
+    command = [PYTHON, "-m", "wml.cli", "sidecar", "stage-out", "--manifest", str(manifest)]
+    command += ["--root", str(outputs)]
     started = time.perf_counter()
     sidecar = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)  # stdout: the manifest line
     _, status, usage = os.wait4(sidecar.pid, 0)
@@ -248,13 +469,23 @@ def measure(backend: str, size: int, endpoint: str | None, scratch: Path) -> dic
     work.mkdir()
     source = work / "source.bin"
     expected = make_source(source, size)
-    storage = f"s3://{BUCKET}?endpoint={endpoint}&region=us-east-1" if backend == "s3" else None
+    s3 = backend == "s3"
+    storage = f"s3://{BUCKET}?endpoint={endpoint}&region=us-east-1" if s3 else None
     run: dict[str, Any] = {"backend": backend, "size_bytes": size, "size": label(size)}
-    run.update(run_server(work, storage, source, size))
-    run.update(run_stage_out(work, storage, source, size))
-    hashes = [v for k, v in run.items() if k.endswith("_sha256")]
-    run["sha256_match"] = all(h == expected for h in hashes) and len(hashes) >= 3
-    source.unlink()
+    run["plain_copy"] = plain_copy(source, size)
+    run["bare"] = bare_transfers(work, endpoint if s3 else None, source, size)
+    run["service"] = run_server(work, storage, source, size)
+    run["sidecar"] = run_stage_out(work, storage, source, size)
+    parts = (run["bare"], run["service"], run["sidecar"])
+    hashes = [v for part in parts for k, v in part.items() if k.endswith("_sha256")]
+    run["sha256_match"] = all(h == expected for h in hashes) and len(hashes) >= 4
+    run["ratio_upload_service_over_bare"] = run["service"]["upload_mib_s"] / run["bare"]["upload_mib_s"]
+    run["ratio_download_service_over_bare"] = run["service"]["download_mib_s"] / run["bare"]["download_mib_s"]
+    if not s3:
+        run["ratio_put_upload_service_over_bare"] = (
+            run["service"]["put_upload_mib_s"] / run["bare"]["upload_mib_s"]
+        )
+    shutil.rmtree(work)
     return run
 
 
@@ -263,56 +494,61 @@ def label(size: int) -> str:
 
 
 def parse_size(text: str) -> int:
-    number, unit = re.fullmatch(r"(\d+)([MG])", text.strip().upper()).groups()  # type: ignore[union-attr]
-    return int(number) * (MiB if unit == "M" else 1024 * MiB)
+    match = re.fullmatch(r"(\d+)([MG])", text.strip().upper())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 100M or 1G)")
+    return int(match[1]) * (MiB if match[2] == "M" else 1024 * MiB)
 
 
 def report(runs: list[dict[str, Any]]) -> None:
-    columns = ("backend", "size", "server peak", "side-car peak", "up MiB/s", "down MiB/s", "stage-out MiB/s")
-    print("  ".join(f"{c:>15}" for c in columns), " sha256")
+    columns = ("backend", "size", "copy", "bare up", "api up", "bare down", "api down", "server peak")
+    print("  ".join(f"{c:>11}" for c in columns), " sha256")
     for run in runs:
         cells = (
             run["backend"],
             run["size"],
-            f"{run['server_vmhwm_kib'] / 1024:.1f} MiB",
-            f"{run['sidecar_ru_maxrss_kib'] / 1024:.1f} MiB",
-            f"{run['upload_mib_s']:.1f}",
-            f"{run['download_mib_s']:.1f}",
-            f"{run['stage_out_mib_s']:.1f}",
+            f"{run['plain_copy']['copy_mib_s']:.0f}",
+            f"{run['bare']['upload_mib_s']:.0f}",
+            f"{run['service']['upload_mib_s']:.0f}",
+            f"{run['bare']['download_mib_s']:.0f}",
+            f"{run['service']['download_mib_s']:.0f}",
+            f"{run['service']['server_vmhwm_kib'] / 1024:.0f} MiB",
         )
-        print("  ".join(f"{c:>15}" for c in cells), " ok" if run["sha256_match"] else " MISMATCH")
+        print("  ".join(f"{c:>11}" for c in cells), " ok" if run["sha256_match"] else " MISMATCH")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100M,1G", help="comma-separated sizes (M or G suffix)")
-    parser.add_argument("--backends", default="s3,file", help="comma-separated: s3, file")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--backends", default="file,s3", help="comma-separated: file, s3")
+    parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-root", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-endpoint", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_bare:
+        serve_bare(args.serve_bare, args.bare_root, args.bare_endpoint)
+        return 0
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     backends = [b.strip() for b in args.backends.split(",")]
     runs = []
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="wml-bench-") as scratch, moto_s3() as endpoint:
         for backend in backends:
             for size in sizes:
                 print(f"-- {backend} {label(size)}", flush=True)
                 runs.append(measure(backend, size, endpoint, Path(scratch)))
-    document = {
-        "benchmark": "transfer_memory",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "system": platform.platform(),
+    write_result(
+        "transfer",
+        {
+            "settings": {"sizes": [label(s) for s in sizes], "backends": backends},
+            "notes": "MiB/s; server peak RSS is VmHWM read from /proc before it stops; side-car from wait4",
+            "elapsed_s": time.monotonic() - started,
+            "runs": runs,
         },
-        "notes": "peak RSS: server VmHWM read from /proc before it stops; side-car ru_maxrss from wait4",
-        "runs": runs,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(document, indent=2) + "\n")
+    )
     report(runs)
     return 0 if all(run["sha256_match"] for run in runs) else 1
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     raise SystemExit(main())
