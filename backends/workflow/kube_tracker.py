@@ -5,6 +5,9 @@ turns every observation into updates through the table in :mod:`backends.workflo
 reports each phase change once (INITIALIZING, then RUNNING, then one terminal update). Finishing a run
 (saving the worker log, reading the output manifest: :mod:`backends.workflow.kube_outcome`) runs in a task
 of its own, shared by whoever asks first (the watch or reconcile), so it happens once per process.
+
+A run that was cleaned up (its Job deleted) is *forgotten*: later events, and reconcile answers built from
+lists taken before the cleanup, never start finishing it again (its Pod and its log are gone by then).
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ class RunTracker:
         ref = ref_of(pod)
         if ref is None:
             return
+        if ref in self._forgotten:
+            return
         if kind == "DELETED":
             current = self.pods.get(ref)
             if current is None or _uid(current) == _uid(pod):
@@ -84,7 +89,7 @@ class RunTracker:
         listed: dict[str, dict[str, Any]] = {}
         for pod in items:
             ref = ref_of(pod)
-            if ref is not None:
+            if ref is not None and ref not in self._forgotten:  # a cleaned-up run's Pod, still going
                 listed[ref] = pod
         for ref, pod in listed.items():
             self.pods[ref] = pod
@@ -172,6 +177,10 @@ class RunTracker:
     def remember(self, ref: str) -> None:
         """A run submitted (again): forget that it was cleaned up before."""
         self._forgotten.pop(ref, None)
+
+    def forgotten(self, ref: str) -> bool:
+        """Whether the run was cleaned up (or swept) by this process and not submitted again since."""
+        return ref in self._forgotten
 
     def forget(self, ref: str) -> None:
         for table in (self.pods, self.phases, self.final):

@@ -10,13 +10,18 @@
 - **Finishing** (:mod:`~backends.workflow.kube_outcome`): the worker log is saved to storage through
   ``pods/log`` and the outputs are read from stage-out's output manifest; then one terminal update.
 - **Cancel** deletes the Job (background propagation; not found is success) after saving the worker's log
-  so far, and reports CANCELED. **Cleanup** deletes the Job (its Pod goes with it) and the Secret. The
+  so far, and reports CANCELED. **Cleanup** comes after the terminal update, so after the log was saved
+  (it waits for a finishing still under way), and happens once per process however often it is asked: it
+  deletes the Job in the background, and the garbage collector takes the Pod and the Secret (owned by the
+  Job) with it; the Secret is deleted by name only when the Job was not there. A run cleaned up is
+  unknown to :meth:`reconcile` from then on, even with lists taken before: it is never finished twice. The
   **orphan sweep** runs with each :meth:`reconcile`: labelled Jobs and Secrets whose ref is not among the
   live refs passed in (their job is terminal or unknown), older than ``orphan_grace`` and not submitted
   recently by this process, are deleted (and, per consumer, namespaces left without Jobs).
 
 Requests per job: submit 2, finish 1 (the worker log; +1 when stage-out's manifest is not in its
-termination message), cleanup 2 (+1 with namespace-per-consumer); cancel adds 2 at most.
+termination message), cleanup 1 (+1 with namespace-per-consumer); cancel adds 1 (the log so far) and
+takes cleanup's place. Each reconcile pass costs 3 lists whatever the number of jobs.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class KubernetesWorkflowBackend:
         self._tracker = RunTracker(self._api, storage, options.log_tail_lines)
         self._namespaces: ConsumerNamespaces | None = None
         self._submitted: dict[str, float] = {}  # ref -> when this process submitted it (monotonic)
+        self._deleted: set[str] = set()  # refs whose Job cancel deleted, until their cleanup
         self.watcher: PodWatcher | None = None
         self._watch_task: asyncio.Task[None] | None = None
 
@@ -190,6 +196,8 @@ class KubernetesWorkflowBackend:
         except WorkflowBackendError:
             tracker.canceled.discard(ref)  # not stopped: keep following it
             raise
+        if existed:
+            self._deleted.add(ref)  # its Pod and Secret go with it: cleanup has nothing left to do
         if existed or ref in tracker.phases or ref in self._submitted:
             update = BackendUpdate(
                 ref, RunPhase.CANCELED, message="canceled on request", log=record, log_tail=tail
@@ -199,14 +207,20 @@ class KubernetesWorkflowBackend:
 
     async def cleanup(self, ref: str) -> None:
         split = split_ref(ref)
-        if split is None:
-            return
+        if split is None or self._tracker.forgotten(ref):
+            return  # cleaned up (or swept) already: the supervisor may ask more than once
         namespace, name = split
+        finishing = self._tracker.finishing.get(ref)
+        if finishing is not None:  # the worker log is saved before its Pod goes
+            await asyncio.shield(finishing)
         self._tracker.forget(ref)
         self._submitted.pop(ref, None)
         api = self._api()
-        await api.delete("Job", namespace, name, propagation="Background")
-        await api.delete("Secret", namespace, name)
+        if ref in self._deleted:  # by cancel
+            self._deleted.discard(ref)
+        elif not await api.delete("Job", namespace, name, propagation="Background"):
+            # The garbage collector takes the Secret (and the Pod) with its Job; without one, it is ours.
+            await api.delete("Secret", namespace, name)
         if self._namespaces is not None:
             await self._namespaces.release_if_empty(namespace)
 
@@ -222,9 +236,9 @@ class KubernetesWorkflowBackend:
         jobs = {ref_of(j, "Job"): j for j in (await api.select("Job", scope, SELECTOR))[0]}
         pods = {ref_of(p): p for p in (await api.select("Pod", scope, SELECTOR))[0]}
         secrets = (await api.select("Secret", scope, SELECTOR))[0]
-        results = [await self._reconcile_one(ref, jobs.get(ref), pods.get(ref)) for ref in refs]
+        results = await asyncio.gather(*(self._reconcile_one(r, jobs.get(r), pods.get(r)) for r in refs))
         await self._sweep(set(refs), list(jobs.values()), secrets)
-        return results
+        return list(results)
 
     async def _reconcile_one(
         self, ref: str, job: dict[str, Any] | None, pod: dict[str, Any] | None
@@ -235,7 +249,8 @@ class KubernetesWorkflowBackend:
         if ref in tracker.finishing:
             return await asyncio.shield(tracker.finishing[ref])
         lost = BackendUpdate(ref, RunPhase.ERROR, "BACKEND_LOST", "the Kubernetes Job is gone")
-        if split_ref(ref) is None or job is None:
+        # Cleaned up (after the lists were taken, maybe): unknown now, and never finished twice.
+        if split_ref(ref) is None or job is None or tracker.forgotten(ref):
             return lost
         if pod is not None:
             tracker.pods[ref] = pod
@@ -264,6 +279,7 @@ class KubernetesWorkflowBackend:
             log.info("kubernetes_orphan_swept", ref=ref)
             self._tracker.forget(ref)
             self._submitted.pop(ref, None)
+            self._deleted.discard(ref)
         if self._namespaces is not None:
             occupied = {j["metadata"]["namespace"] for j in jobs if ref_of(j, "Job") not in swept}
             listed, _ = await api.select("Namespace", None, SELECTOR)

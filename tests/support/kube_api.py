@@ -14,16 +14,18 @@ runs its real kubernetes_asyncio client against it:
 - ``pods/{name}/log`` (``container``, ``follow``, ``tailLines``) from logs the test (or the fake kubelet)
   writes.
 
-Tests can count requests (:attr:`FakeKubernetes.requests`), make requests fail (:meth:`fail_next`), end
-or break every open watch, and compact the history. The state lives in kube_state.py.
+Tests can count requests (:attr:`FakeKubernetes.requests`), make requests fail (:meth:`fail_next`), act
+just before a request is served (:meth:`before_next`: to put something in between a client's requests),
+end or break every open watch, and compact the history. The state lives in kube_state.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +61,7 @@ class FakeKubernetes:
         self.state = KubeState()
         self.requests: list[Call] = []
         self._failures: list[_Failure] = []
+        self._before: list[tuple[str, str, Callable[[], Awaitable[None]]]] = []
         self._generation = 0  # bumped to end every open watch cleanly
         self._breaks = 0  # bumped to break every open watch (the connection drops mid-stream)
         self.url = ""
@@ -72,6 +75,10 @@ class FakeKubernetes:
         self, method: str, plural: str, status: int, *, times: int = 1, retry_after: str | None = None
     ) -> None:
         self._failures.append(_Failure(method, plural, status, times, retry_after))
+
+    def before_next(self, method: str, plural: str, action: Callable[[], Awaitable[None]]) -> None:
+        """Run ``action`` once, before serving the next ``method`` request for ``plural``."""
+        self._before.append((method, plural, action))
 
     def end_watches(self) -> None:
         """Every open watch ends as if its timeoutSeconds had passed."""
@@ -94,6 +101,10 @@ class FakeKubernetes:
         except ApiError as e:
             return JSONResponse(e.status(), status_code=e.code)
         self.requests.append(call)
+        hook = next((h for h in self._before if h[:2] == (call.method, call.plural)), None)
+        if hook is not None:
+            self._before.remove(hook)
+            await hook[2]()
         failure = next(
             (f for f in self._failures if f.method == call.method and f.plural == call.plural), None
         )
@@ -175,9 +186,9 @@ class FakeKubernetes:
                 raise ConnectionResetError("the test dropped the watch")
             if self._generation != generation:  # ended: what is left comes on the resumed watch
                 return
-            for at, plural, kind, obj in list(state.history):
-                if at <= seen:
-                    continue
+            history = state.history  # in version order: start after the last version sent
+            start = bisect.bisect_right(history, seen, key=lambda entry: entry[0])
+            for at, plural, kind, obj in history[start:]:
                 seen = at
                 if plural != call.plural or call.namespace not in (None, obj["metadata"].get("namespace")):
                     continue

@@ -127,7 +127,7 @@ class FakeCluster:
                 "status": status("Pending", *STEPS["scheduled"][1:]),
             },
         )
-        name = pod["metadata"]["name"]
+        name = str(pod["metadata"]["name"])
         self.pods[ref] = name
         self.state.patch(
             "jobs", meta["namespace"], meta["name"], {"status": {"active": 1, "startTime": _now()}}

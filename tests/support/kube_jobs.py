@@ -45,7 +45,7 @@ class Supervised:
     storage: FileStorageBackend
     consumer_id: str
 
-    async def queue(self, asset: Asset = ASSET) -> Job:
+    async def queue(self, asset: Asset = ASSET, parameters: dict[str, Any] | None = None) -> Job:
         now = utcnow()
         job = Job(
             id=new_id("j"),
@@ -54,7 +54,7 @@ class Supervised:
             asset_id=asset.id,
             asset=asset,
             inputs=(),
-            parameters={},
+            parameters=parameters or {},
             state=JobState.QUEUED,
             reason=None,
             message=None,

@@ -93,7 +93,8 @@ class ProcessKubelet:
         for step in (STAGE_IN, WORKER, STAGE_OUT):
             later = [waiting() for _ in range(2 - len(done))]
             phase = "Running" if step == STAGE_OUT else "Pending"
-            await self.cluster.set_status(ref, status(phase, *done, running(), *later))
+            states = [*done, running(), *later]  # stage-in, worker, stage-out
+            await self.cluster.set_status(ref, status(phase, states[0], states[1], states[2]))
             mounts = {m["mountPath"]: volumes[m["name"]] for m in containers[step]["volumeMounts"]}
             env = _environment(containers[step], secret)
             remaining = deadline - loop.time()

@@ -175,11 +175,10 @@ async def test_api_requests_per_job_are_a_small_constant_whatever_happens_in_bet
                 ("POST", "jobs"): 1,
                 ("POST", "secrets"): 1,
                 ("LOG", "pods/log"): 1,  # the worker log, saved to storage
-                ("DELETE", "jobs"): 1,
-                ("DELETE", "secrets"): 1,
+                ("DELETE", "jobs"): 1,  # the Pod and the Secret (owned by the Job) go with it
             }
             assert counts == [per_job, per_job, per_job]
-            assert sum(per_job.values()) == 5
+            assert sum(per_job.values()) == 4
 
             # Without the manifest in stage-out's termination message it is read from its log: one more.
             before = len(kube.api.requests)
@@ -187,7 +186,7 @@ async def test_api_requests_per_job_are_a_small_constant_whatever_happens_in_bet
             await succeed(kube, ref, storage)
             await terminal(stream, ref)
             await backend.cleanup(ref)
-            assert len(kube.api.requests) - before == 6
+            assert len(kube.api.requests) - before == 5
             assert kube.api.count("GET", "pods") == 1 and kube.api.count("WATCH", "pods") == 1  # for all jobs
             granted = {(resource, verb) for _, resource, verbs in RBAC_NEEDS for verb in verbs}
             assert kube.verbs_used() <= granted
