@@ -15,7 +15,9 @@ Manifests are JSON documents (see :mod:`sidecar.manifest`):
   "result_path"}``; every output found under ``--root`` is streamed to its ``key`` (a directory as a tar),
   then the output manifest (names, keys, sizes, sha256, and the missing outputs) is written to
   ``result_path`` and printed as the last stdout line (after ``sidecar.manifest.OUTPUT_MANIFEST_MARKER``)
-  for backends that can read only the container's log.
+  for backends that can read only the container's log; the same line goes to the container's termination
+  message when it fits in 4096 bytes (``--termination-message`` or ``WML_TERMINATION_MESSAGE_PATH``,
+  default ``/dev/termination-log``: see :mod:`sidecar.termination`).
 
 Transient storage errors are retried with exponential backoff (``--attempts`` tries per transfer).
 
@@ -49,8 +51,9 @@ from backends.storage.base import (
 )
 from backends.storage.registry import create_storage
 from sidecar.errors import InputStagingError, OutputUploadError
-from sidecar.manifest import StageInManifest, StageOutManifest, output_manifest_line
+from sidecar.manifest import StageInManifest, StageOutManifest
 from sidecar.staging import RetryPolicy, stage_in, stage_out
+from sidecar.termination import TerminationMessage, publish_output_manifest
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -78,8 +81,13 @@ def run_step(
     storage_url: str | None,
     credentials: StorageCredentials | None = None,
     attempts: int = 4,
+    termination_message: Path | None = None,
 ) -> int:
-    """Run ``stage-in`` or ``stage-out`` to the end and return the exit code (see the module docstring)."""
+    """Run ``stage-in`` or ``stage-out`` to the end and return the exit code (see the module docstring).
+
+    ``termination_message``: where stage-out writes its output manifest line for Kubernetes (None: from
+    ``WML_TERMINATION_MESSAGE_PATH``, else ``/dev/termination-log`` if it exists).
+    """
     try:
         manifest = _load_manifest(action, manifest_path)
         if not root.is_dir():
@@ -94,7 +102,8 @@ def run_step(
             raise UsageError(str(e)) from None
     except UsageError as e:
         return _fail(EXIT_USAGE, str(e))
-    return asyncio.run(_stage(action, manifest, root, storage, RetryPolicy(attempts=attempts)))
+    termination = TerminationMessage.from_setting(termination_message)
+    return asyncio.run(_stage(action, manifest, root, storage, RetryPolicy(attempts=attempts), termination))
 
 
 def _load_manifest(action: str, path: Path) -> StageInManifest | StageOutManifest:
@@ -125,6 +134,7 @@ async def _stage(
     root: Path,
     storage: StorageBackend,
     retry: RetryPolicy,
+    termination: TerminationMessage,
 ) -> int:
     try:
         if isinstance(manifest, StageInManifest):
@@ -141,8 +151,9 @@ async def _stage(
         return _fail(EXIT_FAILURE, f"{action} failed: {e.strerror or e}")
     finally:
         await storage.close()
-    # The last stdout line carries the output manifest too, for backends that can read only the log.
-    print(output_manifest_line(result), flush=True)
+    # The last stdout line (and the termination message) carry the output manifest too, for backends
+    # that can read only the container's log or status.
+    publish_output_manifest(result, termination)
     required = {entry.name for entry in manifest.outputs if entry.required}
     missing = [name for name in result.missing if name in required]
     if missing:

@@ -85,6 +85,13 @@ def _add_sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         step.add_argument(
             "--attempts", type=int, default=4, help="tries per transfer while storage is unavailable (4)"
         )
+        if action == "stage-out":
+            step.add_argument(
+                "--termination-message",
+                type=Path,
+                help="file for the output manifest line as Kubernetes termination message "
+                "(default: $WML_TERMINATION_MESSAGE_PATH, else /dev/termination-log if it exists)",
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +161,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             storage_url=settings.storage,
             credentials=credentials,
             attempts=args.attempts,
+            termination_message=getattr(args, "termination_message", None),
         )
     if args.command == "consumers" and args.action == "create":
         return asyncio.run(_create_consumer(settings, args.name, args.asset, args.expires_in))

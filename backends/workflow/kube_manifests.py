@@ -8,7 +8,7 @@ One ``batch/v1`` Job per job; its pod runs, in order:
    ``nvidia.com/gpu`` limits, ``gpuType`` as a node selector): sees the inputs read-only and writes the
    ``outputs`` emptyDir;
 3. main container ``stage-out`` (side-car image): ``wml sidecar stage-out`` uploads the outputs and
-   prints the output manifest (see :mod:`backends.workflow.kube_outputs`).
+   prints the output manifest (see :mod:`backends.workflow.kube_outcome`; also its termination message).
 
 Init containers run in order, so results are uploaded only after the worker exited 0, with no wrapper in
 the worker image. The side-car manifests, the storage settings and the values of ``env`` inputs live in one

@@ -5,9 +5,10 @@
   container's stdout, and the worker image gets no wrapper. The last lines become the update's log tail.
 - **The outputs** come from the output manifest stage-out prints as its last stdout line
   (:data:`sidecar.manifest.OUTPUT_MANIFEST_MARKER`). It is looked for first in stage-out's termination
-  message (on a failed exit, ``FallbackToLogsOnError`` puts the last log lines there: no request), then in
-  the last lines of its log (one request). A required output the manifest lists as missing makes the run
-  FAILED/OUTPUT_MISSING, as with every backend.
+  message (stage-out writes the same line there when it fits in 4096 bytes, see
+  :mod:`sidecar.termination`; on a failed exit with none, ``FallbackToLogsOnError`` puts the last log
+  lines there: no request), then in the last lines of its log (one request). A required output the
+  manifest lists as missing makes the run FAILED/OUTPUT_MISSING, as with every backend.
 
 Both are deterministic for a given Pod, so a restarted backend that finishes the same Pod again uploads the
 same log to the same key and reports the same update.

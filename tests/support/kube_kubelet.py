@@ -7,8 +7,12 @@ through :class:`tests.support.kube_cluster.FakeCluster` (so the backend sees it 
   the container paths in the command, args and environment;
 - ``stage-in`` / ``stage-out`` (the side-car image) run the side-car's staging code in-process against the
   storage named by ``WML_STORAGE`` in their environment (resolved from the job's Secret), with the
-  side-car program's exit codes, error text as the last log line (``FallbackToLogsOnError`` makes it the
-  termination message) and the output manifest printed last, as ``wml sidecar`` does;
+  side-car program's exit codes, error text as the last log line and the output manifest printed last and
+  written to the termination message file, as ``wml sidecar`` does;
+- each container gets its own termination message file (a host file standing for its
+  ``terminationMessagePath``, created empty before it starts); when it ends, the file's last 4096 bytes
+  become ``state.terminated.message``, or, if it is empty and the container failed under
+  ``FallbackToLogsOnError``, the last 80 lines (2048 bytes at most) of its log, as a kubelet does;
 - ``worker`` runs the container's command as a host process (images map container paths to host
   directories: the dummy job's ``/app`` is ``dummy-job/``); its output is the container log;
 - ``activeDeadlineSeconds`` is enforced (SIGTERM, then SIGKILL), a deleted Pod's processes are killed,
@@ -29,8 +33,14 @@ from backends.storage.base import StorageError
 from backends.storage.registry import create_storage
 from sidecar.errors import InputStagingError, OutputUploadError
 from sidecar.main import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_OUTPUT_MISSING, EXIT_STORAGE
-from sidecar.manifest import StageInManifest, StageOutManifest, output_manifest_line
+from sidecar.manifest import StageInManifest, StageOutManifest
 from sidecar.staging import RetryPolicy, stage_in, stage_out
+from sidecar.termination import (
+    DEFAULT_TERMINATION_MESSAGE_PATH,
+    MAX_TERMINATION_MESSAGE_BYTES,
+    TerminationMessage,
+    publish_output_manifest,
+)
 from tests.support.kube_cluster import (
     STAGE_IN,
     STAGE_OUT,
@@ -44,6 +54,7 @@ from tests.support.kube_cluster import (
 from tests.support.kube_state import Obj
 
 SIDECAR_IMAGE = "localhost/wml/sidecar:0.1.0"
+FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES = 80, 2048  # what FallbackToLogsOnError takes from the log
 
 
 class ProcessKubelet:
@@ -96,6 +107,7 @@ class ProcessKubelet:
             states = [*done, running(), *later]  # stage-in, worker, stage-out
             await self.cluster.set_status(ref, status(phase, states[0], states[1], states[2]))
             mounts = {m["mountPath"]: volumes[m["name"]] for m in containers[step]["volumeMounts"]}
+            message_file = self._termination_file(namespace, name, containers[step], mounts)
             env = _environment(containers[step], secret)
             remaining = deadline - loop.time()
             if step == WORKER:
@@ -103,10 +115,10 @@ class ProcessKubelet:
                     namespace, name, containers[step], mounts, env, remaining
                 )
             else:
-                code, timed_out = await self._sidecar(namespace, name, step, mounts, env), False
-            log = self.state.logs.get((namespace, name, step))
-            last = bytes(log.data).decode().strip().splitlines()[-1:] if log else []
-            done.append(terminated(code, message="\n".join(last) if code and last else None))
+                code = await self._sidecar(namespace, name, step, mounts, env, message_file)
+                timed_out = False
+            message = self._termination_message(namespace, name, containers[step], code, message_file)
+            done.append(terminated(code, message=message))
             if timed_out:
                 text = "Pod was active on the node longer than the specified deadline"
                 rest = [waiting() for _ in range(3 - len(done))]
@@ -141,10 +153,36 @@ class ProcessKubelet:
             volumes[volume["name"]] = path
         return volumes
 
+    def _termination_file(self, namespace: str, pod: str, container: Obj, mounts: dict[str, Path]) -> Path:
+        """A new empty host file for the container's ``terminationMessagePath``, mounted there."""
+        path: Path = self.work_dir / namespace / pod / "termination" / str(container["name"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        mounts[container.get("terminationMessagePath") or str(DEFAULT_TERMINATION_MESSAGE_PATH)] = path
+        return path
+
+    def _termination_message(
+        self, namespace: str, pod: str, container: Obj, code: int, message_file: Path
+    ) -> str | None:
+        """What a kubelet reports as the ended container's ``state.terminated.message``."""
+        data = message_file.read_bytes()[-MAX_TERMINATION_MESSAGE_BYTES:]
+        fallback = container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+        if not data and code != 0 and fallback:
+            log = self.state.logs.get((namespace, pod, container["name"]))
+            lines = bytes(log.data).splitlines(keepends=True)[-FALLBACK_LOG_LINES:] if log else []
+            data = b"".join(lines)[-FALLBACK_LOG_BYTES:]
+        return data.decode(errors="replace") or None
+
     # -- containers ------------------------------------------------------------------------------------
 
     async def _sidecar(
-        self, namespace: str, pod: str, step: str, mounts: dict[str, Path], env: dict[str, str]
+        self,
+        namespace: str,
+        pod: str,
+        step: str,
+        mounts: dict[str, Path],
+        env: dict[str, str],
+        message_file: Path,
     ) -> int:
         def say(text: str) -> None:
             self.state.append_log(namespace, pod, step, text + "\n")
@@ -160,7 +198,7 @@ class ProcessKubelet:
             out = StageOutManifest.model_validate_json((manifest_dir / "stage-out.json").read_text())
             out.result_path = str(_rewrite(out.result_path, mounts))
             result = await stage_out(storage, out, mounts["/wml/outputs"], retry=RetryPolicy(attempts=1))
-            say(output_manifest_line(result))
+            publish_output_manifest(result, TerminationMessage(message_file), say)
             required = {o.name for o in out.outputs if o.required}
             missing = [m for m in result.missing if m in required]
             return EXIT_OUTPUT_MISSING if missing else EXIT_OK

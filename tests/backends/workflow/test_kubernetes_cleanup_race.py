@@ -87,17 +87,19 @@ async def test_jobs_run_by_the_supervisor_with_reconciles_in_between_all_keep_th
         await kube.nothing_left()
 
         for job in queued:
-            [log] = [f for f in await s.store.files_of_jobs([job.id]) if f.origin == FileOrigin.JOB_LOG]
+            files = await s.store.files_of_jobs([job.id])
+            [log] = [f for f in files if f.origin == FileOrigin.JOB_LOG]
             text = b"".join([c async for c in s.storage.get(log.storage_key)])
             assert b"done" in text
+            assert [f.origin for f in files].count(FileOrigin.JOB_OUTPUT) == 1  # registered from the message
         calls = kube.api.requests[before:]
         lists = [c for c in calls if c.method == "GET" and c.name is None]
         assert len(lists) >= 3 * 2, "reconcile ran while the jobs did"
         made = Counter((c.method, c.plural) for c in calls if c not in lists)
-        # The worker log, then stage-out's manifest (on success it is not in its termination message).
+        # Four per job: stage-out's manifest comes in its termination message, only the worker log is read.
         assert made == {
             ("POST", "jobs"): jobs,
             ("POST", "secrets"): jobs,
-            ("LOG", "pods/log"): 2 * jobs,
+            ("LOG", "pods/log"): jobs,
             ("DELETE", "jobs"): jobs,
         }
