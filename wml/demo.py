@@ -35,23 +35,30 @@ def step(text: str) -> None:
 
 
 def pick_workflow(choice: str) -> tuple[str, str]:
-    """The backend the demo runs on: podman containers of the asset's image when podman works here and
-    the dummy-job image is built (``scripts/podman-setup``), otherwise local processes."""
+    """The backend the demo runs on: containers of the asset's image when podman (else docker) works here
+    and has the dummy-job image (``scripts/podman-setup`` builds it), otherwise local processes."""
     if choice == "local":
         return "local://", "local processes"
-    podman = shutil.which("podman")
-    if podman is not None:
-        try:
-            found = subprocess.run(
-                [podman, "image", "exists", DEMO_IMAGE], capture_output=True, timeout=20, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            found = None
-        if found is not None and found.returncode == 0:
-            return "container://podman", f"podman containers of {DEMO_IMAGE}"
+    for engine in ("podman", "docker"):
+        if _has_demo_image(engine):
+            return f"container://{engine}", f"{engine} containers of {DEMO_IMAGE}"
     if choice == "container":
-        raise ApiError(f"podman with the image {DEMO_IMAGE} is needed (run scripts/podman-setup)")
-    return "local://", "local processes (no podman with the dummy-job image here)"
+        raise ApiError(f"podman or docker with the image {DEMO_IMAGE} is needed (run scripts/podman-setup)")
+    return "local://", "local processes (no podman or docker with the dummy-job image here)"
+
+
+def _has_demo_image(engine: str) -> bool:
+    """Whether ``engine``'s CLI is installed, reaches its engine, and that engine has the demo image."""
+    executable = shutil.which(engine)
+    if executable is None:
+        return False
+    try:
+        found = subprocess.run(
+            [executable, "image", "inspect", DEMO_IMAGE], capture_output=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return found.returncode == 0
 
 
 async def run_demo(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from backends.workflow.container import ContainerWorkflowBackend
 from backends.workflow.container_cli import INPUTS_MOUNT, run_args
 from backends.workflow.registry import WorkflowConfigurationError, create_workflow_backend
 from tests.backends.workflow.conftest import PODMAN, make_container_backend, make_docker_backend
+from wml.demo import pick_workflow
 
 
 async def _container_ids(backend: ContainerWorkflowBackend) -> list[str]:
@@ -183,3 +185,19 @@ def test_the_registry_builds_the_container_backend_from_its_url(storage, tmp_pat
 def test_invalid_container_urls_are_refused(storage, tmp_path, url) -> None:
     with pytest.raises(WorkflowConfigurationError, match="invalid container workflow URL"):
         create_workflow_backend(url, storage=storage, work_dir=tmp_path)
+
+
+def test_the_demo_falls_back_to_docker_when_podman_is_missing(
+    docker_host: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only a docker CLI on the PATH, talking to podman's Docker-compatible service (same image store).
+    only_docker = tmp_path / "bin"
+    only_docker.mkdir()
+    docker = shutil.which("docker")
+    assert docker is not None  # scripts/podman-setup installs it when missing
+    (only_docker / "docker").symlink_to(docker)
+    monkeypatch.setenv("PATH", str(only_docker))
+    monkeypatch.setenv("DOCKER_HOST", docker_host)
+    assert pick_workflow("auto")[0] == "container://docker"
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'nothing.sock'}")  # docker without an engine
+    assert pick_workflow("auto")[0] == "local://"
