@@ -83,7 +83,7 @@ class ContainerWorkflowBackend(HostJobs):
         super().__init__(work_dir)
         self._storage = storage
         self._options = options or ContainerOptions()
-        self._engine = self._options.make_engine()
+        self._engine = self._options.make_engine(cwd=str(self._work_dir))
         self._instance = hashlib.sha256(str(self._work_dir).encode()).hexdigest()[:10]
         self._timed_out: set[str] = set()
 

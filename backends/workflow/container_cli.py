@@ -46,6 +46,9 @@ class Engine:
     binary: str = "podman"
     conf: str | None = None  # podman: containers.conf, passed as CONTAINERS_CONF
     host: str | None = None  # docker: the engine's socket, passed as DOCKER_HOST
+    # The CLI's working directory. podman's conmon writes files (e.g. an empty ``oom`` after an OOM
+    # kill) into the directory it inherits, so never leave it at whatever ours happens to be.
+    cwd: str | None = None
 
     @property
     def docker(self) -> bool:
@@ -69,6 +72,7 @@ class Engine:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=self._env(),
+                cwd=self.cwd,
             )
         except OSError as e:
             raise WorkflowBackendError(f"cannot run {self.binary}: {e.strerror}") from e
@@ -94,6 +98,7 @@ class Engine:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=self._env(),
+            cwd=self.cwd,
             limit=1024 * 1024,
         )
         assert proc.stdout is not None

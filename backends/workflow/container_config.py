@@ -43,8 +43,8 @@ class ContainerOptions:
     gpu_type: str | None = None  # the GPU product this host has, matched against an asset's gpuType
     sidecar_image: str | None = None  # stage-in/stage-out as containers of this image; None: in-process
 
-    def make_engine(self) -> Engine:
-        return Engine(self.engine, self.conf, self.host)
+    def make_engine(self, cwd: str | None = None) -> Engine:
+        return Engine(self.engine, self.conf, self.host, cwd)
 
     @property
     def docker_gpus(self) -> bool:

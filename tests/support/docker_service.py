@@ -36,6 +36,7 @@ def podman_docker_service(directory: Path) -> Iterator[str]:
     proc = subprocess.Popen(
         ["podman", "system", "service", "--time=0", host],
         env=env,
+        cwd=directory,  # conmon leaves files (an ``oom`` after an OOM kill) in its working directory
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
