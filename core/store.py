@@ -266,6 +266,24 @@ class Store:
             q = select(JobRow).where(col(JobRow.state).in_(LIVE_STATES)).order_by(col(JobRow.created_at))
             return [_job(r) for r in (await s.exec(q)).all()]
 
+    async def live_jobs_due(self, now: datetime) -> list[Job]:
+        """Live jobs whose deadline has passed (the supervisor's pass reads only these, not the queue)."""
+        async with self.session() as s:
+            q = select(JobRow).where(
+                col(JobRow.state).in_(LIVE_STATES),
+                col(JobRow.deadline_at).is_not(None),
+                col(JobRow.deadline_at) <= now,
+            )
+            return [_job(r) for r in (await s.exec(q.order_by(col(JobRow.created_at)))).all()]
+
+    async def queued_jobs(self, excluded_consumers: Iterable[str] = ()) -> list[Job]:
+        """QUEUED jobs, oldest first, leaving out those of the given consumers (at their running limit)."""
+        async with self.session() as s:
+            q = select(JobRow).where(JobRow.state == JobState.QUEUED.value)
+            if excluded := list(excluded_consumers):
+                q = q.where(col(JobRow.consumer_id).not_in(excluded))
+            return [_job(r) for r in (await s.exec(q.order_by(col(JobRow.created_at)))).all()]
+
     async def count_jobs(self, states: Sequence[str], consumer_id: str | None = None) -> int:
         async with self.session() as s:
             q = select(func.count()).select_from(JobRow).where(col(JobRow.state).in_(list(states)))

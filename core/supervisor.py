@@ -178,12 +178,13 @@ class Supervisor:
     async def schedule(self) -> None:
         """Start queued jobs, oldest first, while the backend and each consumer's quota have room."""
         async with self._schedule_lock:
-            queued = [j for j in await self._store.live_jobs() if j.state == JobState.QUEUED]
-            if not queued:
-                return
             active = await self._store.count_jobs(ACTIVE_STATES)
+            if active >= self._capacity:
+                return
             per_consumer = await self._store.active_counts_by_consumer()
-            for job in queued:
+            # Only the queue of consumers with room: a deep queue behind a full quota costs nothing here.
+            full = [c for c, n in per_consumer.items() if n >= self._per_consumer]
+            for job in await self._store.queued_jobs(full):
                 if active >= self._capacity:
                     return
                 if per_consumer.get(job.consumer_id, 0) >= self._per_consumer:
@@ -269,6 +270,10 @@ class Supervisor:
     # -- backend updates -------------------------------------------------------------------------------
 
     async def apply(self, update: BackendUpdate) -> None:
+        if update.phase == RunPhase.INITIALIZING:
+            # The supervisor set INITIALIZING itself when it submitted: nothing to look up or wait for
+            # (updates are applied one at a time, so a lookup here would delay every other job's).
+            return
         job = await self._store.job_by_ref(update.ref)
         if job is None:
             async with self._submit_lock:  # a submit may be storing this very reference
@@ -278,8 +283,6 @@ class Supervisor:
             if update.phase not in (RunPhase.INITIALIZING, RunPhase.RUNNING):
                 await self._discard_uploads(update, job=None)
                 await self._backend.cleanup(update.ref)
-            return
-        if update.phase == RunPhase.INITIALIZING:
             return
         if update.phase == RunPhase.RUNNING:
             deadline = utcnow() + timedelta(seconds=job.asset.timeouts.run + self._cancel_timeout)
@@ -395,7 +398,7 @@ class Supervisor:
 
     async def enforce_deadlines(self) -> None:
         now = utcnow()
-        for job in await self._store.live_jobs():
+        for job in await self._store.live_jobs_due(now):
             if job.deadline_at is None or job.deadline_at > now:
                 continue
             log.warning("job deadline passed", job_id=job.id, state=job.state)

@@ -11,7 +11,7 @@ How a run's end maps onto a terminal update is in :mod:`backends.workflow.local_
 from __future__ import annotations
 
 import asyncio
-import shutil
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -28,8 +28,11 @@ from backends.workflow.host_jobs import HostJobs, stage_inputs
 from backends.workflow.local_jobdir import (
     ExitStatus,
     JobDir,
+    detach,
+    detached,
+    launch,
+    remove,
     signal_runner_group,
-    spawn_runner,
     valid_job_id,
     wait_runner_gone,
     worker_env,
@@ -45,6 +48,9 @@ from sidecar.staging import stage_out
 log = structlog.get_logger("wml.workflow.local")
 
 _RUNNER_EXIT_WAIT = 5.0  # seconds the runner may take to exit after writing exit.json
+# Seconds between looks at a running job whose runner's exit wakes the watcher anyway (through a pidfd):
+# only a safety net. Without a pidfd the watcher looks every ``poll_interval``.
+_SAFETY_POLL = 1.0
 _MAX_LINE = 64 * 1024  # bytes of one log line kept before it is passed on unfinished
 _READ_SIZE = 64 * 1024
 
@@ -72,6 +78,7 @@ class LocalWorkflowBackend(HostJobs):
         self._staging: set[str] = set()  # jobs in stage-in, which a cancel interrupts
         self._interrupted: set[str] = set()  # jobs whose stage-in a cancel interrupted
         self._closing = False
+        self._removals: set[asyncio.Task[None]] = set()  # job directories being removed after cleanup
 
     @classmethod
     def from_url(cls, url: str, *, storage: StorageBackend, work_dir: Path) -> Self:
@@ -93,22 +100,25 @@ class LocalWorkflowBackend(HostJobs):
 
     async def start(self) -> None:
         await asyncio.to_thread(self._work_dir.mkdir, parents=True, exist_ok=True)
+        for leftover in await asyncio.to_thread(detached, self._work_dir):
+            self._remove_later(leftover)
 
     async def close(self) -> None:
         """Stop watching; running workers are left alone so a new instance can adopt them."""
         self._closing = True
         await self._stop_tasks()
+        await asyncio.gather(*self._removals, return_exceptions=True)
 
     async def submit(self, run: JobRun) -> str:
         ref = run.job_id
         if not valid_job_id(ref):
             raise WorkflowBackendError(f"job id {ref!r} cannot name a job directory")
         job = self._job(ref)
-        if await asyncio.to_thread(job.exists):
-            await self.reconcile([ref])  # submitted before (a retry): keep following it
-            return ref
         try:
             await asyncio.to_thread(job.create, run)
+        except FileExistsError:
+            await self.reconcile([ref])  # submitted before (a retry): keep following it
+            return ref
         except OSError as e:
             raise WorkflowBackendError(f"cannot create the job directory: {e.strerror}") from e
         self._emit(BackendUpdate(ref, RunPhase.INITIALIZING))
@@ -141,9 +151,11 @@ class LocalWorkflowBackend(HostJobs):
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await asyncio.to_thread(signal_runner_group, job, signal.SIGKILL)
-        await asyncio.to_thread(wait_runner_gone, job, _RUNNER_EXIT_WAIT)
-        await asyncio.to_thread(shutil.rmtree, job.root, ignore_errors=True)
+        # Moved aside at once (the run is forgotten when this returns); killing what is left of it and
+        # removing the files happen in the background, so a caller applying updates is not held up.
+        moved = await asyncio.to_thread(detach, job)
+        if moved is not None:
+            self._remove_later(moved)
 
     async def reconcile(self, refs: Sequence[str]) -> list[BackendUpdate]:
         return list(await asyncio.gather(*(self._reconcile_one(ref) for ref in refs)))
@@ -186,9 +198,6 @@ class LocalWorkflowBackend(HostJobs):
         dotenv = await self._stage_in(run, job)
         if dotenv is None:
             return
-        if await asyncio.to_thread(job.cancel_requested_at) is not None:
-            await self._complete(run, job, None)
-            return
         spec = {
             "argv": list(run.local_command or ()),
             "env": worker_env(run, job, dotenv),
@@ -200,8 +209,10 @@ class LocalWorkflowBackend(HostJobs):
                 "nofile": 1024,
             },
         }
-        await asyncio.to_thread(job.write_launch, spec)
-        pid = await asyncio.to_thread(spawn_runner, job)
+        pid = await asyncio.to_thread(launch, job, spec)
+        if pid is None:  # canceled during stage-in
+            await self._complete(run, job, None)
+            return
         log.info("local_worker_started", job_id=run.job_id, runner_pid=pid)
         self._emit(BackendUpdate(run.job_id, RunPhase.RUNNING))
         await self._watch(run, job)
@@ -233,35 +244,43 @@ class LocalWorkflowBackend(HostJobs):
         return dotenv
 
     async def _watch(self, run: JobRun, job: JobDir) -> None:
-        """Wait for exit.json (polling: after a restart the runner is not our child), then finish."""
-        term_sent = False
-        while True:
-            status = await asyncio.to_thread(job.read_exit)
-            if status is not None:
-                break
-            if not await asyncio.to_thread(job.runner_alive):
-                # It may have written the file just before exiting.
-                status = await asyncio.to_thread(job.read_exit)
-                break
-            asked_at = await asyncio.to_thread(job.cancel_requested_at)
-            if asked_at is not None:
-                if not term_sent:
-                    await asyncio.to_thread(signal_runner_group, job, signal.SIGTERM)
-                    term_sent = True
-                elif time.time() > asked_at + self._grace + 2 * self._poll + 1:
-                    await asyncio.to_thread(signal_runner_group, job, signal.SIGKILL)
-            await asyncio.sleep(self._poll)
-        await asyncio.to_thread(wait_runner_gone, job, _RUNNER_EXIT_WAIT)
+        """Wait for the runner to exit (after a restart it is not our child: woken through a pidfd, or
+        polling where there is none), then finish."""
+        pidfd = await asyncio.to_thread(job.open_runner_pidfd)
+        try:
+            status = await self._wait_for_exit(job, pidfd)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
         if status is None:  # the runner died without saying how the worker ended: keep why, if it knows
             said = await asyncio.to_thread(job.runner_log_tail)
             log.warning("local_runner_vanished", job_id=run.job_id, runner_log=said)
         await self._complete(run, job, status)
 
+    async def _wait_for_exit(self, job: JobDir, pidfd: int | None) -> ExitStatus | None:
+        """exit.json once the runner is gone (None: it died without one); escalates a requested cancel."""
+        term_sent = False
+        while True:
+            ended, status, asked_at = await asyncio.to_thread(_look, job)
+            if ended:
+                return status
+            timeout = self._poll if pidfd is None else _SAFETY_POLL
+            if asked_at is not None:
+                kill_at = asked_at + self._grace + 2 * self._poll + 1
+                if not term_sent:
+                    await asyncio.to_thread(signal_runner_group, job, signal.SIGTERM)
+                    term_sent = True
+                elif time.time() > kill_at:
+                    await asyncio.to_thread(signal_runner_group, job, signal.SIGKILL)
+                timeout = min(timeout, max(self._poll, kill_at - time.time()))
+            await _readable(pidfd, timeout)
+
     async def _complete(self, run: JobRun, job: JobDir, status: ExitStatus | None) -> None:
         """Stage out (only the log when canceled), classify the outcome, and report it."""
-        canceled = await asyncio.to_thread(job.cancel_requested_at) is not None and (
-            status is None or status.terminated or status.error is not None
+        asked_at, tail = await asyncio.to_thread(
+            lambda: (job.cancel_requested_at(), job.tail(self._tail_lines))
         )
+        canceled = asked_at is not None and (status is None or status.terminated or status.error is not None)
         manifest = StageOutManifest(
             outputs=[]
             if canceled
@@ -270,7 +289,6 @@ class LocalWorkflowBackend(HostJobs):
             log_key=run.log_key,
             result_path=str(job.output_manifest),
         )
-        tail = await asyncio.to_thread(job.tail, self._tail_lines)
         try:
             uploaded = await stage_out(self._storage, manifest, job.outputs)
         except (OutputUploadError, StorageError, OSError) as e:
@@ -321,3 +339,51 @@ class LocalWorkflowBackend(HostJobs):
         return final
 
     # -- plumbing ------------------------------------------------------------------------------------
+
+    def _remove_later(self, job: JobDir) -> None:
+        task = asyncio.create_task(self._remove(job), name=f"local-remove-{job.root.name}")
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+
+    async def _remove(self, job: JobDir) -> None:
+        try:
+            await asyncio.to_thread(remove, job, _RUNNER_EXIT_WAIT)
+        except OSError:
+            log.exception("local_job_removal_failed", job_dir=job.root.name)
+
+
+def _look(job: JobDir) -> tuple[bool, ExitStatus | None, float | None]:
+    """One look at a launched job (blocking): ``(ended, exit status, when a cancel was asked)``.
+
+    Ended means the runner is gone, or going: a written exit status says the worker is done even if
+    its runner has yet to exit, so this waits (briefly) for the runner to go.
+    """
+    status = job.read_exit()
+    if status is None and job.runner_alive():
+        return False, None, job.cancel_requested_at()
+    if status is None:  # it may have written the file just before exiting
+        status = job.read_exit()
+    wait_runner_gone(job, _RUNNER_EXIT_WAIT)
+    return True, status, None
+
+
+async def _readable(fd: int | None, seconds: float) -> None:
+    """Wait until ``fd`` is readable or ``seconds`` passed (only the time, without an fd)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    try:
+        if fd is None:
+            raise NotImplementedError
+        loop.add_reader(fd, wake)
+    except NotImplementedError:  # no fd, or a loop that cannot watch one
+        await asyncio.sleep(seconds)
+        return
+    try:
+        await asyncio.wait([ready], timeout=seconds)
+    finally:
+        loop.remove_reader(fd)

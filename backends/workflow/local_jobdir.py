@@ -4,13 +4,17 @@ Layout of ``<work dir>/<job id>/`` (mode 0700)::
 
     run.json              the JobRun, written at submit
     inputs/ outputs/      the slot directories the worker sees
-    launch.json           what the runner starts (argv, env, limits, timeouts); written after stage-in
-    runner.pid worker.pid written by the runner as the processes appear
+    launch.json           what the runner starts (argv, env, limits, timeouts), written after stage-in;
+                          the runner gets the same on its stdin
+    runner.pid worker.pid written as the processes appear (runner.pid: pid and start time)
     worker.log            the worker's stdout and stderr
     cancel                present once a cancel was asked (its mtime is when)
     exit.json             how the worker ended, written by the runner
     output-manifest.json  written by stage-out as its last act
     final.json            the terminal BackendUpdate, re-emitted by reconcile
+
+Cleanup renames the directory to ``<work dir>/.removing-<job id>.<n>`` (the job is gone at once) and
+removes it in the background; a backend that starts removes what a previous one left there.
 
 Only plain blocking file and ``/proc`` access lives here; the backend calls it through ``asyncio.to_thread``.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import marshal
 import os
 import re
 import shutil
@@ -44,9 +49,12 @@ from backends.workflow.base import (
 from backends.workflow.local_runner import write_atomic
 
 RUNNER_MODULE = "backends.workflow.local_runner"
+# The runner runs as a script: isolated (-I: no environment, no user site, no script directory on the path)
+# and without site (-S), it needs only the standard library and starts fastest.
+RUNNER_SCRIPT = str(Path(local_runner.__file__).resolve())
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# The directory that holds the ``backends`` package, so the runner imports this very code base.
-_CODE_ROOT = Path(local_runner.__file__).resolve().parents[2]
+# Names of job directories moved aside for removal; a job id never starts with a dot.
+REMOVING_PREFIX = ".removing-"
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -146,7 +154,7 @@ class JobDir:
         return identity[0] if identity else None
 
     def write_runner_pid(self, pid: int) -> None:
-        write_atomic(self._runner_pid, local_runner.process_identity(pid))
+        write_atomic(self._runner_pid, local_runner.process_identity(pid), durable=False)
 
     def runner_alive(self) -> bool:
         """Our runner for this job still runs (a reused pid running something else does not count).
@@ -172,7 +180,25 @@ class JobDir:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return False
-        return RUNNER_MODULE.encode() in cmdline and str(self.root).encode() in cmdline
+        runner = RUNNER_MODULE.encode() in cmdline or RUNNER_SCRIPT.encode() in cmdline
+        return runner and str(self.root).encode() in cmdline
+
+    def open_runner_pidfd(self) -> int | None:
+        """A pidfd of our live runner (readable once it exited), or None: no runner, or no pidfds here.
+
+        Opened before the identity check, so it cannot name a process that reused the pid.
+        """
+        pid = self.runner_pid()
+        if pid is None:
+            return None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            return None
+        if not self.runner_alive():
+            os.close(pidfd)
+            return None
+        return pidfd
 
     def runner_log_tail(self, max_bytes: int = 4096) -> str:
         """The end of the runner's own output (its errors, if it had any)."""
@@ -224,25 +250,75 @@ def signal_runner_group(job: JobDir, sig: signal.Signals) -> None:
             os.killpg(pid, sig)
 
 
-def spawn_runner(job: JobDir) -> int:
-    """Start the detached runner: a new session, stdin from /dev/null, its own output to runner.log."""
-    argv = [sys.executable, "-P", "-m", RUNNER_MODULE, str(job.root)]
-    env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "PYTHONPATH": str(_CODE_ROOT)}
+def launch(job: JobDir, spec: Mapping[str, Any]) -> int | None:
+    """Write launch.json and spawn the runner; None (and nothing started) when a cancel was asked."""
+    if job.cancel_requested_at() is not None:
+        return None
+    write_atomic(job.root / local_runner.LAUNCH_FILE, json.dumps(spec), durable=False)
+    return spawn_runner(job, spec)
+
+
+def detach(job: JobDir) -> JobDir | None:
+    """Move the job directory aside (one rename: the job is gone for everyone at once) to be removed
+    later by :func:`remove`; the moved directory, or None when there was none."""
+    moved = job.root.with_name(f"{REMOVING_PREFIX}{job.root.name}.{time.time_ns()}")
+    try:
+        os.rename(job.root, moved)
+    except FileNotFoundError:
+        return None
+    return JobDir(moved)
+
+
+def detached(work_dir: Path) -> list[JobDir]:
+    """Job directories moved aside and not yet removed (a restart may have stopped their removal)."""
+    try:
+        return [JobDir(p) for p in work_dir.iterdir() if p.name.startswith(REMOVING_PREFIX)]
+    except FileNotFoundError:
+        return []
+
+
+def remove(job: JobDir, wait: float) -> None:
+    """Kill what is left of the job, wait (up to ``wait`` seconds) for its runner to go, remove the dir."""
+    signal_runner_group(job, signal.SIGKILL)
+    wait_runner_gone(job, wait)
+    shutil.rmtree(job.root, ignore_errors=True)
+
+
+def spawn_runner(job: JobDir, spec: Mapping[str, Any]) -> int:
+    """Start the detached runner: a new session, ``spec`` on its stdin (marshal: no json import for the
+    runner to pay), its own output to runner.log."""
+    argv = [sys.executable, "-I", "-S", RUNNER_SCRIPT, str(job.root)]
+    env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
     runner_log = str(job.root / "runner.log")
-    pid = os.posix_spawn(
-        sys.executable,
-        argv,
-        env,
-        file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, runner_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
-            (os.POSIX_SPAWN_DUP2, 1, 2),
-        ],
-        setsid=True,
-        setsigdef=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE),
-        setsigmask=(),
-    )
-    job.write_runner_pid(pid)
+    spec_r, spec_w = os.pipe()  # both ends close-on-exec; the runner gets the read end as its stdin
+    try:
+        pid = os.posix_spawn(
+            sys.executable,
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, spec_r, 0),
+                (os.POSIX_SPAWN_OPEN, 1, runner_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,
+            setsigdef=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE),
+            setsigmask=(),
+        )
+    except BaseException:
+        os.close(spec_w)
+        raise
+    finally:
+        os.close(spec_r)
+    try:
+        job.write_runner_pid(pid)
+        data = memoryview(marshal.dumps(dict(spec)))
+        while data:
+            data = data[os.write(spec_w, data) :]
+    except BrokenPipeError:
+        pass  # a runner that died at once never reads it; its watcher finds out
+    finally:
+        os.close(spec_w)
     return pid
 
 

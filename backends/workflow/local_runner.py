@@ -1,38 +1,44 @@
 """The detached runner of one local job: starts the worker, enforces its limits, records how it ended.
 
-The local workflow backend spawns ``python -m backends.workflow.local_runner <job dir>`` as the leader of a
-new session, so the runner and the worker (in the runner's process group) outlive a restart of the
-server. Everything the runner needs is in ``<job dir>/launch.json``; everything it reports is a file in
-the job directory, because after a restart nobody is waiting on it as a child:
+The local workflow backend spawns ``python -I -S <this file> <job dir>`` as the leader of a new session,
+so the runner and the worker (in the runner's process group) outlive a restart of the server. Everything
+the runner needs comes on its stdin, :mod:`marshal`-encoded (the same interpreter writes and reads it),
+or, when stdin brings nothing, from ``<job dir>/launch.json``, which holds the same spec as JSON in any
+case; everything it reports is a file in the job directory, because after a restart nobody is waiting on
+it as a child:
 
 - ``runner.pid`` and ``worker.pid``: written as soon as each process exists;
 - ``worker.log``: the worker's stdout and stderr, appended;
 - ``exit.json``: written atomically once the worker and everything left in its process group are gone:
-  ``{"exit_code", "signal", "timed_out", "terminated", "oom", "error"}``.
+  ``{"exit_code", "signal", "timed_out", "terminated", "oom", "error"}``. The runner exits right after,
+  so its own exit (which the backend waits for through a pidfd) means exit.json is there.
 
 A SIGTERM to the group (cancel) reaches the worker directly; the runner notes it and, after the grace
 period, SIGKILLs what is left, like it does when the run timeout passes. It never signals itself. The
 runner is the job's subreaper: processes orphaned inside the worker's tree are reaped by it, and when the
 worker exits everything it left behind is killed and reaped before exit.json is written.
 
-This module uses only the standard library and imports nothing from the project, so it starts fast.
+This module is on the path of every job's start and end, so it starts fast: it uses only a few standard
+library modules (no ``subprocess``, ``pathlib``, ``typing``, ``contextlib``, and ``json`` only on a
+failure's path), imports nothing from the project, and runs without ``site`` (``-S``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import json
+import marshal
 import math
 import os
 import resource
+import select
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
-from types import FrameType
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the runner's start-up time
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import Any
 
 LAUNCH_FILE = "launch.json"
 EXIT_FILE = "exit.json"
@@ -40,23 +46,29 @@ RUNNER_PID_FILE = "runner.pid"
 WORKER_PID_FILE = "worker.pid"
 WORKER_LOG_FILE = "worker.log"
 
-_POLL = 0.05
+_POLL = 0.05  # seconds between looks at the deadlines and the adopted orphans while the worker runs
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 
 def process_identity(pid: int) -> str:
     """``"<pid> <start time>"``: the start time (field 22 of /proc/<pid>/stat) tells a reused pid apart."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
     return f"{pid} {stat[stat.rfind(')') + 2 :].split()[19]}"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so a reader sees the old content or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_atomic(path: str | os.PathLike[str], text: str, *, durable: bool = True) -> None:
+    """Write ``text`` to ``path`` so a reader sees the old content or the new one, never a part.
+
+    ``durable`` also syncs it to disk first; pid files, which mean nothing after a reboot, skip that.
+    """
+    directory, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -84,8 +96,10 @@ def _apply_limits(limits: dict[str, Any]) -> None:
 
 def _become_subreaper() -> None:
     """Orphans of the worker's tree become our children (not init's), so we can kill and reap them."""
-    with contextlib.suppress(OSError, AttributeError):
+    try:  # noqa: SIM105 (contextlib costs start-up time)
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _job_processes() -> list[int]:
@@ -96,7 +110,8 @@ def _job_processes() -> list[int]:
         if not entry.isdigit() or int(entry) == me:
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
         except OSError:
             continue
         # After the command name: state, ppid, pgrp, ...; zombies are dead already and only wait to be reaped.
@@ -108,12 +123,14 @@ def _job_processes() -> list[int]:
 
 def _signal_group(sig: int) -> None:
     for pid in _job_processes():
-        with contextlib.suppress(ProcessLookupError):
+        try:  # noqa: SIM105 (contextlib costs start-up time)
             os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _reap_orphans(worker: int) -> None:
-    """Collect adopted orphans that exited; never the worker, whose status Popen collects."""
+    """Collect adopted orphans that exited; never the worker, whose status :meth:`_Supervisor.wait` takes."""
     while True:
         try:
             info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -121,8 +138,10 @@ def _reap_orphans(worker: int) -> None:
             return
         if info is None or info.si_pid == worker:
             return
-        with contextlib.suppress(ChildProcessError):
+        try:  # noqa: SIM105 (contextlib costs start-up time)
             os.waitpid(info.si_pid, 0)
+        except ChildProcessError:
+            pass
 
 
 def _reap_all(timeout: float) -> None:
@@ -135,6 +154,17 @@ def _reap_all(timeout: float) -> None:
             return
         if pid == 0:
             time.sleep(0.01)
+
+
+def _exit_poller(pid: int) -> select.poll | None:
+    """A poll object that turns ready when ``pid`` exits (through a pidfd); None where there is none."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return poller
 
 
 class _Supervisor:
@@ -160,48 +190,93 @@ class _Supervisor:
             self.terminated = True
             self.kill_at = min(self.kill_at, time.monotonic() + self.grace)
 
-    def wait(self, proc: subprocess.Popen[bytes]) -> int:
+    def wait(self, worker: int) -> int:
+        """The worker's exit code once it exited (negative: the signal that killed it).
+
+        Wakes as soon as the worker exits (its pidfd turns ready), and every ``_POLL`` seconds to enforce
+        the deadlines and reap adopted orphans.
+        """
+        exited = _exit_poller(worker)
         while True:
-            try:
-                return proc.wait(timeout=_POLL)
-            except subprocess.TimeoutExpired:
-                _reap_orphans(proc.pid)
-            now = time.monotonic()
-            if now >= self.deadline and not self.timed_out:
-                self.timed_out = True
-                _signal_group(signal.SIGTERM)
-                self.kill_at = min(self.kill_at, now + self.grace)
-            if now >= self.kill_at and not self.killed:
-                self.killed = True
-                _signal_group(signal.SIGKILL)
+            pid, status = os.waitpid(worker, os.WNOHANG)
+            if pid == worker:
+                return os.waitstatus_to_exitcode(status)
+            _reap_orphans(worker)
+            self._enforce(time.monotonic())
+            if exited is not None:
+                exited.poll(_POLL * 1000)
+            else:
+                time.sleep(_POLL)
+
+    def _enforce(self, now: float) -> None:
+        if now >= self.deadline and not self.timed_out:
+            self.timed_out = True
+            _signal_group(signal.SIGTERM)
+            self.kill_at = min(self.kill_at, now + self.grace)
+        if now >= self.kill_at and not self.killed:
+            self.killed = True
+            _signal_group(signal.SIGKILL)
 
 
-def _start(job_dir: Path, spec: dict[str, Any]) -> subprocess.Popen[bytes]:
-    with open(job_dir / WORKER_LOG_FILE, "ab") as log:
-        try:
-            return subprocess.Popen(
-                spec["argv"],
-                cwd=job_dir,
-                env=spec["env"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=lambda: _apply_limits(spec.get("limits", {})),  # the runner has one thread
-            )
-        except (OSError, subprocess.SubprocessError) as e:
-            log.write(f"wml: cannot start the worker: {e}\n".encode())
-            raise
+def _start(spec: dict[str, Any]) -> int:
+    """Fork and exec the worker in the job directory (our working directory); its pid.
+
+    Raises OSError, with the reason, when the worker cannot be started.
+    """
+    argv, env, limits = [str(a) for a in spec["argv"]], dict(spec["env"]), spec.get("limits", {})
+    log_fd = os.open(WORKER_LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    failed_r, failed_w = os.pipe()  # close-on-exec: end of file without a word means exec succeeded
+    try:
+        pid = os.fork()  # the runner has one thread, so forking is safe
+        if pid == 0:
+            _exec_worker(argv, env, limits, (null_fd, log_fd, failed_w))
+        os.close(failed_w)
+        failed_w = -1
+        failure = os.read(failed_r, 4096).decode("utf-8", errors="replace")
+    finally:
+        for fd in (log_fd, null_fd, failed_r, failed_w):
+            if fd >= 0:
+                os.close(fd)
+    if failure:
+        os.waitpid(pid, 0)
+        with open(WORKER_LOG_FILE, "ab") as log:
+            log.write(f"wml: cannot start the worker: {failure}\n".encode())
+        raise OSError(failure)
+    return pid
 
 
-def _run(job_dir: Path, spec: dict[str, Any], sup: _Supervisor) -> dict[str, Any]:
+def _exec_worker(argv: list[str], env: dict[str, str], limits: dict[str, Any], fds: tuple[int, ...]) -> None:
+    """In the forked child: wire up stdin/stdout/stderr, apply the limits and exec; never returns."""
+    null_fd, log_fd, failed_w = fds
+    try:
+        os.dup2(null_fd, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        # Python ignores these, and an ignored signal stays ignored across exec: give the worker defaults.
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        _apply_limits(limits)
+        os.execvpe(argv[0], argv, env)  # noqa: S606 (the asset's command, deliberately no shell)
+    except BaseException as e:
+        reason = f"{e.strerror}: {argv[0]!r}" if isinstance(e, OSError) and e.strerror else repr(e)
+        try:  # noqa: SIM105 (contextlib costs start-up time)
+            os.write(failed_w, reason.encode("utf-8", errors="replace"))
+        except OSError:
+            pass
+    finally:
+        os._exit(127)
+
+
+def _run(spec: dict[str, Any], sup: _Supervisor) -> dict[str, Any]:
     if sup.terminated:
         return {"terminated": True}
     try:
-        proc = _start(job_dir, spec)
-    except (OSError, subprocess.SubprocessError) as e:
+        worker = _start(spec)
+    except OSError as e:
         return {"error": f"cannot start the worker: {e}"}
-    write_atomic(job_dir / WORKER_PID_FILE, str(proc.pid))
-    code = sup.wait(proc)
+    write_atomic(WORKER_PID_FILE, str(worker), durable=False)
+    code = sup.wait(worker)
     # What the worker left behind dies with it, as in a container.
     _signal_group(signal.SIGKILL)
     _reap_all(timeout=2.0)
@@ -216,27 +291,64 @@ def _run(job_dir: Path, spec: dict[str, Any], sup: _Supervisor) -> dict[str, Any
     }
 
 
+def _read_spec() -> dict[str, Any]:
+    """The launch spec: from stdin (marshal), or from launch.json when stdin brings nothing."""
+    chunks = []
+    while chunk := os.read(0, 1 << 16):
+        chunks.append(chunk)
+    if chunks:
+        # Written by the server that spawned us, through a pipe only it holds.
+        spec: dict[str, Any] = marshal.loads(b"".join(chunks))  # noqa: S302
+        return spec
+    import json  # only this fallback needs it
+
+    with open(LAUNCH_FILE, encoding="utf-8") as f:
+        loaded: dict[str, Any] = json.load(f)
+        return loaded
+
+
+def _exit_json(result: dict[str, Any]) -> str:
+    """exit.json's text. Without an error every value is a number, a boolean or null, written here; only
+    an error message needs the json module (and its import time) for escaping."""
+    if result.get("error") is not None:
+        import json  # only a failure needs it
+
+        return json.dumps(result)
+    return "{" + ", ".join(f'"{key}": {_plain(value)}' for key, value in result.items()) + "}"
+
+
+def _plain(value: int | bool | None) -> str:
+    """A number, a boolean or null, as JSON."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(int(value))
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m backends.workflow.local_runner <job dir>", file=sys.stderr)
+        print("usage: python -I -S local_runner.py <job dir>", file=sys.stderr)
         return 2
-    job_dir = Path(argv[1]).resolve()
     sup = _Supervisor()  # installed first: a TERM before the worker exists still counts
     signal.signal(signal.SIGTERM, sup.on_sigterm)
     _become_subreaper()
-    os.chdir(job_dir)
-    write_atomic(job_dir / RUNNER_PID_FILE, process_identity(os.getpid()))
+    os.chdir(argv[1])  # every path below is relative to the job directory
+    write_atomic(RUNNER_PID_FILE, process_identity(os.getpid()), durable=False)
     result: dict[str, Any] = {"exit_code": None, "signal": None, "timed_out": False}
     result |= {"terminated": False, "oom": False, "error": None}
     try:
-        spec = json.loads((job_dir / LAUNCH_FILE).read_text(encoding="utf-8"))
+        spec = _read_spec()
         sup.configure(float(spec.get("timeout", 0)), float(spec.get("grace", 5)))
-        result |= _run(job_dir, spec, sup)
+        result |= _run(spec, sup)
     except Exception as e:  # the exit file must be written whatever happened
         result["error"] = f"runner failed: {type(e).__name__}: {e}"
-    write_atomic(job_dir / EXIT_FILE, json.dumps(result))
+    write_atomic(EXIT_FILE, _exit_json(result))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    status = main(sys.argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # skips the interpreter's teardown: the backend takes our exit as the job's end

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from backends.storage.file import FileStorageBackend
 from backends.workflow.base import InputKind, RunPhase, WorkflowBackendError
 from backends.workflow.local import LocalWorkflowBackend
+from backends.workflow.local_jobdir import REMOVING_PREFIX
 
 PRINT_ENV = 'env | sort > "$WML_OUTPUT_RESULT"'
 
@@ -169,6 +171,54 @@ async def test_job_ids_that_are_not_plain_names_are_refused(backend, make_run, j
 
 async def test_logs_of_an_unknown_ref_are_empty(backend) -> None:
     assert [line async for line in backend.logs("nothing-here", follow=True)] == []
+
+
+def gone(pid: int) -> bool:
+    """The process no longer runs (exited, or a zombie left for its new parent to reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rfind(")") + 2] == "Z"
+
+
+async def test_cleanup_of_a_running_job_forgets_it_at_once_and_kills_its_processes(
+    local_backend_factory: Callable[[], LocalWorkflowBackend],
+    local_work_dir: Path,
+    updates_of: Any,
+    make_run: Any,
+) -> None:
+    backend = local_backend_factory()
+    await backend.start()
+    ref = await backend.submit(make_run(**shell("sleep 30")))
+    await updates_of(backend).next_for(ref, {RunPhase.RUNNING})
+    job = local_work_dir / ref
+    async with asyncio.timeout(5):
+        while not (job / "worker.pid").exists():
+            await asyncio.sleep(0.05)
+    pids = [int((job / name).read_text().split()[0]) for name in ("runner.pid", "worker.pid")]
+
+    await backend.cleanup(ref)
+    forgotten = not job.exists()
+    await backend.close()  # waits for the removal it left running in the background
+
+    assert forgotten
+    assert [gone(pid) for pid in pids] == [True, True]
+    assert list(local_work_dir.iterdir()) == []
+
+
+async def test_a_job_directory_whose_removal_a_restart_stopped_is_removed_by_the_next_instance(
+    local_backend_factory: Callable[[], LocalWorkflowBackend], local_work_dir: Path
+) -> None:
+    leftover = local_work_dir / f"{REMOVING_PREFIX}j1.1"
+    (leftover / "outputs").mkdir(parents=True)
+    (leftover / "worker.log").write_text("from before the restart\n")
+
+    backend = local_backend_factory()
+    await backend.start()
+    await backend.close()
+
+    assert not leftover.exists()
 
 
 class StalledStorage:
