@@ -4,9 +4,10 @@ For each subscriber count (``--subscribers``, default 1000):
 
 1. ``wml serve`` runs as a subprocess (embedded default; an asset whose worker is ``sleep 600``, one
    running slot, so created jobs mostly stay QUEUED and emit one event each);
-2. a client subprocess (this script, ``--client``) opens N websocket connections
-   (``graphql-transport-ws``, the consumer's token in ``connection_init``), each subscribed to
-   ``jobEvents`` (all of the caller's jobs, from now on), and says READY;
+2. client subprocesses (this script, ``--client``, one per ``--per-process`` subscribers, each with its
+   open-files limit raised to the hard limit) open N websocket connections (``graphql-transport-ws``,
+   the consumer's token in ``connection_init``), each subscribed to ``jobEvents`` (all of the caller's
+   jobs, from now on), and say READY;
 3. the server's VmRSS before the clients connect and once they are all subscribed and idle gives the
    memory per idle subscriber;
 4. the bench creates ``--events`` jobs, 0.5 s apart; every subscriber receives every job's events.
@@ -14,12 +15,16 @@ For each subscriber count (``--subscribers``, default 1000):
    server in the transaction that commits the event; same machine, same clock). "To every subscriber" is
    the latest delivery of an event over all N subscribers.
 
-The raw baseline is the same with a bare ``websockets`` server (a subprocess, ``--bare-server``) that
-broadcasts a message of the same shape (a ``next`` message carrying a jobEvents payload stamped with the
-time of the broadcast) to the same N connections, 0.5 s apart.
+The raw baseline is the same with a bare ``websockets`` server (a subprocess, ``--bare-server``; no
+per-message compression, like the service) that broadcasts a message of the same shape (a ``next``
+message carrying a jobEvents payload stamped with the time of the broadcast) to the same N connections,
+0.5 s apart.
 
-Usage: ``.venv/bin/python bench/fanout.py [--subscribers 1000,5000] [--events 10]``. Writes
-``bench/results/fanout.json``.
+``--py-spy FILE`` records the server's stacks (py-spy, collapsed format) while the events are delivered,
+one file per subscriber count (``FILE`` gets the count as a suffix).
+
+Usage: ``.venv/bin/python bench/fanout.py [--subscribers 1000,5000,10000] [--events 10]``. Writes
+``bench/results/fanout.json``; each run records how long it took (``seconds``).
 """
 
 from __future__ import annotations
@@ -27,15 +32,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
+
+if TYPE_CHECKING:
+    from websockets.typing import Subprotocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -56,7 +67,9 @@ ASSET = "idle-job"
 SUBSCRIPTION = "subscription { jobEvents { seq jobId state reason createdAt } }"
 CREATE = "mutation($input: CreateJobInput!) { createJob(input: $input) { __typename ... on Job { id } } }"
 INTERVAL = 0.5
-CONNECT_AT_ONCE = 100
+CONNECT_AT_ONCE = 100  # handshakes in flight per client process
+PER_PROCESS = 2500  # subscribers per client process
+SUBPROTOCOL = cast("Subprotocol", "graphql-transport-ws")
 
 
 # -- the clients (their own process) --------------------------------------------------------------------
@@ -68,9 +81,7 @@ async def subscriber(
     import websockets
 
     async with gate:
-        ws = await websockets.connect(
-            url, subprotocols=["graphql-transport-ws"], open_timeout=120, max_queue=None
-        )
+        ws = await websockets.connect(url, subprotocols=[SUBPROTOCOL], open_timeout=120, max_queue=None)
         if token is not None:
             await ws.send(
                 json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}})
@@ -83,7 +94,13 @@ async def subscriber(
         log.append((time.time(), raw))  # parsed after the run, outside the measured path
 
 
+def raise_open_files_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def clients(url: str, token: str | None, count: int) -> None:
+    raise_open_files_limit()
     gate = asyncio.Semaphore(CONNECT_AT_ONCE)
     ready = [0]
     logs: list[list[Any]] = [[] for _ in range(count)]
@@ -117,8 +134,9 @@ async def bare_server(port: int) -> None:
     async def hold(ws: Any) -> None:
         await ws.wait_closed()
 
+    # Without per-message compression, as the service (wml/server.py) serves websockets.
     async with serve(
-        hold, "127.0.0.1", port, subprotocols=["graphql-transport-ws"], max_queue=None
+        hold, "127.0.0.1", port, subprotocols=[SUBPROTOCOL], max_queue=None, compression=None
     ) as server:
         print("READY", flush=True)
         seq = 0
@@ -138,24 +156,50 @@ async def bare_server(port: int) -> None:
 # -- the orchestration ------------------------------------------------------------------------------------
 
 
-def start_clients(ws_url: str, token: str | None, count: int) -> subprocess.Popen[str]:
-    command = [PYTHON, str(Path(__file__).resolve()), "--client", ws_url, token or "-", str(count)]
-    process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if line.strip() != "READY":
-        stop(process)
-        raise RuntimeError(f"the clients did not get ready: {line!r}")
-    return process
+def start_clients(
+    ws_url: str, token: str | None, count: int, per_process: int
+) -> list[subprocess.Popen[str]]:
+    """Client processes holding ``count`` subscribers between them, once all of them are subscribed."""
+    shares = [per_process] * (count // per_process) + ([count % per_process] if count % per_process else [])
+    processes = []
+    for share in shares:
+        command = [PYTHON, str(Path(__file__).resolve()), "--client", ws_url, token or "-", str(share)]
+        processes.append(
+            subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        )
+    for process in processes:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if line.strip() != "READY":
+            for other in processes:
+                stop(other)
+            raise RuntimeError(f"the clients did not get ready: {line!r}")
+    return processes
 
 
-def finish_clients(process: subprocess.Popen[str]) -> list[tuple[int, str, float]]:
-    assert process.stdin is not None and process.stdout is not None
-    process.stdin.write("STOP\n")
-    process.stdin.flush()
-    deliveries = json.loads(process.stdout.readline())
-    process.wait(60)
-    return [tuple(d) for d in deliveries]  # type: ignore[misc]
+def finish_clients(processes: list[subprocess.Popen[str]]) -> list[tuple[int, str, float]]:
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write("STOP\n")
+        process.stdin.flush()
+    deliveries: list[tuple[int, str, float]] = []
+    for process in processes:
+        assert process.stdout is not None
+        deliveries.extend(
+            (seq, created, received) for seq, created, received in json.loads(process.stdout.readline())
+        )
+        process.wait(60)
+    return deliveries
+
+
+def profiler(pid: int, seconds: float, output: str | None) -> subprocess.Popen[bytes] | None:
+    """py-spy recording ``pid`` for ``seconds`` into ``output`` (collapsed stacks), when asked for."""
+    py_spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
+    if output is None:
+        return None
+    command = [py_spy, "record", "-p", str(pid), "-d", str(math.ceil(seconds)), "-r", "100"]
+    command += ["-f", "raw", "-o", output, "--nonblocking"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def latencies(deliveries: list[tuple[int, str, float]], subscribers: int) -> dict[str, Any]:
@@ -173,7 +217,9 @@ def latencies(deliveries: list[tuple[int, str, float]], subscribers: int) -> dic
     }
 
 
-def measure_service(subscribers: int, events: int, overrides: dict[str, str]) -> dict[str, Any]:
+def measure_service(
+    subscribers: int, events: int, overrides: dict[str, str], per_process: int, profile: str | None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="wml-bench-fanout-") as scratch:
         work = Path(scratch)
         spec = {"id": ASSET, "name": "Idle job", "local": {"command": ["sleep", "600"]}}
@@ -189,8 +235,8 @@ def measure_service(subscribers: int, events: int, overrides: dict[str, str]) ->
                 time.sleep(1.0)
                 rss_before = proc_kib(server.pid, "VmRSS")
                 started = time.perf_counter()
-                clients_process = start_clients(
-                    server.url.replace("http://", "ws://") + "/graphql", token, subscribers
+                clients_processes = start_clients(
+                    server.url.replace("http://", "ws://") + "/graphql", token, subscribers, per_process
                 )
                 connect_seconds = time.perf_counter() - started
                 try:
@@ -198,6 +244,7 @@ def measure_service(subscribers: int, events: int, overrides: dict[str, str]) ->
                     rss_idle = proc_kib(server.pid, "VmRSS")
                     headers = {"Authorization": f"Bearer {token}"}
                     variables = {"input": {"assetId": ASSET}}
+                    spy = profiler(server.pid, events * INTERVAL + 3.0, profile)
                     with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
                         for _ in range(events):
                             http.post(
@@ -206,8 +253,10 @@ def measure_service(subscribers: int, events: int, overrides: dict[str, str]) ->
                             time.sleep(INTERVAL)
                     time.sleep(3.0)
                     rss_after = proc_kib(server.pid, "VmRSS")
+                    if spy is not None:
+                        spy.wait(60)
                 finally:
-                    deliveries = finish_clients(clients_process)
+                    deliveries = finish_clients(clients_processes)
         finally:
             from tests.support.api import kill_leftover_workers
 
@@ -222,7 +271,7 @@ def measure_service(subscribers: int, events: int, overrides: dict[str, str]) ->
     }
 
 
-def measure_bare(subscribers: int, events: int) -> dict[str, Any]:
+def measure_bare(subscribers: int, events: int, per_process: int) -> dict[str, Any]:
     port = free_port()
     command = [PYTHON, str(Path(__file__).resolve()), "--bare-server", str(port)]
     server = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -232,7 +281,7 @@ def measure_bare(subscribers: int, events: int) -> dict[str, Any]:
             raise RuntimeError("the bare server did not start")
         rss_before = proc_kib(server.pid, "VmRSS")
         started = time.perf_counter()
-        clients_process = start_clients(f"ws://127.0.0.1:{port}", None, subscribers)
+        clients_processes = start_clients(f"ws://127.0.0.1:{port}", None, subscribers, per_process)
         connect_seconds = time.perf_counter() - started
         try:
             time.sleep(2.0)
@@ -243,7 +292,7 @@ def measure_bare(subscribers: int, events: int) -> dict[str, Any]:
                 time.sleep(INTERVAL)
             time.sleep(3.0)
         finally:
-            deliveries = finish_clients(clients_process)
+            deliveries = finish_clients(clients_processes)
         server.stdin.write("STOP\n")
         server.stdin.flush()
     finally:
@@ -257,13 +306,17 @@ def measure_bare(subscribers: int, events: int) -> dict[str, Any]:
     }
 
 
-def run(counts: list[int], events: int, overrides: dict[str, str]) -> dict[str, Any]:
+def run(
+    counts: list[int], events: int, overrides: dict[str, str], per_process: int, profile: str | None
+) -> dict[str, Any]:
     runs = []
     for count in counts:
+        started = time.perf_counter()
         print(f"-- {count} subscribers: service", flush=True)
-        service = measure_service(count, events, overrides)
+        spy_output = f"{profile}.{count}" if profile else None
+        service = measure_service(count, events, overrides, per_process, spy_output)
         print(f"-- {count} subscribers: bare websockets", flush=True)
-        bare = measure_bare(count, events)
+        bare = measure_bare(count, events, per_process)
         s_p99, b_p99 = service["to_every_subscriber"]["p99_ms"], bare["to_every_subscriber"]["p99_ms"]
         runs.append(
             {
@@ -271,13 +324,14 @@ def run(counts: list[int], events: int, overrides: dict[str, str]) -> dict[str, 
                 "service": service,
                 "bare": bare,
                 "ratio_p99_to_every_service_over_bare": s_p99 / b_p99 if b_p99 else 0.0,
+                "seconds": time.perf_counter() - started,
             }
         )
     return {
         "settings": {
             "events": events,
             "interval_s": INTERVAL,
-            "clients": "one subprocess of this script (websockets asyncio client)",
+            "clients": f"subprocesses of this script (websockets asyncio client), {per_process} each",
             "server_settings": overrides,
         },
         "runs": runs,
@@ -297,6 +351,8 @@ def main() -> int:
         help="a server setting (e.g. stream_recheck_interval=60), repeatable",
     )
     parser.add_argument("--output", default="fanout", help="result name under bench/results/")
+    parser.add_argument("--per-process", type=int, default=PER_PROCESS, help="subscribers per client process")
+    parser.add_argument("--py-spy", metavar="FILE", help="record the server while events are delivered")
     parser.add_argument("--client", nargs=3, metavar=("URL", "TOKEN", "COUNT"), help=argparse.SUPPRESS)
     parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -308,7 +364,8 @@ def main() -> int:
         asyncio.run(bare_server(args.bare_server))
         return 0
     overrides = dict(item.split("=", 1) for item in args.set)
-    document = run([int(c) for c in args.subscribers.split(",")], args.events, overrides)
+    counts = [int(c) for c in args.subscribers.split(",")]
+    document = run(counts, args.events, overrides, args.per_process, args.py_spy)
     path = write_result(args.output, document)
     for entry in document["runs"]:
         for side in ("service", "bare"):
@@ -321,6 +378,7 @@ def main() -> int:
                 f" {r['events_delivered_to_all']}/{r['events']} events to all,"
                 f" connect {r['connect_seconds']:.1f} s"
             )
+        print(f"{entry['subscribers']:>6} took {entry['seconds']:.0f} s")
     print(f"wrote {path}")
     return 0
 

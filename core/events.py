@@ -58,7 +58,9 @@ class Subscription:
         self.maxsize = maxsize
         self.grant_ids = grant_ids  # None: the operator, whom no revocation concerns
         self._items: deque[JobEvent] = deque()
-        self._ready = asyncio.Event()
+        # What ``get`` waits on (True: something to read, False: timed out); a bare future and timer
+        # cost far less than an Event and ``wait_for`` (a task per wait) across thousands of subscribers.
+        self._waiter: asyncio.Future[bool] | None = None
         self.ended: SubscriptionEnded | None = None
 
     @property
@@ -76,15 +78,19 @@ class Subscription:
             return False
         self._items.append(event)
         self._bus._note_depth(len(self._items))
-        self._ready.set()
+        self._wake(True)
         return True
+
+    def _wake(self, ready: bool) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(ready)
 
     def end(self, reason: SubscriptionEnded) -> None:
         """Stop the subscription: queued events are dropped and the next ``get`` raises ``reason``."""
         if self.ended is None:
             self.ended = reason
         self._items.clear()
-        self._ready.set()
+        self._wake(True)
         self.close()
 
     async def get(self, within: float | None = None) -> JobEvent | None:
@@ -94,11 +100,16 @@ class Subscription:
                 raise self.ended
             if self._items:
                 return self._items.popleft()
-            self._ready.clear()
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(within, self._wake, False) if within is not None else None
             try:
-                await asyncio.wait_for(self._ready.wait(), within)
-            except TimeoutError:
-                return None
+                if not await waiter:
+                    return None
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
 
     def close(self) -> None:
         self._bus._subscribers.discard(self)
@@ -116,6 +127,7 @@ class EventBus:
     def __init__(self, queue_size: int = 1000) -> None:
         self._subscribers: set[Subscription] = set()
         self._revocation_callbacks: dict[int, tuple[frozenset[str], Callable[[], None]]] = {}
+        self._revocation_listeners: list[Callable[[str], None]] = []
         self._next_callback = 0
         self.queue_size = queue_size
         self.max_depth = 0  # the deepest any subscriber queue has been (never above queue_size)
@@ -154,7 +166,25 @@ class EventBus:
         """End every open subscription of ``grant_id`` (call it when a grant stops being ACTIVE)."""
         self._revoke_locally(grant_id)
 
+    def end_grant(self, grant_id: str) -> None:
+        """End ``grant_id``'s subscriptions in this process only (each replica notices for itself that
+        a grant expired)."""
+        self._revoke_locally(grant_id)
+
+    @property
+    def position(self) -> int | None:
+        """The ``seq`` up to which events were fanned out, when every later one will be (in ``seq``
+        order); None when this bus cannot tell (it fans out whatever it is handed)."""
+        return None
+
+    def on_any_revocation(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(grant_id)`` on every revocation, before the subscriptions are ended."""
+        self._revocation_listeners.append(listener)
+
     def _revoke_locally(self, grant_id: str) -> None:
+        for listener in self._revocation_listeners:
+            with contextlib.suppress(Exception):
+                listener(grant_id)
         for sub in list(self._subscribers):
             if sub.grant_ids is not None and grant_id in sub.grant_ids:
                 sub.end(AccessRevoked())
@@ -202,6 +232,10 @@ class OrderedEventBus(EventBus):
                 await self._fan_out_task
             self._fan_out_task = None
         await super().close()
+
+    @property
+    def position(self) -> int | None:
+        return self.last_seq if self._fan_out_task is not None else None
 
     def publish(self, event: JobEvent) -> None:
         self._wake.set()

@@ -6,13 +6,23 @@ committed before it is in the read. Queued events at or below the last ``seq`` d
 Scope is the caller's, as for queries: another consumer's job is answered like an unknown one. The
 grant is checked again on every event and every few seconds, and a revoked grant ends its streams at
 once (the bus tells them).
+
+Many subscribers must not mean many queries, nor many timers: the reads streams make are shared
+(``core.shared_reads``). A grant or a job's existence read by one stream serves every stream for
+``recheck_interval`` seconds, concurrent identical reads are one query, and the periodic re-check of
+quiet streams is one read per grant in use (:class:`GrantWatch`), which ends them through the bus.
+With an :class:`OrderedEventBus` (every server), a stream starts at the bus's position instead of
+reading the store: every event after it reaches the new subscription through the bus, so only a resume
+from before it replays anything. A database too busy to answer in time ends a stream with
+``UNAVAILABLE`` (retry with ``since``), not an internal error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from functools import partial
 from typing import Any
 
 from backends.storage.base import StorageBackend, StorageError
@@ -21,7 +31,10 @@ from core.auth import Principal, grant_is_usable
 from core.errors import DomainError, NotFoundError
 from core.events import AccessRevoked, EventBus, SubscriberTooSlow, Subscription
 from core.models import Job, JobEvent
+from core.shared_reads import DatabaseBusyError, GrantWatch, SharedReads, busy_is_typed
 from core.store import Store
+
+__all__ = ["AccessRevokedError", "DatabaseBusyError", "JobStreams", "SubscriberTooSlowError"]
 
 REPLAY_BATCH = 500
 LOG_CHUNK_LIMIT = 64 * 1024  # a saved log line longer than this is passed on in pieces
@@ -57,6 +70,9 @@ class JobStreams:
         self._backend = backend
         self._storage = storage
         self._recheck = recheck_interval  # how often a quiet stream checks that its grant still holds
+        self._reads = SharedReads(max_age=recheck_interval)
+        self._watch = GrantWatch(store, bus, self._reads, recheck_interval)
+        bus.on_any_revocation(lambda grant_id: self._reads.forget(("grant", grant_id)))
 
     # -- access ----------------------------------------------------------------------------------------
 
@@ -65,19 +81,36 @@ class JobStreams:
         if principal.is_operator:
             return
         for grant_id in principal.grant_ids:
-            grant = await self._store.get_grant(grant_id)
+            grant = await self._reads.recent(("grant", grant_id), partial(self._store.get_grant, grant_id))
             if grant is None or not grant_is_usable(grant):
                 raise AccessRevokedError()
 
-    async def _job(self, principal: Principal, job_id: str) -> Job:
-        job = await self._store.get_job(job_id)
+    async def _job(self, principal: Principal, job_id: str, position: int | None = None) -> Job:
+        """The job, read after the stream subscribed (or shared with a read that began at the same
+        bus position, which is as good); NotFound when the caller may not see it."""
+        if position is None:
+            job = await busy_is_typed(self._store.get_job(job_id))
+        else:
+            job = await self._reads.once(("job", job_id, position), partial(self._store.get_job, job_id))
         if job is None or not principal.may_see(job.grant_id):
             raise NotFoundError("job", job_id)
         return job
 
-    def _subscribe(self, principal: Principal, predicate: Callable[[JobEvent], bool]) -> Subscription:
+    async def _job_gone(self, job_id: str) -> bool:
+        job = await self._reads.recent(("job-exists", job_id), partial(self._store.get_job, job_id))
+        return job is None
+
+    @contextlib.contextmanager
+    def _subscribe(
+        self, principal: Principal, predicate: Callable[[JobEvent], bool]
+    ) -> Iterator[Subscription]:
+        """A bus subscription whose grants the watch re-checks while it is open."""
         grant_ids = None if principal.is_operator else principal.grant_ids
-        return self._bus.subscribe(predicate, grant_ids=grant_ids)
+        with (
+            self._bus.subscribe(predicate, grant_ids=grant_ids) as sub,
+            self._watch.watching(grant_ids or ()),
+        ):
+            yield sub
 
     # -- events ----------------------------------------------------------------------------------------
 
@@ -92,34 +125,69 @@ class JobStreams:
         else:
             predicate = lambda e: e.job_id == job_id  # noqa: E731
         with self._subscribe(principal, predicate) as sub:
-            job = await self._job(principal, job_id) if job_id is not None else None
-            last = since if since is not None else (0 if job_id else await self._store.last_event_seq())
-            while batch := await self._store.events_after(
-                last, job_id=job_id, grant_ids=principal.grant_scope, limit=REPLAY_BATCH
-            ):
-                for event in batch:
+            # Every event after the bus's position reaches ``sub``; None: a bus that cannot tell.
+            position = self._bus.position
+            job = await self._job(principal, job_id, position) if job_id is not None else None
+            if since is not None:
+                last = since
+            elif job_id is not None:
+                last = 0
+            elif position is not None:
+                last = position
+            else:
+                last = await busy_is_typed(self._store.last_event_seq())
+            async with contextlib.aclosing(self._replay(principal, job_id, last, position)) as replay:
+                async for event in replay:
                     yield event
                     last = event.seq
                     if job_id is not None and event.state.terminal:
                         return
             if job is not None and job.state.terminal:
-                return  # it ended before the replay was read: everything it had is delivered
+                if position is not None:
+                    # It ended before it was read, but a shared replay may have begun before that read:
+                    # one fresh read delivers what it may have missed (the terminal event).
+                    async with contextlib.aclosing(self._replay(principal, job_id, last, None)) as rest:
+                        async for event in rest:
+                            yield event
+                return  # everything it had is delivered
             async for event in self._follow(principal, sub, job_id, last):
                 yield event
+
+    async def _replay(
+        self, principal: Principal, job_id: str | None, last: int, position: int | None
+    ) -> AsyncGenerator[JobEvent, None]:
+        """The stored events after ``last`` up to ``position`` at least (all of them when None). Reads
+        made for the same position are shared: each began after the bus reached it."""
+        scope = principal.grant_scope
+        while position is None or last < position:
+            read = partial(self._store.events_after, last, job_id=job_id, grant_ids=scope, limit=REPLAY_BATCH)
+            if position is None:
+                batch = await busy_is_typed(read())
+            else:
+                key = ("replay", last, job_id, tuple(scope) if scope is not None else None, position)
+                batch = await self._reads.once(key, read)
+            for event in batch:
+                yield event
+                last = event.seq
+            if len(batch) < REPLAY_BATCH:
+                return
 
     async def _follow(
         self, principal: Principal, sub: Subscription, job_id: str | None, last: int
     ) -> AsyncIterator[JobEvent]:
+        # A quiet stream of all jobs waits without a timer: the watch ends it if its grant goes. A
+        # job's stream also wakes now and then to notice that the job was deleted.
+        within = self._recheck if job_id is not None else None
         while True:
             try:
-                event = await sub.get(within=self._recheck)
+                event = await sub.get(within=within)
             except SubscriberTooSlow:
                 raise SubscriberTooSlowError(last) from None
             except AccessRevoked:
                 raise AccessRevokedError() from None
             await self.check_access(principal)
             if event is None:
-                if job_id is not None and await self._store.get_job(job_id) is None:
+                if job_id is not None and await self._job_gone(job_id):
                     return  # deleted meanwhile
                 continue
             if event.seq <= last:

@@ -4,14 +4,26 @@ The rules (scope, replay without gap or duplicate, revocation, slow subscribers)
 ``core.streams``; this module only turns its records into GraphQL types and its errors into GraphQL
 errors with a stable ``extensions.code``. Over websockets, the caller is the one authenticated at
 ``connection_init`` (see ``graphql_api.view``).
+
+Fan-out cost: an event reaches every subscriber as the same :class:`JobEvent` object, and
+:class:`SharedEventExecutor` (the schema's executor) executes a subscription's selection on it once per
+distinct selection, not once per subscriber: subscribers sending the same document (and the same values
+for the variables inside the selection) share one result. Only :class:`JobEvent` payloads are shared:
+their fields are plain data, the same whoever asks.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Hashable, Iterable
 from datetime import datetime
+from typing import Any
 
 import strawberry
+from graphql import ExecutionResult, FieldNode, Node, OperationDefinitionNode, VariableNode, visit
+from graphql.language import Visitor
+from graphql.pyutils import is_awaitable
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types.unset import UNSET
 
 from core import errors as domain
@@ -20,6 +32,8 @@ from graphql_api.context import ClientError, Context
 from graphql_api.types import JobState, Long
 
 Info = strawberry.Info[Context, None]
+SHARED_EVENTS = 1024  # recent events kept as one shared JobEvent object each
+SHARED_RESULTS = 1024  # recent (event, selection) results kept for the other subscribers
 
 
 @strawberry.type(description="One state change of a job; `seq` orders all events of the service.")
@@ -33,6 +47,19 @@ class JobEvent:
     created_at: datetime
 
     @classmethod
+    def shared(cls, e: M.JobEvent) -> JobEvent:
+        """The one JobEvent of this domain event object (the bus hands the same one to every
+        subscriber)."""
+        seen = _events.get(id(e))
+        if seen is not None and seen[0] is e:
+            return seen[1]
+        event = cls.from_domain(e)
+        _events[id(e)] = (e, event)  # the domain event is kept too: its id stays unique
+        if len(_events) > SHARED_EVENTS:
+            _events.popitem(last=False)
+        return event
+
+    @classmethod
     def from_domain(cls, e: M.JobEvent) -> JobEvent:
         return cls(
             seq=Long(e.seq),
@@ -43,6 +70,77 @@ class JobEvent:
             exit_code=e.exit_code,
             created_at=e.created_at,
         )
+
+
+_events: OrderedDict[int, tuple[M.JobEvent, JobEvent]] = OrderedDict()
+
+
+class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
+    """Strawberry's executor; a :class:`JobEvent` payload's result is shared by the subscribers whose
+    operation (same parsed document) and selection variables are the same. Results with errors are not
+    shared."""
+
+    _results: OrderedDict[Hashable, tuple[object, object, ExecutionResult]] = OrderedDict()
+    _selection_variables: dict[int, tuple[OperationDefinitionNode, tuple[str, ...]]] = {}
+
+    def execute_operation(self, serially: bool | None = None) -> Any:
+        payload = self.root_value
+        if not isinstance(payload, JobEvent):
+            return super().execute_operation(serially)
+        key = (id(payload), id(self.operation), self._variables_key())
+        hit = self._results.get(key)
+        if hit is not None and hit[0] is payload and hit[1] is self.operation:
+            return hit[2]
+        result = super().execute_operation(serially)
+        if is_awaitable(result):
+            return self._keep_later(key, payload, result)
+        self._keep(key, payload, result)
+        return result
+
+    async def _keep_later(self, key: Hashable, payload: object, result: Any) -> Any:
+        done = await result
+        self._keep(key, payload, done)
+        return done
+
+    def _keep(self, key: Hashable, payload: object, result: Any) -> None:
+        if isinstance(result, ExecutionResult) and not result.errors:
+            # The payload and operation are kept too, so that their ids stay unique while cached.
+            self._results[key] = (payload, self.operation, result)
+            if len(self._results) > SHARED_RESULTS:
+                self._results.popitem(last=False)
+
+    def _variables_key(self) -> tuple[tuple[str, str], ...]:
+        """The values of the variables used below the root field (its own arguments only choose the
+        stream, not what an event looks like)."""
+        known = self._selection_variables.get(id(self.operation))
+        if known is None or known[0] is not self.operation:
+            known = (self.operation, _selection_variables(self.operation, self.fragment_definitions.values()))
+            if len(self._selection_variables) > SHARED_RESULTS:
+                self._selection_variables.clear()
+            self._selection_variables[id(self.operation)] = known
+        coerced = self.variable_values.coerced
+        return tuple((name, repr(coerced.get(name))) for name in known[1])
+
+
+def _selection_variables(operation: OperationDefinitionNode, fragments: Iterable[Node]) -> tuple[str, ...]:
+    """The variables an event's result may depend on: all but those only in root field arguments."""
+    names: set[str] = set()
+
+    class Collect(Visitor):
+        def enter_variable(self, node: VariableNode, *_args: Any) -> None:
+            names.add(node.name.value)
+
+    parts: list[Node] = list(fragments)
+    for root in operation.selection_set.selections:
+        if isinstance(root, FieldNode):
+            parts.extend(root.directives or ())
+            if root.selection_set is not None:
+                parts.append(root.selection_set)
+        else:
+            parts.append(root)
+    for part in parts:
+        visit(part, Collect())
+    return tuple(sorted(names))
 
 
 @strawberry.type(description="One line of a job's log; `seq` counts the lines of this stream from 1.")
@@ -67,7 +165,7 @@ class Subscription:
         )
         try:
             async for event in stream:
-                yield JobEvent.from_domain(event)
+                yield JobEvent.shared(event)
         except domain.DomainError as e:
             raise ClientError(e.message, e.code) from e
         finally:

@@ -1,7 +1,11 @@
 """Subscriptions over real websockets, in both protocols and on both databases: live events in order,
-replay with ``since`` after a disconnect (no gap, no duplicate), and log lines while the job runs."""
+replay with ``since`` after a disconnect (no gap, no duplicate), log lines while the job runs, and each
+subscriber's own selection of an event whose result is shared between identical selections."""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 import pytest
 
@@ -20,7 +24,7 @@ async def test_job_events_arrive_live_from_queued_to_complete_in_order(api: Api,
     created = await api.create_job(token, parameters={"SLEEPTIME": 2})
     async with connect(api.url, token, protocol) as conn:
         op = await conn.subscribe(EVENTS, {"id": created["id"]})
-        received = []
+        received: list[dict[str, Any]] = []
         while not received or received[-1]["state"] != "RUNNING":
             received.append((await op.next())["jobEvents"])
         # RUNNING reached us while the job was still running: it came live, not from a replay.
@@ -80,7 +84,7 @@ async def test_log_lines_arrive_while_the_job_runs_and_the_stream_ends_with_it(
     created = await api.create_job(token, parameters={"SLEEPTIME": 3})
     async with connect(api.url, token, protocol) as conn:
         op = await conn.subscribe(LOGS, {"id": created["id"], "follow": True})
-        lines = []
+        lines: list[dict[str, Any]] = []
         while "progress 1/3" not in [line["text"] for line in lines]:
             lines.append((await op.next())["jobLogs"])
         during = await api.job(token, created["id"])
@@ -114,3 +118,30 @@ async def test_a_single_job_stream_of_a_finished_job_replays_and_ends(api: Api, 
         op = await conn.subscribe(EVENTS, {"id": created["id"], "since": last})
         with pytest.raises(StreamComplete):
             await op.next()
+
+
+async def test_subscribers_of_one_event_each_get_their_own_selection(api: Api, protocol: str) -> None:
+    """The payload of an event is shared between subscribers only when the selection is the same."""
+    token = await api.consumer("alice")
+    selections = {
+        "plain": ("subscription { jobEvents { seq state } }", {}),
+        "aliased": ("subscription { jobEvents { s: seq jobId } }", {}),
+        "skipping": (
+            "subscription($skip: Boolean!) { jobEvents { seq state @skip(if: $skip) } }",
+            {"skip": True},
+        ),
+        "keeping": (
+            "subscription($skip: Boolean!) { jobEvents { seq state @skip(if: $skip) } }",
+            {"skip": False},
+        ),
+    }
+    async with connect(api.url, token, protocol) as conn:
+        ops = {name: await conn.subscribe(query, args) for name, (query, args) in selections.items()}
+        await asyncio.sleep(0.3)  # let the server register every subscription
+        created = await api.create_job(token, parameters={"SLEEPTIME": 0})
+        got = {name: (await op.next())["jobEvents"] for name, op in ops.items()}
+    seq = got["plain"]["seq"]
+    assert got["plain"] == {"seq": seq, "state": "QUEUED"}
+    assert got["aliased"] == {"s": seq, "jobId": created["id"]}
+    assert got["skipping"] == {"seq": seq}
+    assert got["keeping"] == {"seq": seq, "state": "QUEUED"}
