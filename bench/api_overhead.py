@@ -11,12 +11,16 @@ What it compares, in one run and on one SQLite database:
 
 The difference is therefore the cost of the service's transport and domain layers (Strawberry parsing,
 validation and execution, context and DataLoaders, input checks, event publication, metrics), not of the
-database. The load generator is this process: ``--clients`` concurrent loops on one ``httpx.AsyncClient``
-(keep-alive), each sending its next request when the previous one is answered, for ``--seconds`` after a
-one-second warm-up. Created jobs use an asset whose worker is ``sleep 600`` with one running slot, so they
-stay QUEUED and the supervisor does not run 1000s of processes during the measurement.
+database, with one addition the bare endpoint has no counterpart for: each ``createJob`` wakes the job
+supervisor, whose pass reads the jobs it could start or must time out. The load generator is this
+process: ``--clients`` concurrent loops on one ``httpx.AsyncClient`` (keep-alive), each sending its next
+request when the previous one is answered. Both servers run at once and take turns: ``--seconds`` per
+scenario and side are split into ``--rounds`` alternating rounds (each after a one-second warm-up), so a
+change in the machine's load during the run hits both sides alike. Created jobs use an asset whose worker is
+``sleep 600`` with one running slot, so they stay QUEUED and the supervisor does not run 1000s of
+processes during the measurement.
 
-Usage: ``.venv/bin/python bench/api_overhead.py [--clients 16] [--seconds 8]``. Writes
+Usage: ``.venv/bin/python bench/api_overhead.py [--clients 16] [--seconds 8] [--rounds 4]``. Writes
 ``bench/results/api_overhead.json``.
 """
 
@@ -155,8 +159,8 @@ async def drive(
     clients: int,
     seconds: float,
     request: Callable[[httpx.AsyncClient], Awaitable[None]],
-) -> dict[str, Any]:
-    """``clients`` closed loops for ``seconds`` after a 1 s warm-up; throughput and latency percentiles."""
+) -> tuple[list[float], int]:
+    """``clients`` closed loops for ``seconds`` after a 1 s warm-up; each answered request's latency."""
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -177,6 +181,10 @@ async def drive(
                     latencies.append(time.perf_counter() - now)
 
         await asyncio.gather(*(loop() for _ in range(clients)))
+    return latencies, errors
+
+
+def figures(latencies: list[float], errors: int, seconds: float) -> dict[str, Any]:
     return {
         "requests": len(latencies),
         "errors": errors,
@@ -226,8 +234,12 @@ def kill_idle_workers(jobs_dir: Path) -> None:
     kill_leftover_workers(jobs_dir)
 
 
-def run(clients: int, seconds: float) -> dict[str, Any]:
-    measured: dict[str, dict[str, Any]] = {"graphql": {}, "bare": {}}
+def run(clients: int, seconds: float, rounds: int) -> dict[str, Any]:
+    """Both servers up at once; GraphQL and bare take turns in ``rounds`` short rounds per scenario, so a
+    change in the machine's load during the run hits both sides alike."""
+    samples: dict[str, dict[str, tuple[list[float], int]]] = {
+        side: {kind: ([], 0) for kind in ("job_query", "create_job")} for side in ("graphql", "bare")
+    }
     with tempfile.TemporaryDirectory(prefix="wml-bench-api-") as scratch:
         work = Path(scratch)
         assets = catalog(
@@ -248,26 +260,41 @@ def run(clients: int, seconds: float) -> dict[str, Any]:
                     headers={"Authorization": f"Bearer {token}"},
                 )
                 job_id = checked(first, "createJob")["id"]
-                for kind, request in graphql_requests(job_id).items():
-                    print(f"-- graphql {kind}", flush=True)
-                    measured["graphql"][kind] = asyncio.run(
-                        drive(server.url, token, clients, seconds, request)
-                    )
-            port = free_port()
-            bare = subprocess.Popen(
-                [PYTHON, str(Path(__file__).resolve()), "--serve-bare", database_url, "--port", str(port)],
-                cwd=ROOT,
-            )
-            try:
-                base = f"http://127.0.0.1:{port}"
-                wait_until_up(f"{base}/readyz")
-                for kind, request in bare_requests(job_id).items():
-                    print(f"-- bare {kind}", flush=True)
-                    measured["bare"][kind] = asyncio.run(drive(base, token, clients, seconds, request))
-            finally:
-                stop(bare)
+                port = free_port()
+                bare = subprocess.Popen(
+                    [
+                        PYTHON,
+                        str(Path(__file__).resolve()),
+                        "--serve-bare",
+                        database_url,
+                        "--port",
+                        str(port),
+                    ],
+                    cwd=ROOT,
+                )
+                try:
+                    base = f"http://127.0.0.1:{port}"
+                    wait_until_up(f"{base}/readyz")
+                    sides = {
+                        "graphql": (server.url, graphql_requests(job_id)),
+                        "bare": (base, bare_requests(job_id)),
+                    }
+                    for kind in ("job_query", "create_job"):
+                        for turn in range(rounds):
+                            for side, (url, requests) in sides.items():
+                                print(f"-- {kind} round {turn + 1}/{rounds}: {side}", flush=True)
+                                done, failed = asyncio.run(
+                                    drive(url, token, clients, seconds / rounds, requests[kind])
+                                )
+                                kept, errors = samples[side][kind]
+                                samples[side][kind] = (kept + done, errors + failed)
+                finally:
+                    stop(bare)
         finally:
             kill_idle_workers(work / "data" / "jobs")
+    measured = {
+        side: {kind: figures(*samples[side][kind], seconds) for kind in samples[side]} for side in samples
+    }
     ratios = {
         kind: measured["graphql"][kind]["rps"] / measured["bare"][kind]["rps"]
         if measured["bare"][kind]["rps"]
@@ -278,6 +305,7 @@ def run(clients: int, seconds: float) -> dict[str, Any]:
         "settings": {
             "clients": clients,
             "seconds": seconds,
+            "rounds": rounds,
             "client": "httpx.AsyncClient in the bench process",
         },
         "graphql": measured["graphql"],
@@ -290,14 +318,15 @@ def run(clients: int, seconds: float) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=16, help="concurrent closed-loop clients")
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per scenario")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per scenario and side")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds the seconds are split into")
     parser.add_argument("--serve-bare", metavar="DATABASE_URL", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
         serve_bare(args.serve_bare, args.port)
         return 0
-    document = run(args.clients, args.seconds)
+    document = run(args.clients, args.seconds, args.rounds)
     path = write_result("api_overhead", document)
     for kind in ("job_query", "create_job"):
         g, b = document["graphql"][kind], document["bare"][kind]

@@ -17,6 +17,7 @@ from core import errors as domain
 from core.states import JobState as DomainJobState
 from graphql_api.admin import AdminMutation, AdminQuery
 from graphql_api.context import ClientError, Context
+from graphql_api.documents import CachedDocuments, DocumentCache
 from graphql_api.errors import (
     ConflictError,
     NotFoundError,
@@ -25,8 +26,9 @@ from graphql_api.errors import (
     ValidationError,
     to_graphql,
 )
+from graphql_api.multipart import MultipartError
 from graphql_api.observability import OperationMetrics
-from graphql_api.subscriptions import Subscription
+from graphql_api.subscriptions import SharedEventExecutor, Subscription
 from graphql_api.types import (
     LONG_SCALAR,
     Asset,
@@ -189,8 +191,11 @@ async def _call(awaitable: Any) -> Any:
 
 
 async def _chunks(upload: Upload) -> AsyncIterator[bytes]:
-    while chunk := await upload.read(UPLOAD_CHUNK):  # type: ignore[attr-defined]
-        yield chunk
+    try:
+        while chunk := await upload.read(UPLOAD_CHUNK):  # type: ignore[attr-defined]
+            yield chunk
+    except MultipartError as e:  # a streamed file part cut short or malformed: storage keeps nothing
+        raise domain.ValidationError(str(e), field="file") from None
 
 
 @strawberry.type
@@ -293,13 +298,23 @@ def _should_mask(error: GraphQLError) -> bool:
     return True
 
 
-def build_schema(*, max_depth: int = 10, max_tokens: int = 2000, max_aliases: int = 30) -> strawberry.Schema:
+def build_schema(
+    *,
+    max_depth: int = 10,
+    max_tokens: int = 2000,
+    max_aliases: int = 30,
+    documents: DocumentCache | None = None,
+) -> strawberry.Schema:
+    # The document cache must be this schema's own: its entries passed this schema's rules and limits.
+    documents = documents if documents is not None else DocumentCache()
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         config=StrawberryConfig(scalar_map={Long: LONG_SCALAR}),
+        execution_context_class=SharedEventExecutor,  # one result per event and selection
         extensions=[
+            lambda: CachedDocuments(documents),
             lambda: QueryDepthLimiter(max_depth=max_depth),
             lambda: MaxTokensLimiter(max_token_count=max_tokens),
             lambda: MaxAliasesLimiter(max_alias_count=max_aliases),

@@ -13,18 +13,21 @@ from collections.abc import Callable
 from typing import Any
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.file_uploads.utils import replace_placeholders_with_files
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
 from strawberry.types.unset import UNSET, UnsetType
 
 from core.auth import Principal, bearer_token
 from core.services import Services
+from graphql_api import multipart
 from graphql_api.context import Context
 from graphql_api.graphiql import assets_dir, offline_page
 from graphql_api.schema import build_schema
@@ -32,6 +35,7 @@ from graphql_api.schema import build_schema
 # The code in ``extensions`` of a request refused before it reached the schema, by HTTP status.
 HTTP_ERROR_CODES = {401: "UNAUTHENTICATED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 WS_CLEANUP = "wml.ws_cleanup"  # scope key: what to undo when a websocket connection ends
+SPOOLED = "wml.spooled_uploads"  # scope key: spooled file parts to close once the answer is sent
 REJECTED: dict[str, object] = {"message": "invalid, expired or revoked token", "code": "UNAUTHENTICATED"}
 
 
@@ -92,17 +96,31 @@ class GraphQLView(GraphQL[Context, None]):
         try:
             await response(scope, receive, send)
         finally:
-            # Starlette keeps a parsed multipart form (its spooled upload files) on the request until
-            # someone closes it; Strawberry does not, so close it here once the answer is sent.
-            form = getattr(request, "_form", None)
-            if form is not None:
-                await form.close()
+            # Spooled file parts (of requests with several files) live until the answer is sent.
+            for upload in request.scope.get(SPOOLED, ()):
+                await upload.close()
 
     async def parse_multipart(self, request: AsyncHTTPRequestAdapter) -> dict[str, str]:
+        """Operations with their file placeholders replaced; the last file is streamed, not spooled."""
+        starlette_request = getattr(request, "_request", None)
+        if not isinstance(starlette_request, Request):  # not Starlette's adapter: Strawberry's own parsing
+            return await super().parse_multipart(request)
+        try:
+            fields, files = await multipart.parse(
+                starlette_request.stream(), starlette_request.headers.get("content-type", "")
+            )
+        except multipart.MultipartError as e:
+            raise HTTPException(400, str(e)) from e
+        starlette_request.scope[SPOOLED] = [f for f in files.values() if isinstance(f, UploadFile)]
         # Strawberry only expects a map whose paths exist; any other shape of map crashed with a 500.
         try:
-            return await super().parse_multipart(request)
-        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+            operations = self.parse_json(fields.get("operations", "{}"))
+            files_map = self.parse_json(fields.get("map", "{}"))
+            # A plain field mapped onto a variable arrives as its text (the resolver refuses it).
+            return replace_placeholders_with_files(operations, files_map, {**fields, **files})
+        except KeyError as e:
+            raise HTTPException(400, "File(s) missing in form data") from e
+        except (AttributeError, IndexError, TypeError, ValueError) as e:
             raise HTTPException(400, "the multipart map does not fit the operations") from e
 
     async def _principal(self, headers: Any) -> Principal | None:
