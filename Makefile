@@ -26,9 +26,11 @@ serve: $(STAMP) $(GRAPHIQL)
 system-deps:
 	scripts/system-deps
 
-# podman + runc, a containers.conf, the busybox base image and the dummy-job image (container backend).
-podman-setup: system-deps
+# podman + runc, a containers.conf, the busybox base image, the dummy-job image and the side-car image
+# (container backend; the side-car image's wheels come from the virtual environment's pip).
+podman-setup: system-deps | $(STAMP)
 	scripts/podman-setup
+	scripts/sidecar-image
 
 $(BIN)/helm: scripts/get-helm | $(STAMP)
 	scripts/get-helm

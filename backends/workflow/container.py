@@ -1,10 +1,12 @@
 """The container workflow backend (``container://podman``, ``container://docker``): workers as containers.
 
-A job runs as stage-in (the side-car's code, in-process, into ``<work_dir>/<job id>/inputs``), then the
+A job runs as stage-in (the side-car's code, into ``<work_dir>/<job id>/inputs``), then the
 worker as a container of the asset's image (``--pull=never`` unless configured; inputs mounted read-only,
 outputs writable, no network, CPU and memory limits, GPU devices when configured, a non-root user,
-ulimits, ownership labels), then stage-out in-process (the outputs and the container's log, saved at the
-run's ``log_key``). The job directory is the same :class:`~backends.workflow.local_jobdir.JobDir` the
+ulimits, ownership labels), then stage-out (the outputs and the container's log, saved at the run's
+``log_key``). The side-car steps run in-process, or with ``?sidecar_image=...`` as containers of that
+image (:mod:`backends.workflow.container_sidecar`; the storage settings then come from the service's
+settings). The job directory is the same :class:`~backends.workflow.local_jobdir.JobDir` the
 local backend uses, so state survives a restart. Options come from the URL
 (:mod:`backends.workflow.container_config`).
 
@@ -25,11 +27,6 @@ FAILED/OOM_KILLED; timeout -> FAILED/RUN_TIMEOUT; non-zero -> FAILED/NONZERO_EXI
 **Orphan sweep.** Every reconcile (at start-up and then periodically, driven by the supervisor) also
 removes this instance's containers that no task here follows and whose job is not among the live refs it
 was given (unknown to the service, or already terminal) or has lost its job directory.
-
-**Side-car image mode** (stage-in and stage-out as containers of the side-car image) has its arguments
-built and unit-tested (:func:`~backends.workflow.container_cli.sidecar_args`) but is not wired in: no
-Python side-car image can be built and run on the test machines yet, so the ``sidecar_image`` option is
-refused rather than offered untried.
 
 Container names are ``wml-<instance>-<job id>``, the instance being a digest of the work directory, so two
 services (or test workers) on one host never touch each other's containers.
@@ -59,11 +56,12 @@ from backends.workflow.container_cli import (
     run_args,
 )
 from backends.workflow.container_config import ContainerOptions, parse_container_url
+from backends.workflow.container_sidecar import SidecarSteps, SidecarStorage
 from backends.workflow.host_jobs import HostJobs, stage_inputs
 from backends.workflow.local_jobdir import ExitStatus, JobDir, valid_job_id
 from backends.workflow.local_outcome import outcome, upload_failed
 from sidecar.errors import InputStagingError, OutputUploadError
-from sidecar.manifest import OutputEntry, StageOutManifest
+from sidecar.manifest import OutputEntry, OutputManifest, StageOutManifest
 from sidecar.staging import stage_out
 
 log = structlog.get_logger("wml.workflow.container")
@@ -78,19 +76,39 @@ class ContainerWorkflowBackend(HostJobs):
     kind = "container"
 
     def __init__(
-        self, work_dir: Path, storage: StorageBackend, options: ContainerOptions | None = None
+        self,
+        work_dir: Path,
+        storage: StorageBackend,
+        options: ContainerOptions | None = None,
+        sidecar_storage: SidecarStorage | None = None,
     ) -> None:
+        """``sidecar_storage``: how side-car containers reach ``storage`` (needed with a side-car image)."""
         super().__init__(work_dir)
         self._storage = storage
         self._options = options or ContainerOptions()
         self._engine = self._options.make_engine(cwd=str(self._work_dir))
         self._instance = hashlib.sha256(str(self._work_dir).encode()).hexdigest()[:10]
         self._timed_out: set[str] = set()
+        self._sidecar: SidecarSteps | None = None
+        if self._options.sidecar_image:
+            if sidecar_storage is None:
+                raise ValueError("sidecar_image needs the storage settings the side-car containers use")
+            self._sidecar = SidecarSteps(
+                self._engine,
+                self._options.sidecar_image,
+                sidecar_storage,
+                self._instance,
+                network=self._options.sidecar_network,
+                pull=self._options.pull,
+                timeout=self._options.sidecar_timeout,
+            )
 
     @classmethod
-    def from_url(cls, url: str, *, storage: StorageBackend, work_dir: Path) -> Self:
+    def from_url(
+        cls, url: str, *, storage: StorageBackend, work_dir: Path, settings: object | None = None
+    ) -> Self:
         """``container://podman`` or ``container://docker``, options as in :func:`parse_container_url`."""
-        return cls(work_dir, storage, parse_container_url(url))
+        return cls(work_dir, storage, parse_container_url(url), SidecarStorage.from_settings(settings))
 
     @property
     def instance(self) -> str:
@@ -133,6 +151,8 @@ class ContainerWorkflowBackend(HostJobs):
         if task is not None and not await asyncio.to_thread(job.launched):
             task.cancel()  # still staging: the cancel is answered below
             await asyncio.gather(task, return_exceptions=True)
+            if self._sidecar is not None:
+                await self._sidecar.remove(self._name(ref))  # a stage-in container left by a restart
             await self._complete(job, None)
             return
         await self._stop(ref)  # the follower sees the exit and reports CANCELED
@@ -145,6 +165,8 @@ class ContainerWorkflowBackend(HostJobs):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await self._engine.remove(self._name(ref))
+        if self._sidecar is not None:
+            await self._sidecar.remove(self._name(ref))
         await asyncio.to_thread(shutil.rmtree, self._job(ref).root, ignore_errors=True)
 
     async def reconcile(self, refs: Sequence[str]) -> list[BackendUpdate]:
@@ -211,7 +233,10 @@ class ContainerWorkflowBackend(HostJobs):
     async def _stage_in(self, run: JobRun, job: JobDir) -> dict[str, str] | None:
         """Fetch the inputs and parse the env-file ones; None when the run ended here (already reported)."""
         try:
-            dotenv = await stage_inputs(self._storage, run, job)
+            if self._sidecar is not None:
+                dotenv = await self._sidecar.stage_in(run, job, self._name(run.job_id))
+            else:
+                dotenv = await stage_inputs(self._storage, run, job)
             await asyncio.to_thread(_open_for_worker, job, self._options.user)
         except (InputStagingError, StorageError, OSError, ValueError) as e:
             message = f"staging the inputs failed: {e}"
@@ -261,13 +286,18 @@ class ContainerWorkflowBackend(HostJobs):
         )
         tail = await asyncio.to_thread(job.tail, self._options.log_tail_lines)
         try:
-            uploaded = await stage_out(self._storage, manifest, job.outputs)
+            uploaded = await self._stage_out(run, job, manifest)
         except (OutputUploadError, StorageError, OSError) as e:
             update = upload_failed(run, status, e)
         else:
             update = outcome(run, status, canceled, uploaded)
         self._timed_out.discard(ref)
         await self._finish(job, replace(update, log_tail=tail))
+
+    async def _stage_out(self, run: JobRun, job: JobDir, manifest: StageOutManifest) -> OutputManifest:
+        if self._sidecar is not None:
+            return await self._sidecar.stage_out(run, job, self._name(run.job_id), manifest)
+        return await stage_out(self._storage, manifest, job.outputs)
 
     async def _save_log(self, job: JobDir) -> None:
         """Write the container's whole log into the job directory (stage-out uploads it from there)."""

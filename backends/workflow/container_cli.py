@@ -62,8 +62,14 @@ class Engine:
             env["DOCKER_HOST"] = self.host
         return env
 
-    async def run(self, *args: str, check: bool = True) -> tuple[int, str, str]:
-        """Run ``<engine> args`` to its end; with ``check`` a non-zero exit raises WorkflowBackendError."""
+    async def run(
+        self, *args: str, check: bool = True, env: Mapping[str, str] | None = None
+    ) -> tuple[int, str, str]:
+        """Run ``<engine> args`` to its end; with ``check`` a non-zero exit raises WorkflowBackendError.
+
+        ``env``: more variables for the CLI's own environment (values that ``--env NAME`` copies into a
+        container, so they never appear on its command line).
+        """
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.binary,
@@ -71,7 +77,7 @@ class Engine:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self._env(),
+                env={**self._env(), **(env or {})},
                 cwd=self.cwd,
             )
         except OSError as e:
@@ -258,8 +264,10 @@ def sidecar_args(
     with paths as the container sees them. The storage settings are passed by name only (``--env NAME``:
     the CLI copies the value from its own environment), so no credential appears in a command line. A
     ``file://`` storage (``storage_root``) is mounted at its own path. ``network`` None: the engine's
-    default, since the side-car needs to reach the storage. The name gets ``.<step>`` so the orphan sweep
-    knows the job it belongs to. Not wired into the backend yet (see the container backend's docstring).
+    default; the side-car needs to reach the storage. The name gets ``.<step>`` so the orphan sweep
+    knows the job it belongs to. ``user`` None: root inside the container, with every capability but
+    ``DAC_OVERRIDE`` dropped (it reads the worker's outputs and writes into the job directory).
+    See :mod:`backends.workflow.container_sidecar`.
     """
     if step not in SIDECAR_STEPS:
         raise ValueError(f"unknown side-car step {step!r}")
@@ -272,8 +280,9 @@ def sidecar_args(
     ]  # fmt: skip
     if network:
         args.append(f"--network={network}")
-    if user:
-        args += ["--user", user]
+    args += ["--user", user or "0:0", "--cap-drop=all", "--security-opt=no-new-privileges"]
+    if not user:
+        args.append("--cap-add=DAC_OVERRIDE")
     if storage_root:
         args += ["--volume", f"{storage_root}:{storage_root}:rw"]
     for env_name in storage_env:

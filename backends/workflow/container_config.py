@@ -20,7 +20,8 @@ PULL_POLICIES = ("never", "missing", "always", "newer")
 _REPEATABLE = {"ulimit", "gpus"}
 _OPTIONS = {
     "conf", "host", "user", "ulimit", "network", "pull", "stop_timeout", "log_tail_lines",
-    "gpus", "gpu_type", "sidecar_image",
+    "gpus", "gpu_type", "sidecar_image", "sidecar_network",
+    "sidecar_timeout",
 }  # fmt: skip
 
 
@@ -42,6 +43,8 @@ class ContainerOptions:
     gpus: tuple[str, ...] = ()
     gpu_type: str | None = None  # the GPU product this host has, matched against an asset's gpuType
     sidecar_image: str | None = None  # stage-in/stage-out as containers of this image; None: in-process
+    sidecar_network: str = "host"  # the side-car containers' network: they reach the storage, as we do
+    sidecar_timeout: int = 3600  # seconds one side-car step may take (the run timeout is the worker's)
 
     def make_engine(self, cwd: str | None = None) -> Engine:
         return Engine(self.engine, self.conf, self.host, cwd)
@@ -67,10 +70,6 @@ def parse_container_url(url: str) -> ContainerOptions:
     once = {k: v for k, v in pairs if k not in _REPEATABLE}
     gpus = tuple(g for k, v in pairs if k == "gpus" for g in v.split(",") if g)
     _check_engine_options(engine, once, gpus)
-    if once.get("sidecar_image"):
-        # container_cli.sidecar_args builds the side-car containers, but no side-car image can be built and
-        # run on the test machines yet: refuse rather than offer a mode that was never run.
-        raise ValueError("sidecar_image is not supported yet: stage-in and stage-out run in-process")
     pull = once.get("pull", "never")
     if pull not in PULL_POLICIES:
         raise ValueError(f"pull must be one of {', '.join(PULL_POLICIES)}")
@@ -90,6 +89,8 @@ def parse_container_url(url: str) -> ContainerOptions:
         gpus=gpus,
         gpu_type=once.get("gpu_type") or None,
         sidecar_image=once.get("sidecar_image") or None,
+        sidecar_network=once.get("sidecar_network") or "host",
+        sidecar_timeout=_natural(once, "sidecar_timeout", 3600),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.metadata
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -35,6 +36,7 @@ from backends.workflow.base import (
 from backends.workflow.container import ContainerWorkflowBackend
 from backends.workflow.container_cli import Engine
 from backends.workflow.container_config import ContainerOptions
+from backends.workflow.container_sidecar import SidecarStorage
 from backends.workflow.local import LocalWorkflowBackend
 from tests.support.docker_service import podman_docker_service
 from tests.support.kube_backend import fake_kube
@@ -81,8 +83,18 @@ def make_local_backend(work_dir: Path, storage: FileStorageBackend) -> LocalWork
 PODMAN = Engine("podman", "/etc/wml/containers.conf")
 
 
-def make_container_backend(work_dir: Path, storage: FileStorageBackend) -> ContainerWorkflowBackend:
-    return ContainerWorkflowBackend(work_dir, storage, ContainerOptions(conf=PODMAN.conf, stop_timeout=2))
+# The side-car image scripts/sidecar-image builds (run by scripts/podman-setup).
+SIDECAR_IMAGE = f"localhost/wml/sidecar:{importlib.metadata.version('workflow-middlelayer')}"
+
+
+def make_container_backend(
+    work_dir: Path, storage: FileStorageBackend, *, sidecar: bool = False
+) -> ContainerWorkflowBackend:
+    """The podman backend; with ``sidecar``, stage-in and stage-out run as side-car image containers."""
+    if not sidecar:
+        return ContainerWorkflowBackend(work_dir, storage, ContainerOptions(conf=PODMAN.conf, stop_timeout=2))
+    options = ContainerOptions(conf=PODMAN.conf, stop_timeout=2, sidecar_image=SIDECAR_IMAGE)
+    return ContainerWorkflowBackend(work_dir, storage, options, SidecarStorage(f"file://{storage.root}"))
 
 
 def make_docker_backend(work_dir: Path, storage: FileStorageBackend, host: str) -> ContainerWorkflowBackend:
@@ -112,16 +124,16 @@ async def container_work_dir(tmp_path: Path) -> AsyncIterator[Path]:
     await remove_containers(work_dir)
 
 
-@pytest.fixture(params=["local", "kubernetes", "container", "docker"])
+@pytest.fixture(params=["local", "kubernetes", "container", "container-sidecar", "docker"])
 async def workflow_backend(
     request: pytest.FixtureRequest, storage: FileStorageBackend, local_work_dir: Path, tmp_path: Path
 ) -> AsyncIterator[WorkflowBackend]:
-    if request.param in ("container", "docker"):
+    if request.param in ("container", "container-sidecar", "docker"):
         work_dir = tmp_path / "containers"
         container = (
             make_docker_backend(work_dir, storage, request.getfixturevalue("docker_host"))
             if request.param == "docker"
-            else make_container_backend(work_dir, storage)
+            else make_container_backend(work_dir, storage, sidecar=request.param == "container-sidecar")
         )
         await container.start()
         try:

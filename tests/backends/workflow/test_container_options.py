@@ -43,6 +43,16 @@ def test_a_bare_podman_url_keeps_the_secure_defaults() -> None:
     assert (options.gpus, options.sidecar_image) == ((), None)
 
 
+def test_a_side_car_image_moves_staging_into_containers_on_the_host_network() -> None:
+    options = parse_container_url("container://podman?sidecar_image=localhost/wml/sidecar:0.1.0")
+
+    assert (options.sidecar_image, options.sidecar_network) == ("localhost/wml/sidecar:0.1.0", "host")
+    assert options.network == "none"  # the worker stays offline
+    assert options.sidecar_timeout == 3600  # per step; the run timeout bounds the worker only
+    other = parse_container_url("container://podman?sidecar_image=s:1&sidecar_network=wml&sidecar_timeout=60")
+    assert (other.sidecar_network, other.sidecar_timeout) == ("wml", 60)
+
+
 def test_cdi_gpu_devices_may_be_listed_with_commas_or_repeated() -> None:
     url = "container://podman?gpus=nvidia.com/gpu=0,nvidia.com/gpu=1&gpus=nvidia.com/gpu=2&gpu_type=A100"
     options = parse_container_url(url)
@@ -61,7 +71,6 @@ def test_cdi_gpu_devices_may_be_listed_with_commas_or_repeated() -> None:
         ("container://docker?stop_timeout=soon", "stop_timeout must be a whole number"),
         ("container://docker?user=1&user=2", "given twice"),
         ("container://docker?sidecar=x", "unknown container workflow options: sidecar"),
-        ("container://podman?sidecar_image=localhost/wml/sidecar:0.1.0", "not supported yet"),
     ],
 )
 def test_options_that_do_not_fit_the_engine_are_refused(url: str, complaint: str) -> None:
@@ -166,6 +175,8 @@ def test_a_side_car_step_container_mounts_the_job_and_gets_storage_settings_by_n
         "WML_S3_SECRET_ACCESS_KEY",
     ]
     assert not any("--network" in a for a in args)  # the side-car must reach the storage
+    assert {"--cap-drop=all", "--security-opt=no-new-privileges"} <= set(args)
+    assert "--cap-add=DAC_OVERRIDE" not in args  # only root inside needs it (no user given)
     image_at = args.index("localhost/wml/sidecar:0.1.0")
     assert args[image_at:] == [
         "localhost/wml/sidecar:0.1.0",
