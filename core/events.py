@@ -57,7 +57,8 @@ class Subscription:
         self.predicate = predicate
         self.maxsize = maxsize
         self.grant_ids = grant_ids  # None: the operator, whom no revocation concerns
-        self._items: deque[JobEvent] = deque()
+        # None while empty: an idle subscriber holds no deque (its first block alone is ~0.6 KiB).
+        self._items: deque[JobEvent] | None = None
         # What ``get`` waits on (True: something to read, False: timed out); a bare future and timer
         # cost far less than an Event and ``wait_for`` (a task per wait) across thousands of subscribers.
         self._waiter: asyncio.Future[bool] | None = None
@@ -68,16 +69,19 @@ class Subscription:
         return isinstance(self.ended, SubscriberTooSlow)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._items is not None else 0
 
     def offer(self, event: JobEvent) -> bool:
         """Queue an event without blocking; False when the queue is full."""
         if self.ended is not None:
             return True
-        if len(self._items) >= self.maxsize:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        if len(items) >= self.maxsize:
             return False
-        self._items.append(event)
-        self._bus._note_depth(len(self._items))
+        items.append(event)
+        self._bus._note_depth(len(items))
         self._wake(True)
         return True
 
@@ -89,7 +93,7 @@ class Subscription:
         """Stop the subscription: queued events are dropped and the next ``get`` raises ``reason``."""
         if self.ended is None:
             self.ended = reason
-        self._items.clear()
+        self._items = None
         self._wake(True)
         self.close()
 
@@ -98,8 +102,12 @@ class Subscription:
         while True:
             if self.ended is not None:
                 raise self.ended
-            if self._items:
-                return self._items.popleft()
+            items = self._items
+            if items:
+                event = items.popleft()
+                if not items:
+                    self._items = None
+                return event
             loop = asyncio.get_running_loop()
             self._waiter = waiter = loop.create_future()
             timer = loop.call_later(within, self._wake, False) if within is not None else None

@@ -52,6 +52,13 @@ class SharedReads:
         # Shielded: a subscriber that leaves does not cancel the read the others wait for.
         return await asyncio.shield(flight)
 
+    def peek(self, key: Hashable) -> tuple[bool, Any]:
+        """(True, value) when ``recent`` would answer from its cache now; (False, None) otherwise."""
+        seen = self._recent.get(key)
+        if seen is not None and asyncio.get_running_loop().time() - seen[0] < self._max_age:
+            return True, seen[1]
+        return False, None
+
     async def recent(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
         now = asyncio.get_running_loop().time()
         seen = self._recent.get(key)

@@ -81,7 +81,10 @@ class JobStreams:
         if principal.is_operator:
             return
         for grant_id in principal.grant_ids:
-            grant = await self._reads.recent(("grant", grant_id), partial(self._store.get_grant, grant_id))
+            key = ("grant", grant_id)
+            known, grant = self._reads.peek(key)  # every event checks: no coroutine when it is known
+            if not known:
+                grant = await self._reads.recent(key, partial(self._store.get_grant, grant_id))
             if grant is None or not grant_is_usable(grant):
                 raise AccessRevokedError()
 

@@ -8,7 +8,9 @@ from typing import Annotated, Any
 import strawberry
 import structlog
 from graphql import GraphQLError
-from strawberry.extensions import MaskErrors, MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import AddValidationRules, MaskErrors, MaxTokensLimiter
+from strawberry.extensions.max_aliases import create_validator as max_aliases_rule
+from strawberry.extensions.query_depth_limiter import create_validator as max_depth_rule
 from strawberry.file_uploads import Upload
 from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
@@ -307,6 +309,9 @@ def build_schema(
 ) -> strawberry.Schema:
     # The document cache must be this schema's own: its entries passed this schema's rules and limits.
     documents = documents if documents is not None else DocumentCache()
+    # The rules of QueryDepthLimiter and MaxAliasesLimiter, made once: those extensions make a new rule
+    # class per operation, which a subscription keeps for as long as it lasts (~4.5 KiB each).
+    limits = (max_depth_rule(max_depth, None, None), max_aliases_rule(max_aliases))
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
@@ -315,9 +320,8 @@ def build_schema(
         execution_context_class=SharedEventExecutor,  # one result per event and selection
         extensions=[
             lambda: CachedDocuments(documents),
-            lambda: QueryDepthLimiter(max_depth=max_depth),
+            lambda: AddValidationRules(list(limits)),
             lambda: MaxTokensLimiter(max_token_count=max_tokens),
-            lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
             OperationMetrics,
             lambda: MaskErrors(
                 should_mask_error=_should_mask, error_message="Internal error; it has been logged."

@@ -10,12 +10,21 @@ Fan-out cost: an event reaches every subscriber as the same :class:`JobEvent` ob
 distinct selection, not once per subscriber: subscribers sending the same document (and the same values
 for the variables inside the selection) share one result. Only :class:`JobEvent` payloads are shared:
 their fields are plain data, the same whoever asks.
+
+Over ``graphql-transport-ws``, the view's handler also puts a :data:`DIRECT_NEXT` sender in the
+operation's context: each shared event result is then serialised once (per event and selection) and
+that text goes straight to every subscriber's socket as its ``next`` message, skipping the per-message
+path (result stream, extension hooks, JSON encoding per subscriber). Anything else (an error, a result
+with errors, a payload that is not a :class:`JobEvent`) takes the ordinary path, and so does the end of
+the stream (``complete``) and every error raised by it, in order, since both run in the operation's task.
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Hashable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Hashable, Iterable
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +43,10 @@ from graphql_api.types import JobState, Long
 Info = strawberry.Info[Context, None]
 SHARED_EVENTS = 1024  # recent events kept as one shared JobEvent object each
 SHARED_RESULTS = 1024  # recent (event, selection) results kept for the other subscribers
+
+# Sends the serialised payload of a ``next`` message ({"data": ...}) for the current operation.
+SendNext = Callable[[str], Awaitable[None]]
+DIRECT_NEXT: ContextVar[SendNext | None] = ContextVar("wml_direct_next", default=None)
 
 
 @strawberry.type(description="One state change of a job; `seq` orders all events of the service.")
@@ -81,6 +94,7 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
     shared."""
 
     _results: OrderedDict[Hashable, tuple[object, object, ExecutionResult]] = OrderedDict()
+    _texts: OrderedDict[Hashable, tuple[object, object, str]] = OrderedDict()
     _selection_variables: dict[int, tuple[OperationDefinitionNode, tuple[str, ...]]] = {}
 
     def execute_operation(self, serially: bool | None = None) -> Any:
@@ -108,6 +122,44 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
             self._results[key] = (payload, self.operation, result)
             if len(self._results) > SHARED_RESULTS:
                 self._results.popitem(last=False)
+
+    def cancellable_iterable(self, iterable: AsyncIterable[Any]) -> AsyncIterable[Any]:
+        stream = super().cancellable_iterable(iterable)
+        send = DIRECT_NEXT.get()
+        return stream if send is None else self._sent_directly(stream, send)
+
+    async def _sent_directly(self, stream: AsyncIterable[Any], send: SendNext) -> AsyncGenerator[Any, None]:
+        """Send each shared event result's text directly; pass on only what needs the ordinary path."""
+        iterator = stream.__aiter__()
+        variables = self._variables_key()  # fixed for the whole subscription
+        try:
+            async for payload in iterator:
+                text = await self._shared_text(payload, variables) if isinstance(payload, JobEvent) else None
+                if text is None:
+                    yield payload
+                else:
+                    await send(text)
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _shared_text(self, payload: JobEvent, variables: Hashable) -> str | None:
+        """The ``next`` payload text of this event for this selection (None: the result had errors)."""
+        key = (id(payload), id(self.operation), variables)
+        hit = self._texts.get(key)
+        if hit is not None and hit[0] is payload and hit[1] is self.operation:
+            return hit[2]
+        result = self.build_per_event_executor(payload).execute_operation(False)
+        if is_awaitable(result):
+            result = await result
+        if not isinstance(result, ExecutionResult) or result.errors:
+            return None
+        text = json.dumps({"data": result.data}, separators=(",", ":"))
+        self._texts[key] = (payload, self.operation, text)
+        if len(self._texts) > SHARED_RESULTS:
+            self._texts.popitem(last=False)
+        return text
 
     def _variables_key(self) -> tuple[tuple[str, str], ...]:
         """The values of the variables used below the root field (its own arguments only choose the

@@ -5,10 +5,14 @@ HTTP requests carry their token in a header. Websockets (``graphql-transport-ws`
 (``{"authorization": "Bearer ..."}`` or ``{"access-token": "..."}``) or else from the handshake's
 headers, and a missing or bad one closes the connection with 4403 in both protocols. The principal
 then serves every operation of the connection until the token's grant is revoked.
+
+A ``graphql-transport-ws`` operation's shared event results are sent as pre-serialised text (see
+``graphql_api.subscriptions``): the handler only adds the operation's id around it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -17,10 +21,15 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.file_uploads.utils import replace_placeholders_with_files
+from strawberry.http.exceptions import WebSocketDisconnected
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+)
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
 from strawberry.types.unset import UNSET, UnsetType
@@ -31,6 +40,7 @@ from graphql_api import multipart
 from graphql_api.context import Context
 from graphql_api.graphiql import assets_dir, offline_page
 from graphql_api.schema import build_schema
+from graphql_api.subscriptions import DIRECT_NEXT, SendNext
 
 # The code in ``extensions`` of a request refused before it reached the schema, by HTTP status.
 HTTP_ERROR_CODES = {401: "UNAUTHENTICATED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
@@ -56,6 +66,32 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         await super().handle_connection_init(message)
 
 
+class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """``graphql-transport-ws``, with shared event results sent as text made once for all subscribers."""
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        socket = getattr(self.websocket, "ws", None)
+        if isinstance(socket, WebSocket):
+            # The operation runs in its own task: the sender is seen by this operation only.
+            DIRECT_NEXT.set(_next_sender(operation, socket))
+        await super().run_operation(operation)
+
+
+def _next_sender(operation: Operation[Context, None], socket: WebSocket) -> SendNext:
+    """Sends a serialised ``next`` payload as this operation's message (nothing once it completed)."""
+    prefix = '{"id":' + json.dumps(operation.id) + ',"type":"next","payload":'
+
+    async def send_next(payload: str) -> None:
+        if operation.completed:
+            return
+        try:
+            await socket.send_text(prefix + payload + "}")
+        except WebSocketDisconnect as exc:
+            raise WebSocketDisconnected from exc
+
+    return send_next
+
+
 class GraphQLView(GraphQL[Context, None]):
     def __init__(self, services: Services) -> None:
         settings = services.settings
@@ -71,6 +107,7 @@ class GraphQLView(GraphQL[Context, None]):
         return HTMLResponse(self._ide_page)
 
     graphql_ws_handler_class = LegacyWSHandler
+    graphql_transport_ws_handler_class = TransportWSHandler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":

@@ -33,5 +33,7 @@ class RequestIdMiddleware:
                 message["headers"] = [*message["headers"], (HEADER, request_id.encode())]
             await send(message)
 
+        # A websocket's messages carry no headers to add: its ``send`` is passed on as it is (every
+        # message sent to thousands of subscribers would go through one more coroutine otherwise).
         with structlog.contextvars.bound_contextvars(request_id=request_id):
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_id if scope["type"] == "http" else send)
