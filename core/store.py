@@ -10,13 +10,15 @@ allocates the event's ``seq`` and sends a NOTIFY (delivered by PostgreSQL only w
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, false, func, or_, update
+from sqlalchemy import Table, delete, false, func, insert, or_, update
+from sqlalchemy import select as core_select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -44,6 +46,40 @@ EVENTS_CHANNEL = "wml_job_events"
 LIVE_STATES = [s.value for s in JobState if s not in TERMINAL_STATES]
 # States that hold backend capacity.
 ACTIVE_STATES = [JobState.INITIALIZING.value, JobState.RUNNING.value, JobState.CANCELING.value]
+# The hot paths (transitions, job creation, the supervisor's reads) use Core statements on these tables:
+# no ORM identity map or unit of work for rows that are turned into records at once anyway.
+_JOB: Table = JobRow.__table__  # type: ignore[attr-defined]
+_EVENT: Table = JobEventRow.__table__  # type: ignore[attr-defined]
+_FILE: Table = FileRow.__table__  # type: ignore[attr-defined]
+_ASSET: Table = AssetRow.__table__  # type: ignore[attr-defined]
+_EVENT_FIELDS = ("job_id", "consumer_id", "grant_id", "reason", "message", "exit_code", "created_at")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a transition writes besides the state: see :meth:`Store.transition`."""
+
+    reason: str | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    new_files: Sequence[FileRecord] = ()
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _transition_values(target: JobState, now: datetime, change: Change) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "state": target.value,
+        "reason": change.reason,
+        "message": change.message,
+        "updated_at": now,
+        **change.fields,
+    }
+    if change.exit_code is not None:
+        values["exit_code"] = change.exit_code
+    if target.terminal:
+        values["finished_at"] = now
+        values["deadline_at"] = None
+    return values
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -102,11 +138,10 @@ class Store:
             await s.commit()
 
     async def list_assets(self, ids: Iterable[str] | None = None) -> list[Asset]:
-        async with self.session() as s:
-            q = select(AssetRow).where(col(AssetRow.active)).order_by(col(AssetRow.id))
-            if ids is not None:
-                q = q.where(col(AssetRow.id).in_([i for i in ids if _storable(i)]))
-            return [Asset.model_validate(r.spec) for r in (await s.exec(q)).all()]
+        q = core_select(_ASSET.c.spec).where(_ASSET.c.active).order_by(_ASSET.c.id)
+        if ids is not None:
+            q = q.where(_ASSET.c.id.in_([i for i in ids if _storable(i)]))
+        return [Asset.model_validate(r.spec) for r in await self._rows(q)]
 
     async def get_asset(self, asset_id: str) -> Asset | None:
         found = await self.list_assets([asset_id])
@@ -215,13 +250,9 @@ class Store:
 
     async def insert_job(self, job: Job) -> JobEvent:
         """Persist a new job and its first event in one transaction."""
-        row = JobRow(**_job_fields(job))
-        event = _event_row(row, job.created_at)
-        async with self.session() as s:
-            s.add(row)
-            await self._add_event(s, event)
-            await s.commit()
-        return _event(event)
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(_JOB).values(**_job_fields(job)))
+            return await self._add_event(conn, job, job.created_at)
 
     async def get_job(self, job_id: str) -> Job | None:
         if not _storable(job_id):
@@ -268,28 +299,23 @@ class Store:
 
     async def live_jobs_due(self, now: datetime) -> list[Job]:
         """Live jobs whose deadline has passed (the supervisor's pass reads only these, not the queue)."""
-        async with self.session() as s:
-            q = select(JobRow).where(
-                col(JobRow.state).in_(LIVE_STATES),
-                col(JobRow.deadline_at).is_not(None),
-                col(JobRow.deadline_at) <= now,
-            )
-            return [_job(r) for r in (await s.exec(q.order_by(col(JobRow.created_at)))).all()]
+        q = core_select(_JOB).where(
+            _JOB.c.state.in_(LIVE_STATES), _JOB.c.deadline_at.is_not(None), _JOB.c.deadline_at <= now
+        )
+        return [_job(r) for r in await self._rows(q.order_by(_JOB.c.created_at))]
 
     async def queued_jobs(self, excluded_consumers: Iterable[str] = ()) -> list[Job]:
         """QUEUED jobs, oldest first, leaving out those of the given consumers (at their running limit)."""
-        async with self.session() as s:
-            q = select(JobRow).where(JobRow.state == JobState.QUEUED.value)
-            if excluded := list(excluded_consumers):
-                q = q.where(col(JobRow.consumer_id).not_in(excluded))
-            return [_job(r) for r in (await s.exec(q.order_by(col(JobRow.created_at)))).all()]
+        q = core_select(_JOB).where(_JOB.c.state == JobState.QUEUED.value)
+        if excluded := list(excluded_consumers):
+            q = q.where(_JOB.c.consumer_id.not_in(excluded))
+        return [_job(r) for r in await self._rows(q.order_by(_JOB.c.created_at))]
 
     async def count_jobs(self, states: Sequence[str], consumer_id: str | None = None) -> int:
-        async with self.session() as s:
-            q = select(func.count()).select_from(JobRow).where(col(JobRow.state).in_(list(states)))
-            if consumer_id is not None:
-                q = q.where(JobRow.consumer_id == consumer_id)
-            return int((await s.exec(q)).one())
+        q = core_select(func.count()).select_from(_JOB).where(_JOB.c.state.in_(list(states)))
+        if consumer_id is not None:
+            q = q.where(_JOB.c.consumer_id == consumer_id)
+        return int((await self._rows(q))[0][0])
 
     async def count_by_state(self) -> dict[str, int]:
         async with self.session() as s:
@@ -297,22 +323,21 @@ class Store:
             return {state: int(n) for state, n in (await s.exec(q)).all()}
 
     async def active_counts_by_consumer(self) -> dict[str, int]:
-        async with self.session() as s:
-            q = (
-                select(JobRow.consumer_id, func.count())
-                .where(col(JobRow.state).in_(ACTIVE_STATES))
-                .group_by(col(JobRow.consumer_id))
-            )
-            return {cid: int(n) for cid, n in (await s.exec(q)).all()}
+        q = core_select(_JOB.c.consumer_id, func.count()).where(_JOB.c.state.in_(ACTIVE_STATES))
+        return {cid: int(n) for cid, n in await self._rows(q.group_by(_JOB.c.consumer_id))}
 
     async def update_job(self, job_id: str, **fields: Any) -> None:
         """Change fields other than the state (backend reference, deadline, log)."""
         if "state" in fields:
             raise ValueError("state changes go through transition()")
         fields["updated_at"] = utcnow()
-        async with self.session() as s:
-            await s.exec(update(JobRow).where(col(JobRow.id) == job_id).values(**fields))
-            await s.commit()
+        async with self.engine.begin() as conn:
+            await conn.execute(update(_JOB).where(_JOB.c.id == job_id).values(**fields))
+
+    async def _rows(self, q: Any) -> Sequence[Any]:
+        """The rows of a Core query, read outside any ORM session."""
+        async with self.engine.connect() as conn:
+            return (await conn.execute(q)).all()
 
     async def transition(
         self,
@@ -330,51 +355,65 @@ class Store:
 
         ``new_files`` (a job's outputs and log) are recorded in the same transaction.
         Returns None (and changes nothing) when the job is gone, the transition is illegal, or the job is
-        not in one of ``only_from``. Concurrent writers are safe: the update only applies if the state is
-        still the one read.
+        not in one of ``only_from``. One conditional UPDATE (the legal source states in its WHERE, the row
+        back through RETURNING) makes it safe against concurrent writers without a read before.
         """
+        allowed = list(JobState) if only_from is None else only_from
+        sources = [s.value for s in allowed if can_transition(s, target)]
+        if not sources or not _storable(job_id):
+            return None
+        now = utcnow()
+        values = _transition_values(target, now, Change(reason, message, exit_code, new_files, fields))
+        if target == JobState.RUNNING:
+            values["started_at"] = func.coalesce(_JOB.c.started_at, now)
+        async with self.engine.begin() as conn:
+            q = update(_JOB).where(_JOB.c.id == job_id, _JOB.c.state.in_(sources)).values(**values)
+            row = (await conn.execute(q.returning(*_JOB.c))).first()
+            if row is None:
+                return None
+            job = _job(row)
+            event = await self._record(conn, job, now, new_files)
+        return job, event
+
+    async def transition_by_ref(
+        self, ref: str, target: JobState, decide: Callable[[Job], Change | None]
+    ) -> tuple[Job, tuple[Job, JobEvent] | None] | None:
+        """Move the job holding backend reference ``ref`` to ``target`` as ``decide`` (given the job as
+        it is) says, in one transaction: ``(job before, (job after, event))``; ``(job, None)`` when
+        ``decide`` declines or the transition is illegal; None when no job holds ``ref``."""
+        job: Job | None = None
         for _ in range(5):
-            async with self.session() as s:
-                row = await s.get(JobRow, job_id)
+            async with self.engine.begin() as conn:
+                read = core_select(_JOB).where(_JOB.c.backend_ref == ref).limit(1)
+                row = (await conn.execute(read)).first()
                 if row is None:
                     return None
-                current = JobState(row.state)
-                if only_from is not None and current not in only_from:
-                    return None
-                if not can_transition(current, target):
-                    return None
+                job = _job(row)
+                change = decide(job) if can_transition(job.state, target) else None
+                if change is None:
+                    return job, None
                 now = utcnow()
-                values: dict[str, Any] = {
-                    "state": target.value,
-                    "reason": reason,
-                    "message": message,
-                    "updated_at": now,
-                    **fields,
-                }
-                if exit_code is not None:
-                    values["exit_code"] = exit_code
-                if target.terminal:
-                    values["finished_at"] = now
-                    values["deadline_at"] = None
-                if target == JobState.RUNNING and row.started_at is None:
+                values = _transition_values(target, now, change)
+                if target == JobState.RUNNING and job.started_at is None:
                     values["started_at"] = now
-                result = await s.exec(
-                    update(JobRow)
-                    .where(col(JobRow.id) == job_id, col(JobRow.state) == current.value)
-                    .values(**values)
-                )
-                if result.rowcount != 1:
-                    await s.rollback()
+                q = update(_JOB).where(_JOB.c.id == job.id, _JOB.c.state == job.state.value)
+                if (await conn.execute(q.values(**values))).rowcount != 1:
+                    await conn.rollback()
                     continue  # somebody else moved it; read again
-                for key, value in values.items():
-                    setattr(row, key, value)
-                event = _event_row(row, now)
-                await self._add_event(s, event)
-                for record in new_files:
-                    s.add(FileRow(**_file_fields(record)))
-                await s.commit()
-                return _job(row), _event(event)
-        return None
+                after = replace(job, **{**values, "state": target})
+                event = await self._record(conn, after, now, change.new_files)
+            return job, (after, event)
+        assert job is not None
+        return job, None
+
+    async def _record(
+        self, conn: AsyncConnection, job: Job, now: datetime, new_files: Sequence[FileRecord]
+    ) -> JobEvent:
+        """The event of a transition (and the files it brings) in the open transaction ``conn``."""
+        event = await self._add_event(conn, job, now)
+        if new_files:
+            await conn.execute(insert(_FILE), [_file_fields(f) for f in new_files])
+        return event
 
     async def delete_job(self, job_id: str) -> None:
         async with self.session() as s:
@@ -387,8 +426,9 @@ class Store:
             q = select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(col(JobEventRow.seq))
             return [_event(r) for r in (await s.exec(q)).all()]
 
-    async def _add_event(self, s: AsyncSession, event: JobEventRow) -> None:
-        """Add a JobEvent to the open transaction ``s`` (which the caller commits).
+    async def _add_event(self, conn: AsyncConnection, job: Job, now: datetime) -> JobEvent:
+        """Insert the JobEvent of ``job`` as it is now in the open transaction ``conn`` (which the caller
+        commits).
 
         PostgreSQL hands out sequence values at insert time but transactions commit in any order, so
         without care a reader could see seq 11 committed while seq 10 is still in flight, and a replay
@@ -398,11 +438,25 @@ class Store:
         SQLite needs neither: it has a single writer, and the bus is in-process.
         """
         if self.is_postgresql:
-            await s.exec(select(func.pg_advisory_xact_lock(EVENT_LOCK_KEY)))
-        s.add(event)
-        await s.flush()
+            await conn.execute(core_select(func.pg_advisory_xact_lock(EVENT_LOCK_KEY)))
+        event = JobEvent(
+            seq=0,
+            job_id=job.id,
+            consumer_id=job.consumer_id,
+            grant_id=job.grant_id,
+            state=job.state,
+            reason=job.reason,
+            message=job.message,
+            exit_code=job.exit_code,
+            created_at=now,
+        )
+        fields = {f: getattr(event, f) for f in _EVENT_FIELDS}
+        result = await conn.execute(insert(_EVENT).values(**fields, state=job.state.value))
+        key = result.inserted_primary_key
+        assert key is not None
         if self.is_postgresql:
-            await s.exec(select(func.pg_notify(EVENTS_CHANNEL, str(event.seq))))
+            await conn.execute(core_select(func.pg_notify(EVENTS_CHANNEL, str(key[0]))))
+        return replace(event, seq=int(key[0]))
 
     async def events_after(
         self, seq: int, *, job_id: str | None = None, grant_ids: Sequence[str] | None = None, limit: int = 500
@@ -640,7 +694,8 @@ def _job_fields(j: Job) -> dict[str, Any]:
     }
 
 
-def _job(r: JobRow) -> Job:
+def _job(r: Any) -> Job:
+    # An ORM row or a Core row: both are read by attribute.
     return Job(
         id=r.id,
         consumer_id=r.consumer_id,
@@ -661,19 +716,6 @@ def _job(r: JobRow) -> Job:
         updated_at=_utc(r.updated_at),  # type: ignore[arg-type]
         started_at=_utc(r.started_at),
         finished_at=_utc(r.finished_at),
-    )
-
-
-def _event_row(r: JobRow, now: datetime) -> JobEventRow:
-    return JobEventRow(
-        job_id=r.id,
-        consumer_id=r.consumer_id,
-        grant_id=r.grant_id,
-        state=r.state,
-        reason=r.reason,
-        message=r.message,
-        exit_code=r.exit_code,
-        created_at=now,
     )
 
 

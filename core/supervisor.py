@@ -45,7 +45,7 @@ from core.metrics import Metrics
 from core.models import FileOrigin, FileRecord, FileStatus, Job, JobEvent, utcnow
 from core.parameters import as_env
 from core.states import JobState, Reason
-from core.store import ACTIVE_STATES, Store
+from core.store import Change, Store
 
 log = structlog.get_logger("wml.supervisor")
 
@@ -125,12 +125,16 @@ class Supervisor:
     async def _run_loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_reconcile = loop.time() + self._reconcile_every
+        next_deadlines = loop.time()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._tick)
             self._wake.clear()
             try:
-                await self.enforce_deadlines()
+                # Deadlines are looked at once a tick, not on every wake-up (a new job, a freed slot).
+                if loop.time() >= next_deadlines:
+                    next_deadlines = loop.time() + self._tick
+                    await self.enforce_deadlines()
                 await self.schedule()
                 if loop.time() >= next_reconcile:
                     next_reconcile = loop.time() + self._reconcile_every
@@ -153,13 +157,16 @@ class Supervisor:
         result = await self._store.transition(job_id, target, **kw)
         if result is None:
             return None
-        job, event = result
+        self._announce(*result)
+        return result[0]
+
+    def _announce(self, job: Job, event: JobEvent) -> None:
+        """Tell everyone of a transition that was committed."""
         self._publish(event)
         log.info("job state", job_id=job.id, consumer_id=job.consumer_id, state=job.state, reason=job.reason)
         self._observe(job)
-        if target.terminal:
+        if job.state.terminal:
             self.wake()  # capacity freed
-        return job
 
     def _observe(self, job: Job) -> None:
         m = self._metrics
@@ -178,10 +185,10 @@ class Supervisor:
     async def schedule(self) -> None:
         """Start queued jobs, oldest first, while the backend and each consumer's quota have room."""
         async with self._schedule_lock:
-            active = await self._store.count_jobs(ACTIVE_STATES)
+            per_consumer = await self._store.active_counts_by_consumer()
+            active = sum(per_consumer.values())
             if active >= self._capacity:
                 return
-            per_consumer = await self._store.active_counts_by_consumer()
             # Only the queue of consumers with room: a deep queue behind a full quota costs nothing here.
             full = [c for c, n in per_consumer.items() if n >= self._per_consumer]
             for job in await self._store.queued_jobs(full):
@@ -274,51 +281,53 @@ class Supervisor:
             # The supervisor set INITIALIZING itself when it submitted: nothing to look up or wait for
             # (updates are applied one at a time, so a lookup here would delay every other job's).
             return
-        job = await self._store.job_by_ref(update.ref)
-        if job is None:
+        target = PHASE_TO_STATE[update.phase]
+
+        def decide(job: Job) -> Change | None:
+            return self._change_for(job, update, target)
+
+        # The job is read, decided on and moved in one transaction, found by its backend reference.
+        result = await self._store.transition_by_ref(update.ref, target, decide)
+        if result is None:
             async with self._submit_lock:  # a submit may be storing this very reference
-                job = await self._store.job_by_ref(update.ref)
-        if job is None:
+                result = await self._store.transition_by_ref(update.ref, target, decide)
+        if result is None:
             log.warning("update for an unknown backend reference; cleaning it up", ref=update.ref)
             if update.phase not in (RunPhase.INITIALIZING, RunPhase.RUNNING):
                 await self._discard_uploads(update, job=None)
                 await self._backend.cleanup(update.ref)
             return
-        if update.phase == RunPhase.RUNNING:
-            deadline = utcnow() + timedelta(seconds=job.asset.timeouts.run + self._cancel_timeout)
-            await self._transition(
-                job.id, JobState.RUNNING, only_from=[JobState.INITIALIZING], deadline_at=deadline
-            )
+        job, done = result
+        if done is not None:
+            self._announce(*done)
+        if target == JobState.RUNNING:
             return
-        await self._finish(job, update)
+        if done is None and not job.state.terminal:
+            log.warning("backend reported an outcome the job cannot take", job_id=job.id, phase=update.phase)
+            return
+        if done is None:
+            await self._discard_uploads(update, job=job)
+        await self._backend.cleanup(update.ref)
 
-    async def _finish(self, job: Job, update: BackendUpdate) -> None:
-        target = PHASE_TO_STATE[update.phase]
+    def _change_for(self, job: Job, update: BackendUpdate, target: JobState) -> Change | None:
+        """What applying ``update`` writes to ``job`` as it is now; None: it does not apply."""
+        if target == JobState.RUNNING:
+            if job.state != JobState.INITIALIZING:
+                return None
+            deadline = utcnow() + timedelta(seconds=job.asset.timeouts.run + self._cancel_timeout)
+            return Change(fields={"deadline_at": deadline})
         files = self._output_files(job, update.outputs, update.log)
         log_file = next((f.id for f in files if f.origin == FileOrigin.JOB_LOG), None)
         reason = update.reason
         if target == JobState.CANCELED and job.state == JobState.CANCELING:
             reason = job.reason or reason  # the reason given when cancel was asked
-        done = await self._transition(
-            job.id,
-            target,
+        return Change(
             reason=reason,
             message=update.message or (job.message if reason == job.reason else None),
             exit_code=update.exit_code,
             new_files=files,
-            log_tail=update.log_tail,
-            log_file_id=log_file,
+            fields={"log_tail": update.log_tail, "log_file_id": log_file},
         )
-        if done is None and not job.state.terminal:
-            current = await self._store.get_job(job.id)
-            if current is not None and not current.state.terminal:
-                log.warning(
-                    "backend reported an outcome the job cannot take", job_id=job.id, phase=update.phase
-                )
-                return
-        if done is None:
-            await self._discard_uploads(update, job=job)
-        await self._backend.cleanup(update.ref)
 
     def _output_files(
         self, job: Job, outputs: Sequence[OutputRecord], log_record: OutputRecord | None

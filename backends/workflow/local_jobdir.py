@@ -13,6 +13,13 @@ Layout of ``<work dir>/<job id>/`` (mode 0700)::
     output-manifest.json  written by stage-out as its last act
     final.json            the terminal BackendUpdate, re-emitted by reconcile
 
+Durability: every file is replaced atomically (a reader sees all of it or none), which is all a restart
+of the server needs: the page cache outlives the process. Only ``exit.json`` is synced to disk, by the
+runner: it is the one record of how the worker ended. The rest can be lost to a power failure as the
+database's last commits can (SQLite runs with ``synchronous=NORMAL``), and reconcile still ends every job:
+without ``final.json`` it stages out again from ``exit.json`` (the same keys); without ``run.json`` (a job
+in stage-in when the power went) the job is reported lost; a pid file names nothing after a reboot.
+
 Cleanup renames the directory to ``<work dir>/.removing-<job id>.<n>`` (the job is gone at once) and
 removes it in the background; a backend that starts removes what a previous one left there.
 
@@ -47,6 +54,7 @@ from backends.workflow.base import (
     StagedOutput,
 )
 from backends.workflow.local_runner import write_atomic
+from backends.workflow.local_spawn import spawn
 
 RUNNER_MODULE = "backends.workflow.local_runner"
 # The runner runs as a script: isolated (-I: no environment, no user site, no script directory on the path)
@@ -100,7 +108,7 @@ class JobDir:
         self.inputs.mkdir(mode=0o700)
         self.outputs.mkdir(mode=0o700)
         self.worker_log.touch(mode=0o600)
-        write_atomic(self._run, json.dumps(run_to_json(run)))
+        write_atomic(self._run, json.dumps(run_to_json(run)), durable=False)
 
     def clear_inputs(self) -> None:
         shutil.rmtree(self.inputs, ignore_errors=True)
@@ -125,7 +133,7 @@ class JobDir:
         return None if data is None else update_from_json(data)
 
     def write_final(self, update: BackendUpdate) -> None:
-        write_atomic(self._final, json.dumps(asdict(update)))
+        write_atomic(self._final, json.dumps(asdict(update)), durable=False)
 
     def finished(self) -> bool:
         return self._exit.exists() or self._final.exists()
@@ -292,18 +300,13 @@ def spawn_runner(job: JobDir, spec: Mapping[str, Any]) -> int:
     runner_log = str(job.root / "runner.log")
     spec_r, spec_w = os.pipe()  # both ends close-on-exec; the runner gets the read end as its stdin
     try:
-        pid = os.posix_spawn(
+        pid = spawn(
             sys.executable,
             argv,
             env,
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, spec_r, 0),
-                (os.POSIX_SPAWN_OPEN, 1, runner_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
-                (os.POSIX_SPAWN_DUP2, 1, 2),
-            ],
-            setsid=True,
-            setsigdef=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE),
-            setsigmask=(),
+            stdin=spec_r,
+            output=runner_log,
+            default_signals=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE),
         )
     except BaseException:
         os.close(spec_w)
