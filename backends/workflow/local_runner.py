@@ -19,23 +19,27 @@ runner is the job's subreaper: processes orphaned inside the worker's tree are r
 worker exits everything it left behind is killed and reaped before exit.json is written.
 
 This module is on the path of every job's start and end, so it starts fast: it uses only a few standard
-library modules (no ``subprocess``, ``pathlib``, ``typing``, ``contextlib``, and ``json`` only on a
-failure's path), imports nothing from the project, and runs without ``site`` (``-S``).
+library modules (no ``subprocess``, ``pathlib``, ``typing``, ``contextlib``; ``signal`` and ``ctypes`` only
+through their C halves ``_signal`` and ``_ctypes``; ``json`` only on a failure's path), imports nothing
+from the project, and runs without ``site`` (``-S``).
 """
 
 from __future__ import annotations
 
-import ctypes
+import _ctypes
 import marshal
 import math
 import os
 import resource
 import select
-import signal
 import sys
 import time
 
 TYPE_CHECKING = False  # not typing's: importing typing costs the runner's start-up time
+if TYPE_CHECKING:
+    import signal
+else:  # the C module: `signal` would import enum, a third of the runner's start-up time
+    import _signal as signal
 if TYPE_CHECKING:
     from types import FrameType
     from typing import Any
@@ -95,9 +99,22 @@ def _apply_limits(limits: dict[str, Any]) -> None:
 
 
 def _become_subreaper() -> None:
-    """Orphans of the worker's tree become our children (not init's), so we can kill and reap them."""
-    try:  # noqa: SIM105 (contextlib costs start-up time)
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    """Orphans of the worker's tree become our children (not init's), so we can kill and reap them.
+
+    prctl(2) is called through ``_ctypes`` (the C half of :mod:`ctypes`): importing :mod:`ctypes` itself
+    costs milliseconds of start-up for every job. ``ctypes`` stays the fallback if that call is missing.
+    """
+    args = (_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    try:
+        this_program = _ctypes.dlopen(None)  # type: ignore[arg-type]  # None: dlopen(3)'s NULL
+        _ctypes.call_function(_ctypes.dlsym(this_program, "prctl"), args)
+        return
+    except (OSError, AttributeError):
+        pass
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(*args)
     except (OSError, AttributeError):
         pass
 
