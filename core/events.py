@@ -6,9 +6,11 @@ Publishing never blocks and memory stays bounded: every subscriber has a queue o
 subscription of that grant with :class:`AccessRevoked` and tells the registered revocation callbacks
 (open websocket connections), so a deprovisioned token stops seeing anything at once.
 
-:class:`OrderedEventBus` is the bus of one replica (SQLite): a publish only wakes it, and it reads the
-events after the last ``seq`` it fanned out from the store, so subscribers see every event once and in
-``seq`` (= commit) order even when the coroutines that committed them publish in another order.
+:class:`OrderedEventBus` is the bus of one replica (SQLite): subscribers see every event once and in
+``seq`` (= commit) order even when the coroutines that committed them publish in another order. An
+event published here whose ``seq`` directly follows the last one fanned out is fanned out from memory
+(so are those published early and waiting for it); a gap (an event committed elsewhere, or not yet
+published) is filled by reading the events after the last ``seq`` from the store.
 ``core.pg_events`` adds PostgreSQL LISTEN/NOTIFY to it, so events and revocations cross replicas.
 :class:`EventBus` alone fans out whatever it is handed (for tests of components that need a bus).
 """
@@ -219,7 +221,8 @@ class EventBus:
 
 
 class OrderedEventBus(EventBus):
-    """Fans out the store's events in ``seq`` order; ``publish`` is a wake-up call."""
+    """Fans out the store's events in ``seq`` order: from memory while the published events follow each
+    other, from the store when there is a gap or no event to go by."""
 
     def __init__(self, store: Store, queue_size: int = 1000, *, catch_up_interval: float = 5.0) -> None:
         super().__init__(queue_size)
@@ -227,7 +230,11 @@ class OrderedEventBus(EventBus):
         self._catch_up_interval = catch_up_interval  # a safety net should a wake-up be missed
         self._wake = asyncio.Event()
         self._fan_out_task: asyncio.Task[None] | None = None
+        self._pending: dict[int, JobEvent] = {}  # published ahead of a gap, by seq
+        self._known_seq = 0  # the highest seq known to be committed (published or announced)
+        self._must_read = True  # read the store whatever is known (start, reconnect, safety net)
         self.last_seq = 0
+        self.store_reads = 0  # reads of new events from the store (the gaps filled)
 
     async def start(self) -> None:
         self.last_seq = await self._store.last_event_seq()
@@ -245,25 +252,66 @@ class OrderedEventBus(EventBus):
     def position(self) -> int | None:
         return self.last_seq if self._fan_out_task is not None else None
 
-    def publish(self, event: JobEvent) -> None:
+    def publish(self, event: JobEvent | None) -> None:
+        """Fan ``event`` out now if it follows the last one fanned out; otherwise keep it for when the
+        gap is filled, and wake the reader. Anything but an event is a plain wake-up: read the store."""
+        if not isinstance(event, JobEvent) or self._fan_out_task is None:
+            self.request_read()
+            return
+        seq = event.seq
+        if seq <= self.last_seq:
+            return  # already fanned out (read from the store first)
+        if len(self._pending) < CATCH_UP_BATCH:  # beyond that, the store fills the gap
+            self._pending[seq] = event
+        self._fan_out_pending()
+        self.announce(seq)
+
+    def announce(self, seq: int) -> None:
+        """``seq`` is committed (a replica's notification): read it unless it was fanned out."""
+        self._known_seq = max(self._known_seq, seq)
+        if seq > self.last_seq:
+            self._wake.set()
+
+    def request_read(self) -> None:
+        """Read the store for new events whatever is known (e.g. after a missed notification)."""
+        self._must_read = True
         self._wake.set()
+
+    def _fan_out_pending(self) -> None:
+        pending = self._pending
+        while pending:
+            event = pending.pop(self.last_seq + 1, None)
+            if event is None:
+                return
+            self.last_seq = event.seq
+            self._fan_out(event)
 
     async def _fan_out_forever(self) -> None:
         while True:
             # Cleared before reading, so a wake-up that arrives during the read is not lost.
             self._wake.clear()
+            if self._must_read or self._known_seq > self.last_seq:
+                self._must_read = False
+                try:
+                    await self._catch_up()
+                except Exception:
+                    log.exception("reading new events failed; retrying")
+                    self._must_read = True
             try:
-                await self._catch_up()
-            except Exception:
-                log.exception("reading new events failed; retrying")
-            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._catch_up_interval)
+            except TimeoutError:
+                self._must_read = True
 
     async def _catch_up(self) -> None:
         while True:
+            self.store_reads += 1
             events = await self._store.events_after(self.last_seq, limit=CATCH_UP_BATCH)
             for event in events:
-                self.last_seq = event.seq
-                self._fan_out(event)
+                if event.seq > self.last_seq:  # not fanned out from memory during the read
+                    self.last_seq = event.seq
+                    self._fan_out(event)
             if len(events) < CATCH_UP_BATCH:
-                return
+                break
+        if self._pending:
+            self._pending = {seq: e for seq, e in self._pending.items() if seq > self.last_seq}
+            self._fan_out_pending()

@@ -2,8 +2,9 @@
 
 Every event transaction sends ``NOTIFY wml_job_events, '<seq>'`` (see ``Store._add_event``); PostgreSQL
 delivers it only after the commit. One listener connection per replica (an asyncpg connection owned by
-the services' lifespan) hears every replica's events. The notification is only a wake-up call for
-:class:`OrderedEventBus`, which reads the events after the last ``seq`` it fanned out from the database,
+the services' lifespan) hears every replica's events. The notification only tells
+:class:`OrderedEventBus` which ``seq`` was committed: an event of this replica is usually fanned out from
+memory already; otherwise it reads the events after the last ``seq`` it fanned out from the database,
 oldest first, so each event reaches this replica's subscribers exactly once and in ``seq`` order,
 whichever replica committed it. If the connection drops, the listener reconnects and catches up from
 the same ``seq``, so nothing committed meanwhile is lost. Grant revocations travel on a second channel.
@@ -95,11 +96,11 @@ class PgEventBus(OrderedEventBus):
         lost = asyncio.Event()
         try:
             conn.add_termination_listener(lambda _c: lost.set())
-            await conn.add_listener(EVENTS_CHANNEL, lambda *_a: self._wake.set())
+            await conn.add_listener(EVENTS_CHANNEL, self._on_event)
             await conn.add_listener(REVOCATIONS_CHANNEL, self._on_revocation)
             self._connected.set()
             # Listening now: whatever was committed while nobody listened is read by this catch-up.
-            self._wake.set()
+            self.request_read()
             while not conn.is_closed():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lost.wait(), self._catch_up_interval)
@@ -108,6 +109,14 @@ class PgEventBus(OrderedEventBus):
             self._conn = None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 2)
+
+    def _on_event(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            seq = int(payload)
+        except ValueError:
+            self.request_read()
+            return
+        self.announce(seq)  # nothing to read when it was published here and fanned out already
 
     def _on_revocation(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self._revoke_locally(payload)

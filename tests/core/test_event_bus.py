@@ -1,5 +1,6 @@
-"""The event bus on a real database: fan-out in seq order whoever publishes, PostgreSQL events from
-another replica (another engine, no local publish), and a listener that reconnects and catches up."""
+"""The event bus on a real database: fan-out in seq order whoever publishes, events published here
+fanned out without reading them back while gaps are read from the store, PostgreSQL events from another
+replica (another engine, no local publish), and a listener that reconnects and catches up."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import pytest
+from sqlalchemy import event as sa_event
 
 from core.assets import Asset
 from core.db import create_engine, migrate
@@ -60,12 +62,29 @@ async def _new_jobs(store: Store, count: int) -> list[JobEvent]:
 
 
 async def _drain(sub: Subscription, count: int) -> list[int]:
-    seqs = []
+    seqs: list[int] = []
     while len(seqs) < count:
         event = await sub.get(within=10)
         assert event is not None, f"only {len(seqs)} of {count} events arrived"
         seqs.append(event.seq)
     return seqs
+
+
+def _count_event_reads(store: Store) -> list[str]:
+    """Every SELECT on the event table the store's engine runs from now on (appended as it runs)."""
+    reads: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_a: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "job_event" in statement:
+            reads.append(statement)
+
+    sa_event.listen(store.engine.sync_engine, "before_cursor_execute", seen)
+    return reads
+
+
+async def _settled(sub: Subscription) -> None:
+    """Let the bus's start-up read run (nothing arrives meanwhile)."""
+    assert await sub.get(within=0.2) is None
 
 
 @pytest.fixture
@@ -88,6 +107,60 @@ async def test_events_published_out_of_order_reach_subscribers_in_seq_order(data
                 bus.publish(event)
             assert await _drain(sub, 20) == sorted(e.seq for e in events)
             assert await sub.get(within=0.2) is None  # and nothing twice
+    finally:
+        await bus.close()
+        await store.engine.dispose()
+
+
+async def test_events_published_here_in_seq_order_are_fanned_out_without_reading_them_back(
+    database_url: str,
+) -> None:
+    store = await _store(database_url)
+    consumer = await store.create_consumer(new_id("c"), "c")
+    bus = OrderedEventBus(store, catch_up_interval=60)  # no safety-net read during the test
+    await bus.start()
+    try:
+        with bus.subscribe() as sub:
+            await _settled(sub)
+            reads, before = _count_event_reads(store), bus.store_reads
+            published = []
+            for _ in range(10):
+                event = await store.insert_job(_job(consumer.id))
+                bus.publish(event)
+                published.append(event.seq)
+            early = [await store.insert_job(_job(consumer.id)) for _ in range(5)]
+            for event in reversed(early):  # ahead of a gap that this process fills itself
+                bus.publish(event)
+            published += [e.seq for e in early]
+            assert await _drain(sub, 15) == published
+            assert await sub.get(within=0.2) is None
+            assert reads == [] and bus.store_reads == before
+    finally:
+        await bus.close()
+        await store.engine.dispose()
+
+
+async def test_an_event_this_process_never_published_is_read_from_the_store_in_its_place(
+    database_url: str,
+) -> None:
+    store = await _store(database_url)
+    consumer = await store.create_consumer(new_id("c"), "c")
+    bus = OrderedEventBus(store, catch_up_interval=60)  # no safety-net read during the test
+    await bus.start()
+    try:
+        with bus.subscribe() as sub:
+            await _settled(sub)
+            reads, before = _count_event_reads(store), bus.store_reads
+            elsewhere = await store.insert_job(_job(consumer.id))  # committed, never published here
+            here = await store.insert_job(_job(consumer.id))
+            bus.publish(here)  # a gap: the bus reads the store from its last seq
+            assert await _drain(sub, 2) == [elsewhere.seq, here.seq]
+            bus.publish(elsewhere)  # late: already fanned out, not twice
+            after = await store.insert_job(_job(consumer.id))
+            bus.publish(after)  # follows directly again: from memory
+            assert await _drain(sub, 1) == [after.seq]
+            assert await sub.get(within=0.2) is None
+            assert len(reads) == bus.store_reads - before == 1
     finally:
         await bus.close()
         await store.engine.dispose()
