@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from graphql import GraphQLError
@@ -20,28 +21,6 @@ class ClientError(GraphQLError):
         super().__init__(message, extensions={"code": code})
 
 
-def _loaders(
-    services: Services,
-) -> tuple[
-    DataLoader[str, FileRecord | None], DataLoader[str, Job | None], DataLoader[str, list[FileRecord]]
-]:
-    store = services.store
-
-    async def files(ids: list[str]) -> list[FileRecord | None]:
-        found = await store.files_by_ids(ids)
-        return [found.get(i) for i in ids]
-
-    async def jobs(ids: list[str]) -> list[Job | None]:
-        found = await store.jobs_by_ids(ids)
-        return [found.get(i) for i in ids]
-
-    async def job_files(job_ids: list[str]) -> list[list[FileRecord]]:
-        records = await store.files_of_jobs(job_ids)
-        return [[r for r in records if r.job_id == j] for j in job_ids]
-
-    return DataLoader(load_fn=files), DataLoader(load_fn=jobs), DataLoader(load_fn=job_files)
-
-
 @dataclass
 class Context:
     services: Services
@@ -51,12 +30,38 @@ class Context:
     # Websockets only: the connection_init payload, and whether the token was revoked since.
     connection_params: dict[str, Any] | None = None
     revoked: bool = False
-    file_loader: DataLoader[str, FileRecord | None] = field(init=False)
-    job_loader: DataLoader[str, Job | None] = field(init=False)
-    job_files_loader: DataLoader[str, list[FileRecord]] = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.file_loader, self.job_loader, self.job_files_loader = _loaders(self.services)
+    # The DataLoaders are made on first use: most websocket connections only hold subscriptions,
+    # whose resolvers never load by id, and each of thousands of them would keep three loaders.
+    @cached_property
+    def file_loader(self) -> DataLoader[str, FileRecord | None]:
+        store = self.services.store
+
+        async def files(ids: list[str]) -> list[FileRecord | None]:
+            found = await store.files_by_ids(ids)
+            return [found.get(i) for i in ids]
+
+        return DataLoader(load_fn=files)
+
+    @cached_property
+    def job_loader(self) -> DataLoader[str, Job | None]:
+        store = self.services.store
+
+        async def jobs(ids: list[str]) -> list[Job | None]:
+            found = await store.jobs_by_ids(ids)
+            return [found.get(i) for i in ids]
+
+        return DataLoader(load_fn=jobs)
+
+    @cached_property
+    def job_files_loader(self) -> DataLoader[str, list[FileRecord]]:
+        store = self.services.store
+
+        async def job_files(job_ids: list[str]) -> list[list[FileRecord]]:
+            records = await store.files_of_jobs(job_ids)
+            return [[r for r in records if r.job_id == j] for j in job_ids]
+
+        return DataLoader(load_fn=job_files)
 
     def require_principal(self) -> Principal:
         if self.revoked:

@@ -35,5 +35,10 @@ class RequestIdMiddleware:
 
         # A websocket's messages carry no headers to add: its ``send`` is passed on as it is (every
         # message sent to thousands of subscribers would go through one more coroutine otherwise).
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        # Bound and reset by hand rather than with ``bound_contextvars``, whose generator-based context
+        # manager would stay alive, per open websocket, as long as the connection.
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
             await self.app(scope, receive, send_with_id if scope["type"] == "http" else send)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)

@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 
 from core.settings import Settings
 from wml.app import create_app
+from wml.wsprotocol import LeanWebSocketProtocol
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -35,7 +36,9 @@ def _uvicorn_config(app: Starlette, log_level: str) -> uvicorn.Config:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
-        ws_max_size=1024 * 1024,
+        # uvicorn's websockets-sansio protocol, holding less per open websocket (see wml.wsprotocol).
+        ws=LeanWebSocketProtocol,
+        ws_max_size=1024 * 1024,  # the largest message accepted from a client
         # Per-message compression kept ~35 KiB of zlib state per websocket (a third of a subscriber's
         # memory) and CPU per event sent, for messages of a few hundred bytes.
         ws_per_message_deflate=False,
