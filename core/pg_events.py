@@ -1,6 +1,6 @@
 """The event bus across replicas: PostgreSQL LISTEN/NOTIFY behind the interface of :class:`EventBus`.
 
-Every event transaction sends ``NOTIFY wml_job_events, '<seq>'`` (see ``Store._add_event``); PostgreSQL
+Every event transaction sends ``NOTIFY wml_job_events, '<seq>'`` (see ``JobStore._add_event``); PostgreSQL
 delivers it only after the commit. One listener connection per replica (an asyncpg connection owned by
 the services' lifespan) hears every replica's events. The notification only tells
 :class:`OrderedEventBus` which ``seq`` was committed: an event of this replica is usually fanned out from

@@ -3,66 +3,32 @@
 It starts queued jobs when the backend and the consumer's quota have room, applies the backend's
 updates to the state machine, records outputs from the side-car's manifest, enforces a deadline on every
 non-terminal state, and reconciles live jobs with the backend at start-up and periodically, so no job is
-ever stuck. Backend states map onto job states here and nowhere else:
-
-| backend phase | job state      | notes                                               |
-|---------------|----------------|-----------------------------------------------------|
-| INITIALIZING  | INITIALIZING   | set by the supervisor itself when it submits        |
-| RUNNING       | RUNNING        | run deadline = asset run timeout + cancel grace     |
-| SUCCEEDED     | COMPLETE       | outputs and log recorded in the same transaction    |
-| FAILED        | EXECUTOR_ERROR | non-zero exit, signal, OOM, missing output, timeout |
-| ERROR         | SYSTEM_ERROR   | staging, submit, image, eviction, lost              |
-| CANCELED      | CANCELED       | keeps the reason given when cancel was asked        |
+ever stuck. How backend phases map onto job states, and what an update writes to a job, is in
+:mod:`core.backend_mapping`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from pathlib import PurePosixPath
 from typing import Any
 
 import structlog
 
 from backends.storage.base import StorageBackend
-from backends.workflow.base import (
-    BackendUpdate,
-    JobRun,
-    OutputRecord,
-    Resources,
-    RunPhase,
-    StagedInput,
-    StagedOutput,
-    WorkflowBackend,
-)
-from backends.workflow.base import InputKind as BackendInputKind
+from backends.workflow.base import BackendUpdate, RunPhase, WorkflowBackend
+from core.backend_mapping import PHASE_TO_STATE, build_run, change_for
 from core.events import EventBus
-from core.files import storage_key
 from core.metrics import Metrics
-from core.models import FileOrigin, FileRecord, FileStatus, Job, JobEvent, utcnow
-from core.parameters import as_env
+from core.models import Job, JobEvent, utcnow
 from core.states import JobState, Reason
 from core.store import Change, Store
 
 log = structlog.get_logger("wml.supervisor")
 
-PHASE_TO_STATE = {
-    RunPhase.RUNNING: JobState.RUNNING,
-    RunPhase.SUCCEEDED: JobState.COMPLETE,
-    RunPhase.FAILED: JobState.EXECUTOR_ERROR,
-    RunPhase.ERROR: JobState.SYSTEM_ERROR,
-    RunPhase.CANCELED: JobState.CANCELED,
-}
 LIVE_BACKEND_STATES = (JobState.INITIALIZING, JobState.RUNNING, JobState.CANCELING)
-
-
-def derived_file_id(job_id: str, what: str) -> str:
-    """A job's output or log file id, the same every time it is derived (a restarted backend uploads to
-    the same key), and as short as every file id: file ids are at most 40 characters."""
-    return "f_" + hashlib.sha256(f"{job_id}/{what}".encode()).hexdigest()[:32]
 
 
 class Supervisor:
@@ -209,7 +175,8 @@ class Supervisor:
             return False
         async with self._submit_lock:
             try:
-                run = await self._build_run(started)
+                files = await self._store.files_by_ids([b.file_id for b in started.inputs])
+                run = build_run(started, files)
                 ref = await self._backend.submit(run)
             except Exception as e:
                 log.warning("submit failed", job_id=job.id, error=str(e))
@@ -223,57 +190,6 @@ class Supervisor:
             await self._store.update_job(job.id, backend_ref=ref)
         return True
 
-    async def _build_run(self, job: Job) -> JobRun:
-        files = await self._store.files_by_ids([b.file_id for b in job.inputs])
-        inputs = []
-        for binding in job.inputs:
-            record = files.get(binding.file_id)
-            slot = job.asset.input_slot(binding.slot)
-            if record is None or slot is None or record.sha256 is None:
-                raise RuntimeError(f"input {binding.slot!r} is no longer available")
-            inputs.append(
-                StagedInput(
-                    slot=slot.name,
-                    kind=BackendInputKind(slot.kind.value),
-                    path=slot.target,
-                    key=record.storage_key,
-                    size=record.size,
-                    sha256=record.sha256,
-                )
-            )
-        # Output and log file ids are fixed now, so a backend that restarts uploads to the same keys.
-        outputs = [
-            StagedOutput(
-                name=o.name,
-                path=o.path,
-                required=o.required,
-                key=storage_key(job.consumer_id, derived_file_id(job.id, f"output/{o.name}")),
-            )
-            for o in job.asset.outputs
-        ]
-        asset = job.asset
-        return JobRun(
-            job_id=job.id,
-            consumer_id=job.consumer_id,
-            asset_id=asset.id,
-            image=asset.image,
-            command=asset.command,
-            args=asset.args,
-            env={**asset.env, **as_env(job.parameters)},
-            resources=Resources(
-                cpu=asset.resources.cpu,
-                memory=asset.resources.memory,
-                gpu=asset.resources.gpu,
-                gpu_type=asset.resources.gpu_type,
-            ),
-            inputs=inputs,
-            outputs=outputs,
-            log_key=storage_key(job.consumer_id, derived_file_id(job.id, "log")),
-            run_timeout=asset.timeouts.run,
-            local_command=asset.local.command if asset.local else None,
-            labels={"wml/job-id": job.id, "wml/consumer-id": job.consumer_id, "wml/asset-id": asset.id},
-        )
-
     # -- backend updates -------------------------------------------------------------------------------
 
     async def apply(self, update: BackendUpdate) -> None:
@@ -284,7 +200,7 @@ class Supervisor:
         target = PHASE_TO_STATE[update.phase]
 
         def decide(job: Job) -> Change | None:
-            return self._change_for(job, update, target)
+            return change_for(job, update, target, self._cancel_timeout)
 
         # The job is read, decided on and moved in one transaction, found by its backend reference.
         result = await self._store.transition_by_ref(update.ref, target, decide)
@@ -308,60 +224,6 @@ class Supervisor:
         if done is None:
             await self._discard_uploads(update, job=job)
         await self._backend.cleanup(update.ref)
-
-    def _change_for(self, job: Job, update: BackendUpdate, target: JobState) -> Change | None:
-        """What applying ``update`` writes to ``job`` as it is now; None: it does not apply."""
-        if target == JobState.RUNNING:
-            if job.state != JobState.INITIALIZING:
-                return None
-            deadline = utcnow() + timedelta(seconds=job.asset.timeouts.run + self._cancel_timeout)
-            return Change(fields={"deadline_at": deadline})
-        files = self._output_files(job, update.outputs, update.log)
-        log_file = next((f.id for f in files if f.origin == FileOrigin.JOB_LOG), None)
-        reason = update.reason
-        if target == JobState.CANCELED and job.state == JobState.CANCELING:
-            reason = job.reason or reason  # the reason given when cancel was asked
-        return Change(
-            reason=reason,
-            message=update.message or (job.message if reason == job.reason else None),
-            exit_code=update.exit_code,
-            new_files=files,
-            fields={"log_tail": update.log_tail, "log_file_id": log_file},
-        )
-
-    def _output_files(
-        self, job: Job, outputs: Sequence[OutputRecord], log_record: OutputRecord | None
-    ) -> list[FileRecord]:
-        now = utcnow()
-        paths = {o.name: o.path for o in job.asset.outputs}
-        records = []
-        for out, origin in [
-            *[(o, FileOrigin.JOB_OUTPUT) for o in outputs],
-            *([(log_record, FileOrigin.JOB_LOG)] if log_record else []),
-        ]:
-            name = (
-                f"{job.id}.log"
-                if origin == FileOrigin.JOB_LOG
-                else PurePosixPath(paths.get(out.name, out.name)).name
-            )
-            records.append(
-                FileRecord(
-                    id=out.key.rsplit("/", 1)[-1],
-                    consumer_id=job.consumer_id,
-                    grant_id=job.grant_id,
-                    job_id=job.id,
-                    name=name,
-                    size=out.size,
-                    sha256=out.sha256,
-                    content_type="text/plain" if origin == FileOrigin.JOB_LOG else "application/octet-stream",
-                    origin=origin,
-                    status=FileStatus.READY,
-                    storage_key=out.key,
-                    created_at=now,
-                    expires_at=None,
-                )
-            )
-        return records
 
     async def _discard_uploads(self, update: BackendUpdate, job: Job | None) -> None:
         """Objects a backend uploaded for a job that is gone or already ended elsewhere."""
