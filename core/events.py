@@ -2,7 +2,10 @@
 
 Publishing never blocks and memory stays bounded: every subscriber has a queue of at most
 ``queue_size`` events, and one that falls behind is ended with :class:`SubscriberTooSlow` and dropped
-(it resumes from its last ``seq`` by replaying from the store). Revoking a grant ends every open
+(it resumes from its last ``seq`` by replaying from the store). A subscriber may also set a ``direct``
+callback: while its task waits on an empty queue, an event is handed to that callback during the fan-out
+itself (which can deliver it at once, e.g. write it to a socket) instead of waking the task; when the
+callback declines (returns False), the event is queued as usual. Revoking a grant ends every open
 subscription of that grant with :class:`AccessRevoked` and tells the registered revocation callbacks
 (open websocket connections), so a deprovisioned token stops seeing anything at once.
 
@@ -65,6 +68,8 @@ class Subscription:
         # cost far less than an Event and ``wait_for`` (a task per wait) across thousands of subscribers.
         self._waiter: asyncio.Future[bool] | None = None
         self.ended: SubscriptionEnded | None = None
+        # Delivers an event during the fan-out (True) or declines it (False: queue it).
+        self.direct: Callable[[JobEvent], bool] | None = None
 
     @property
     def overflowed(self) -> bool:
@@ -86,6 +91,20 @@ class Subscription:
         self._bus._note_depth(len(items))
         self._wake(True)
         return True
+
+    def deliver_now(self, event: JobEvent) -> bool:
+        """Hand ``event`` to ``direct`` when the subscriber waits with nothing queued (so nothing it
+        was given earlier is still on its way); False when it must be queued instead."""
+        direct = self.direct
+        waiter = self._waiter
+        if direct is None or waiter is None or waiter.done() or self.ended is not None:
+            return False
+        try:
+            return direct(event)
+        except Exception:
+            log.exception("direct delivery failed; queueing the event")
+            self.direct = None
+            return False
 
     def _wake(self, ready: bool) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -165,7 +184,7 @@ class EventBus:
 
     def _fan_out(self, event: JobEvent) -> None:
         for sub in list(self._subscribers):
-            if sub.predicate(event) and not sub.offer(event):
+            if sub.predicate(event) and not sub.deliver_now(event) and not sub.offer(event):
                 self.dropped += 1
                 sub.end(SubscriberTooSlow())
 

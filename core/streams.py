@@ -15,6 +15,13 @@ With an :class:`OrderedEventBus` (every server), a stream starts at the bus's po
 reading the store: every event after it reaches the new subscription through the bus, so only a resume
 from before it replays anything. A database too busy to answer in time ends a stream with
 ``UNAVAILABLE`` (retry with ``since``), not an internal error.
+
+Many subscribers must not mean many task wake-ups either: a following event stream given a ``deliver``
+callback (the GraphQL layer's write of the event to the socket) lets the bus hand it each live event
+during the fan-out while the stream waits with nothing queued, when that is safe to do without the
+stream's task: already delivered (skipped), or a non-terminal event for a caller whose grant is known to
+be usable. Anything else (a terminal event, a grant to read again, a socket that cannot take it now) is
+queued and the task handles it as before, so order, the last ``seq`` and every ending stay the same.
 """
 
 from __future__ import annotations
@@ -53,6 +60,15 @@ class AccessRevokedError(DomainError):
 
     def __init__(self) -> None:
         super().__init__("access revoked: the token's grant is no longer active")
+
+
+class _Cursor:
+    """The last ``seq`` a stream delivered, shared by its task and the fan-out's direct deliveries."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, last: int) -> None:
+        self.last = last
 
 
 class JobStreams:
@@ -118,7 +134,11 @@ class JobStreams:
     # -- events ----------------------------------------------------------------------------------------
 
     async def events(
-        self, principal: Principal, job_id: str | None, since: int | None
+        self,
+        principal: Principal,
+        job_id: str | None,
+        since: int | None,
+        deliver: Callable[[JobEvent], bool] | None = None,
     ) -> AsyncIterator[JobEvent]:
         """One job's events (from its first, or after ``since``) until its terminal event; or, without
         ``job_id``, every event of the caller's jobs after ``since`` (default: from now on), endlessly."""
@@ -153,7 +173,7 @@ class JobStreams:
                         async for event in rest:
                             yield event
                 return  # everything it had is delivered
-            async for event in self._follow(principal, sub, job_id, last):
+            async for event in self._follow(principal, sub, job_id, last, deliver):
                 yield event
 
     async def _replay(
@@ -176,29 +196,68 @@ class JobStreams:
                 return
 
     async def _follow(
-        self, principal: Principal, sub: Subscription, job_id: str | None, last: int
+        self,
+        principal: Principal,
+        sub: Subscription,
+        job_id: str | None,
+        last: int,
+        deliver: Callable[[JobEvent], bool] | None,
     ) -> AsyncIterator[JobEvent]:
         # A quiet stream of all jobs waits without a timer: the watch ends it if its grant goes. A
         # job's stream also wakes now and then to notice that the job was deleted.
         within = self._recheck if job_id is not None else None
-        while True:
-            try:
-                event = await sub.get(within=within)
-            except SubscriberTooSlow:
-                raise SubscriberTooSlowError(last) from None
-            except AccessRevoked:
-                raise AccessRevokedError() from None
-            await self.check_access(principal)
-            if event is None:
-                if job_id is not None and await self._job_gone(job_id):
-                    return  # deleted meanwhile
-                continue
-            if event.seq <= last:
-                continue  # already delivered by the replay
-            yield event
-            last = event.seq
-            if job_id is not None and event.state.terminal:
-                return
+        cursor = _Cursor(last)
+        if deliver is not None:
+            sub.direct = partial(self._deliver_now, principal, job_id, cursor, deliver)
+        try:
+            while True:
+                try:
+                    event = await sub.get(within=within)
+                except SubscriberTooSlow:
+                    raise SubscriberTooSlowError(cursor.last) from None
+                except AccessRevoked:
+                    raise AccessRevokedError() from None
+                await self.check_access(principal)
+                if event is None:
+                    if job_id is not None and await self._job_gone(job_id):
+                        return  # deleted meanwhile
+                    continue
+                if event.seq <= cursor.last:
+                    continue  # already delivered (by the replay, or during the fan-out)
+                yield event
+                cursor.last = event.seq
+                if job_id is not None and event.state.terminal:
+                    return
+        finally:
+            sub.direct = None
+
+    def _deliver_now(
+        self,
+        principal: Principal,
+        job_id: str | None,
+        cursor: _Cursor,
+        deliver: Callable[[JobEvent], bool],
+        event: JobEvent,
+    ) -> bool:
+        """The fan-out's delivery of a live event without the stream's task (False: queue it)."""
+        if event.seq <= cursor.last:
+            return True  # already delivered
+        if job_id is not None and event.state.terminal:
+            return False  # the stream ends after it: the task sends it, then ``complete``
+        if not self._access_known_usable(principal) or not deliver(event):
+            return False
+        cursor.last = event.seq
+        return True
+
+    def _access_known_usable(self, principal: Principal) -> bool:
+        """Whether every grant of the principal is known (without a read) to be usable."""
+        if principal.is_operator:
+            return True
+        for grant_id in principal.grant_ids:
+            known, grant = self._reads.peek(("grant", grant_id))
+            if not known or grant is None or not grant_is_usable(grant):
+                return False
+        return True
 
     # -- logs ------------------------------------------------------------------------------------------
 

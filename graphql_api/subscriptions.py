@@ -17,15 +17,22 @@ that text goes straight to every subscriber's socket as its ``next`` message, sk
 path (result stream, extension hooks, JSON encoding per subscriber). Anything else (an error, a result
 with errors, a payload that is not a :class:`JobEvent`) takes the ordinary path, and so does the end of
 the stream (``complete``) and every error raised by it, in order, since both run in the operation's task.
+
+When the handler also puts a synchronous :data:`DIRECT_NEXT_NOW` sender there, ``jobEvents`` gives the
+stream (``core.streams``) a ``deliver`` callback: the bus's fan-out then writes each live event's shared
+text to the socket itself, in one loop over the subscribers, without waking their tasks; whatever it
+cannot write at once takes the path above.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Hashable, Iterable
 from contextvars import ContextVar
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import strawberry
@@ -47,6 +54,12 @@ SHARED_RESULTS = 1024  # recent (event, selection) results kept for the other su
 # Sends the serialised payload of a ``next`` message ({"data": ...}) for the current operation.
 SendNext = Callable[[str], Awaitable[None]]
 DIRECT_NEXT: ContextVar[SendNext | None] = ContextVar("wml_direct_next", default=None)
+# Writes it at once; False when it cannot now (nothing written: send it the ordinary way).
+SendNextNow = Callable[[str], bool]
+DIRECT_NEXT_NOW: ContextVar[SendNextNow | None] = ContextVar("wml_direct_next_now", default=None)
+# Set by the executor for the subscription resolver: delivers a live domain event at once, or declines.
+DeliverNow = Callable[[M.JobEvent], bool]
+_DELIVER_NOW: ContextVar[DeliverNow | None] = ContextVar("wml_deliver_now", default=None)
 
 
 @strawberry.type(description="One state change of a job; `seq` orders all events of the service.")
@@ -126,7 +139,25 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
     def cancellable_iterable(self, iterable: AsyncIterable[Any]) -> AsyncIterable[Any]:
         stream = super().cancellable_iterable(iterable)
         send = DIRECT_NEXT.get()
-        return stream if send is None else self._sent_directly(stream, send)
+        if send is None:
+            return stream
+        send_now = DIRECT_NEXT_NOW.get()
+        if send_now is not None:  # read by the resolver when it starts, in this task
+            _DELIVER_NOW.set(partial(self._deliver_now, send_now, self._variables_key()))
+        return self._sent_directly(stream, send)
+
+    def _deliver_now(self, send_now: SendNextNow, variables: Hashable, event: M.JobEvent) -> bool:
+        """Write ``event``'s shared text for this selection now (False: not possible without the task)."""
+        payload = JobEvent.shared(event)
+        text = self._cached_text(payload, variables)
+        if text is None:
+            result = self.build_per_event_executor(payload).execute_operation(False)
+            if is_awaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()
+                return False
+            text = self._keep_text(payload, variables, result)
+        return text is not None and send_now(text)
 
     async def _sent_directly(self, stream: AsyncIterable[Any], send: SendNext) -> AsyncGenerator[Any, None]:
         """Send each shared event result's text directly; pass on only what needs the ordinary path."""
@@ -146,17 +177,25 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
 
     async def _shared_text(self, payload: JobEvent, variables: Hashable) -> str | None:
         """The ``next`` payload text of this event for this selection (None: the result had errors)."""
-        key = (id(payload), id(self.operation), variables)
-        hit = self._texts.get(key)
-        if hit is not None and hit[0] is payload and hit[1] is self.operation:
-            return hit[2]
+        text = self._cached_text(payload, variables)
+        if text is not None:
+            return text
         result = self.build_per_event_executor(payload).execute_operation(False)
         if is_awaitable(result):
             result = await result
+        return self._keep_text(payload, variables, result)
+
+    def _cached_text(self, payload: JobEvent, variables: Hashable) -> str | None:
+        hit = self._texts.get((id(payload), id(self.operation), variables))
+        if hit is not None and hit[0] is payload and hit[1] is self.operation:
+            return hit[2]
+        return None
+
+    def _keep_text(self, payload: JobEvent, variables: Hashable, result: Any) -> str | None:
         if not isinstance(result, ExecutionResult) or result.errors:
             return None
         text = json.dumps({"data": result.data}, separators=(",", ":"))
-        self._texts[key] = (payload, self.operation, text)
+        self._texts[(id(payload), id(self.operation), variables)] = (payload, self.operation, text)
         if len(self._texts) > SHARED_RESULTS:
             self._texts.popitem(last=False)
         return text
@@ -213,7 +252,10 @@ class Subscription:
     ) -> AsyncGenerator[JobEvent, None]:
         principal = info.context.require_principal()
         stream = info.context.services.streams.events(
-            principal, str(job_id) if job_id else None, since if isinstance(since, int) else None
+            principal,
+            str(job_id) if job_id else None,
+            since if isinstance(since, int) else None,
+            deliver=_DELIVER_NOW.get(),
         )
         try:
             async for event in stream:

@@ -7,7 +7,10 @@ headers, and a missing or bad one closes the connection with 4403 in both protoc
 then serves every operation of the connection until the token's grant is revoked.
 
 A ``graphql-transport-ws`` operation's shared event results are sent as pre-serialised text (see
-``graphql_api.subscriptions``): the handler only adds the operation's id around it.
+``graphql_api.subscriptions``): the handler only adds the operation's id around it. When the server's
+websocket protocol offers a synchronous send (``wml.wsprotocol``, scope extension
+:data:`SEND_TEXT_NOW`), the event bus's fan-out writes a live event's text to the socket itself, without
+waking the operation's task.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.file_uploads.utils import replace_placeholders_with_files
@@ -40,12 +43,13 @@ from graphql_api import multipart
 from graphql_api.context import Context
 from graphql_api.graphiql import assets_dir, offline_page
 from graphql_api.schema import build_schema
-from graphql_api.subscriptions import DIRECT_NEXT, SendNext
+from graphql_api.subscriptions import DIRECT_NEXT, DIRECT_NEXT_NOW, SendNext, SendNextNow
 
 # The code in ``extensions`` of a request refused before it reached the schema, by HTTP status.
 HTTP_ERROR_CODES = {401: "UNAUTHENTICATED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 WS_CLEANUP = "wml.ws_cleanup"  # scope key: what to undo when a websocket connection ends
 SPOOLED = "wml.spooled_uploads"  # scope key: spooled file parts to close once the answer is sent
+SEND_TEXT_NOW = "wml.send_text_now"  # scope extension of wml.wsprotocol: send_text_now(text) -> bool
 REJECTED: dict[str, object] = {"message": "invalid, expired or revoked token", "code": "UNAUTHENTICATED"}
 
 
@@ -74,6 +78,9 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         if isinstance(socket, WebSocket):
             # The operation runs in its own task: the sender is seen by this operation only.
             DIRECT_NEXT.set(_next_sender(operation, socket))
+            send_text_now = socket.scope.get("extensions", {}).get(SEND_TEXT_NOW)
+            if send_text_now is not None:
+                DIRECT_NEXT_NOW.set(_next_sender_now(operation, socket, send_text_now))
         await super().run_operation(operation)
 
 
@@ -90,6 +97,21 @@ def _next_sender(operation: Operation[Context, None], socket: WebSocket) -> Send
             raise WebSocketDisconnected from exc
 
     return send_next
+
+
+def _next_sender_now(
+    operation: Operation[Context, None], socket: WebSocket, send_text_now: Callable[[str], bool]
+) -> SendNextNow:
+    """Writes a serialised ``next`` payload as this operation's message at once; False when it cannot
+    now (the operation completed, the socket is closing or its buffer is full)."""
+    prefix = '{"id":' + json.dumps(operation.id) + ',"type":"next","payload":'
+
+    def send_next_now(payload: str) -> bool:
+        if operation.completed or socket.application_state is not WebSocketState.CONNECTED:
+            return False
+        return send_text_now(prefix + payload + "}")
+
+    return send_next_now
 
 
 class GraphQLView(GraphQL[Context, None]):

@@ -10,6 +10,12 @@ with uvicorn's own ``websockets-sansio`` protocol, this one:
   received) and ``asyncio.Event`` (whether the socket can be written to) keep four empty deques of
   ~0.7 KiB each.
 
+It also offers the application a synchronous text send (:meth:`LeanWebSocketProtocol.send_text_now`,
+in the scope's ``extensions`` under :data:`SEND_TEXT_NOW`), so that one loop can write the same event to
+thousands of sockets without a task wake-up per socket. It declines (returns False) whenever the
+ordinary ``send`` would wait or fail: not accepted yet, closing, or the transport's buffer above its high
+water mark (the caller then sends the ordinary way, which waits, so a slow client stays bounded).
+
 Everything else (limits, keep-alive pings, closing) is uvicorn's.
 """
 
@@ -20,6 +26,10 @@ from typing import Any
 
 from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.http11 import Request
+
+SEND_TEXT_NOW = "wml.send_text_now"  # scope extension: ``send_text_now(text) -> bool``
 
 
 class _Wakeable:
@@ -105,6 +115,29 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue = Inbox()  # type: ignore[assignment]  # the same methods, used the same way
         self.writable = Flag()  # type: ignore[assignment]
         self.writable.set()
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # none when the upgrade was refused
+        if scope is not None:
+            scope.setdefault("extensions", {})[SEND_TEXT_NOW] = self.send_text_now
+
+    def send_text_now(self, text: str) -> bool:
+        """Write a text message at once; False (nothing written) when ``send`` would wait or fail."""
+        if (
+            self.close_sent
+            or not self.handshake_complete
+            or self.initial_response is not None
+            or not self.writable.is_set()
+            or self.transport.is_closing()
+        ):
+            return False
+        try:
+            self.conn.send_text(text.encode())
+        except InvalidState:
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
 
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)

@@ -176,6 +176,34 @@ async def test_a_full_queue_ends_the_subscriber_and_never_blocks_the_publisher()
         assert bus.subscriber_count == 1  # only the fast one is left
 
 
+async def test_a_waiting_subscriber_is_handed_events_directly_and_queues_what_it_declines() -> None:
+    bus = EventBus()
+    handed: list[int] = []
+
+    def direct(event: JobEvent) -> bool:
+        handed.append(event.seq)
+        return event.seq != 2  # declines the second one
+
+    with bus.subscribe() as sub:
+        sub.direct = direct
+        bus.publish(JobEvent(1, "j", "c", "g", JobState.QUEUED, None, None, None, utcnow()))
+        assert len(sub) == 1 and handed == []  # not waiting: queued, never handed
+        assert (await sub.get()) is not None
+        waiting = asyncio.ensure_future(sub.get())
+        await asyncio.sleep(0)
+        for seq in (2, 3):
+            bus.publish(JobEvent(seq, "j", "c", "g", JobState.QUEUED, None, None, None, utcnow()))
+        # 2 was declined and queued (waking the task), so 3 is queued behind it, never handed.
+        assert handed == [2]
+        got = [await waiting, await sub.get()]
+        assert [e.seq for e in got if e is not None] == [2, 3]
+        waiting = asyncio.ensure_future(sub.get())
+        await asyncio.sleep(0)
+        bus.publish(JobEvent(4, "j", "c", "g", JobState.QUEUED, None, None, None, utcnow()))
+        assert handed == [2, 4] and not waiting.done() and len(sub) == 0
+        waiting.cancel()
+
+
 async def test_events_committed_by_another_replica_arrive_once_in_order(pg_url: str) -> None:
     store, other = await _store(pg_url), await _store(pg_url)
     bus = PgEventBus(store, pg_url)
