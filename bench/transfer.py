@@ -49,7 +49,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import free_port, proc_kib, wait_until_up, write_result
+from bench.common import create_token, free_port, proc_kib, wait_until_up, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -304,18 +304,6 @@ def environment(data_dir: Path, storage: str | None, port: int) -> dict[str, str
     if storage:
         env["WML_STORAGE"] = storage
     return env
-
-
-def create_token(env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [PYTHON, "-m", "wml.cli", "consumers", "create", "bench", "--asset", "dummy-job"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return done.stdout.split("token (shown once): ", 1)[1].split()[0]
 
 
 def file_chunks(path: Path) -> Iterator[bytes]:
