@@ -376,13 +376,10 @@ async def _readable(fd: int | None, seconds: float) -> None:
         if not ready.done():
             ready.set_result(None)
 
-    try:
-        if fd is None:
-            raise NotImplementedError
-        loop.add_reader(fd, wake)
-    except NotImplementedError:  # no fd, or a loop that cannot watch one
+    if fd is None:  # no pidfd for this runner: only the safety-net interval
         await asyncio.sleep(seconds)
         return
+    loop.add_reader(fd, wake)
     try:
         await asyncio.wait([ready], timeout=seconds)
     finally:
