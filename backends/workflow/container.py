@@ -123,22 +123,12 @@ class ContainerWorkflowBackend(HostJobs):
         await self._stop_tasks()
 
     async def submit(self, run: JobRun) -> str:
-        ref = run.job_id
-        if not valid_job_id(ref):
-            raise WorkflowBackendError(f"job id {ref!r} cannot name a job directory")
         options = self._options
         gpu_args(run.resources, gpus=options.gpus, gpu_type=options.gpu_type)  # GpuUnavailableError
-        job = self._job(ref)
-        if await asyncio.to_thread(job.exists):
-            await self.reconcile([ref])  # submitted before (a retry): keep following it
-            return ref
-        try:
-            await asyncio.to_thread(job.create, run)
-        except OSError as e:
-            raise WorkflowBackendError(f"cannot create the job directory: {e.strerror}") from e
-        self._emit(BackendUpdate(ref, RunPhase.INITIALIZING))
-        self._track(ref, self._pipeline(run, job))
-        return ref
+        job = await self._new_job(run)
+        if job is not None:
+            self._track(run.job_id, self._pipeline(run, job))
+        return run.job_id
 
     async def cancel(self, ref: str) -> None:
         job = self._job(ref)

@@ -4,16 +4,17 @@ outcome always ends in a terminal update on the backend's single update stream."
 
 from __future__ import annotations
 
+import abc
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from backends.storage.base import StorageBackend
-from backends.workflow.base import BackendUpdate, InputKind, JobRun, RunPhase
-from backends.workflow.local_jobdir import JobDir
+from backends.workflow.base import BackendUpdate, InputKind, JobRun, RunPhase, WorkflowBackendError
+from backends.workflow.local_jobdir import JobDir, valid_job_id
 from sidecar.manifest import InputEntry, StageInManifest
 from sidecar.staging import read_dotenv, stage_in
 
@@ -37,7 +38,7 @@ async def stage_inputs(storage: StorageBackend, run: JobRun, job: JobDir) -> dic
     return dotenv
 
 
-class HostJobs:
+class HostJobs(abc.ABC):
     """Job directories, the update stream and the owned per-job tasks of a single-host backend."""
 
     kind = "host"  # names the backend in log events and task names
@@ -62,6 +63,30 @@ class HostJobs:
 
     def _job(self, ref: str) -> JobDir:
         return JobDir(self._work_dir / ref)
+
+    @abc.abstractmethod
+    async def reconcile(self, refs: Sequence[str]) -> list[BackendUpdate]:
+        """Each backend reconciles its own way (a retried submit relies on it, see ``_new_job``)."""
+
+    async def _new_job(self, run: JobRun) -> JobDir | None:
+        """The first step of every submit: the run's job directory, created, and INITIALIZING reported.
+
+        None when the job was submitted before (a retry after a crash or a lost answer): it is then
+        reconciled, so it is followed again rather than started twice.
+        """
+        ref = run.job_id
+        if not valid_job_id(ref):
+            raise WorkflowBackendError(f"job id {ref!r} cannot name a job directory")
+        job = self._job(ref)
+        try:
+            await asyncio.to_thread(job.create, run)  # refuses an existing directory: no check-then-act
+        except FileExistsError:
+            await self.reconcile([ref])
+            return None
+        except OSError as e:
+            raise WorkflowBackendError(f"cannot create the job directory: {e.strerror}") from e
+        self._emit(BackendUpdate(ref, RunPhase.INITIALIZING))
+        return job
 
     def _emit(self, update: BackendUpdate) -> None:
         self._queue.put_nowait(update)

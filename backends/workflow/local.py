@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 import structlog
 
 from backends.storage.base import StorageBackend, StorageError
-from backends.workflow.base import BackendUpdate, JobRun, RunPhase, WorkflowBackendError
+from backends.workflow.base import BackendUpdate, JobRun, RunPhase
 from backends.workflow.host_jobs import HostJobs, stage_inputs
 from backends.workflow.local_jobdir import (
     ExitStatus,
@@ -111,17 +111,9 @@ class LocalWorkflowBackend(HostJobs):
 
     async def submit(self, run: JobRun) -> str:
         ref = run.job_id
-        if not valid_job_id(ref):
-            raise WorkflowBackendError(f"job id {ref!r} cannot name a job directory")
-        job = self._job(ref)
-        try:
-            await asyncio.to_thread(job.create, run)
-        except FileExistsError:
-            await self.reconcile([ref])  # submitted before (a retry): keep following it
+        job = await self._new_job(run)
+        if job is None:
             return ref
-        except OSError as e:
-            raise WorkflowBackendError(f"cannot create the job directory: {e.strerror}") from e
-        self._emit(BackendUpdate(ref, RunPhase.INITIALIZING))
         if not run.local_command:
             message = f"asset {run.asset_id} has no local command, which the local backend needs"
             await self._finish(job, BackendUpdate(ref, RunPhase.ERROR, "SUBMIT_FAILED", message))
