@@ -66,7 +66,6 @@ CREATE_INPUT = {"input": {"assetId": ASSET, "inputs": [], "parameters": {}}}
 
 
 def bare_app(database_url: str) -> Any:
-    from datetime import timedelta
 
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -75,8 +74,7 @@ def bare_app(database_url: str) -> Any:
 
     from core.auth import hash_token
     from core.db import create_engine
-    from core.models import Job, utcnow
-    from core.states import JobState
+    from core.models import Job
     from core.store import LIVE_STATES, Store
 
     store = Store(create_engine(database_url))
@@ -107,27 +105,11 @@ def bare_app(database_url: str) -> Any:
         asset = await store.get_asset(body["assetId"])
         assert asset is not None
         await store.count_jobs(LIVE_STATES, found.consumer_id)
-        now = utcnow()
-        job = Job(
-            id=f"j_bare{time.perf_counter_ns():x}",
+        job = Job.queued(
+            job_id=f"j_bare{time.perf_counter_ns():x}",
             consumer_id=found.consumer_id,
             grant_id=found.id,
-            asset_id=asset.id,
             asset=asset,
-            inputs=(),
-            parameters={},
-            state=JobState.QUEUED,
-            reason=None,
-            message=None,
-            exit_code=None,
-            backend_ref=None,
-            deadline_at=now + timedelta(seconds=asset.timeouts.queue),
-            log_tail=None,
-            log_file_id=None,
-            created_at=now,
-            updated_at=now,
-            started_at=None,
-            finished_at=None,
         )
         await store.insert_job(job)
         return JSONResponse({"createJob": fields(job)})

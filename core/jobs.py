@@ -6,7 +6,6 @@ Everything a consumer can do to a job passes here; the supervisor then owns the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from core.assets import Asset
@@ -14,7 +13,7 @@ from core.auth import Principal
 from core.errors import ConflictError, NotFoundError, QuotaExceededError, ValidationError
 from core.events import EventBus
 from core.metrics import Metrics
-from core.models import FileStatus, InputBinding, Job, Page, new_id, utcnow
+from core.models import FileStatus, InputBinding, Job, Page, new_id
 from core.parameters import resolve_parameters
 from core.states import JobState
 from core.store import LIVE_STATES, Store
@@ -56,27 +55,13 @@ class JobService:
         live = await self._store.count_jobs(LIVE_STATES, principal.consumer_id)
         if live >= self._max_queued:
             raise QuotaExceededError(f"at most {self._max_queued} unfinished jobs per consumer")
-        now = utcnow()
-        job = Job(
-            id=new_id("j"),
+        job = Job.queued(
+            job_id=new_id("j"),
             consumer_id=principal.consumer_id,
             grant_id=sorted(principal.grant_ids)[0],
-            asset_id=asset.id,
             asset=asset,
             inputs=bindings,
             parameters=values,
-            state=JobState.QUEUED,
-            reason=None,
-            message=None,
-            exit_code=None,
-            backend_ref=None,
-            deadline_at=now + timedelta(seconds=asset.timeouts.queue),
-            log_tail=None,
-            log_file_id=None,
-            created_at=now,
-            updated_at=now,
-            started_at=None,
-            finished_at=None,
         )
         event = await self._store.insert_job(job)
         self._metrics.jobs_created.labels(asset.id).inc()

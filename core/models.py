@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from core.assets import Asset
@@ -124,6 +124,42 @@ class Job:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    @classmethod
+    def queued(
+        cls,
+        *,
+        job_id: str,
+        consumer_id: str,
+        grant_id: str,
+        asset: Asset,
+        inputs: tuple[InputBinding, ...] = (),
+        parameters: dict[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> Job:
+        """A new job as it enters the queue: QUEUED, with the asset's queue timeout as its deadline."""
+        now = now or utcnow()
+        return cls(
+            id=job_id,
+            consumer_id=consumer_id,
+            grant_id=grant_id,
+            asset_id=asset.id,
+            asset=asset,
+            inputs=inputs,
+            parameters=parameters or {},
+            state=JobState.QUEUED,
+            reason=None,
+            message=None,
+            exit_code=None,
+            backend_ref=None,
+            deadline_at=now + timedelta(seconds=asset.timeouts.queue),
+            log_tail=None,
+            log_file_id=None,
+            created_at=now,
+            updated_at=now,
+            started_at=None,
+            finished_at=None,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from backends.workflow.kubernetes import KubernetesWorkflowBackend
 from core.assets import Asset
 from core.db import create_engine, migrate
 from core.events import EventBus
-from core.models import Job, new_id, utcnow
+from core.models import Job, new_id
 from core.states import JobState
 from core.store import Store
 from core.supervisor import Supervisor
@@ -46,27 +45,12 @@ class Supervised:
     consumer_id: str
 
     async def queue(self, asset: Asset = ASSET, parameters: dict[str, Any] | None = None) -> Job:
-        now = utcnow()
-        job = Job(
-            id=new_id("j"),
+        job = Job.queued(
+            job_id=new_id("j"),
             consumer_id=self.consumer_id,
             grant_id="g_1",
-            asset_id=asset.id,
             asset=asset,
-            inputs=(),
-            parameters=parameters or {},
-            state=JobState.QUEUED,
-            reason=None,
-            message=None,
-            exit_code=None,
-            backend_ref=None,
-            deadline_at=now + timedelta(seconds=asset.timeouts.queue),
-            log_tail=None,
-            log_file_id=None,
-            created_at=now,
-            updated_at=now,
-            started_at=None,
-            finished_at=None,
+            parameters=parameters,
         )
         await self.store.insert_job(job)
         self.supervisor.wake()
