@@ -9,7 +9,8 @@ off the request body. An upload through ``uploadFile`` therefore goes from the s
 pass with flat memory. File parts before the last one (requests with several files) and any file part
 sent before the map are spooled as Starlette does.
 
-Limits: a form field (``operations``, ``map``) may hold at most ``max_field_size`` bytes; the request's
+Limits: a form field (``operations``, ``map``) may hold at most ``max_field_size`` bytes, all fields
+together ``MAX_FIELDS_TOTAL``, and a request at most ``MAX_PARTS`` parts; the request's
 total size is already bounded by the upload-limit middleware (:mod:`graphql_api.routes`), which refuses
 a multipart request without ``Content-Length``. A malformed or cut short body is a
 :class:`MultipartError`: a 400 while the fields are read, a ``ValidationError`` of ``uploadFile`` once
@@ -29,6 +30,8 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.requests import ClientDisconnect
 
 MAX_FIELD_SIZE = 1024 * 1024  # operations and map: the same bound as Starlette's form parser
+MAX_PARTS = 1000  # fields and files in one request, as Starlette's form parser allows
+MAX_FIELDS_TOTAL = 4 * MAX_FIELD_SIZE  # all form fields together, held in memory while parsing
 SPOOL_IN_MEMORY = 1024 * 1024  # a spooled file part stays in memory up to this size
 
 
@@ -144,15 +147,19 @@ async def parse(
     fields: dict[str, str] = {}
     files: dict[str, UploadFile | StreamedUpload] = {}
     mapped: set[str] | None = None
+    field_bytes = 0
     while True:
         kind, headers = await body.next_event()
         if kind == "done":
             return fields, files
         if kind != "part":
             raise MultipartError(f"unexpected {kind} between parts")
+        if len(fields) + len(files) >= MAX_PARTS:
+            raise MultipartError(f"a multipart request may have at most {MAX_PARTS} parts")
         name, filename, part_type = _disposition(headers)
         if filename is None:
-            fields[name] = await _field(body, max_field_size)
+            fields[name] = await _field(body, min(max_field_size, MAX_FIELDS_TOTAL - field_bytes))
+            field_bytes += len(fields[name].encode())
             if name == "map":
                 mapped = _mapped_names(fields[name])
         elif mapped is not None and mapped - files.keys() == {name}:
@@ -184,7 +191,10 @@ async def _field(body: _Body, limit: int) -> str:
     while (event := await body.next_event())[0] == "data":
         value += event[1]
         if len(value) > limit:
-            raise MultipartError(f"a form field is larger than {limit} bytes")
+            raise MultipartError(
+                f"a form field is larger than {limit} bytes"
+                f" (one may hold {MAX_FIELD_SIZE}, all of them together {MAX_FIELDS_TOTAL})"
+            )
     if event[0] != "end":
         raise MultipartError("a form field did not end")
     return value.decode("utf-8", "replace")

@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
+from graphql_api import multipart
 from tests.support.api import Api
 
 BOUNDARY = "wml-test-boundary"
@@ -164,3 +168,23 @@ async def test_an_oversized_form_field_is_refused_with_400(api: Api) -> None:
     assert status == 400
     assert result["errors"][0]["extensions"]["code"] == "BAD_REQUEST"  # type: ignore[index]
     assert "larger than" in result["errors"][0]["message"]  # type: ignore[index]
+
+
+async def test_too_many_parts_or_too_much_field_text_is_refused() -> None:
+    # The parser itself (the HTTP answer to a MultipartError is the 400 shown above): a body this large
+    # is answered before it is all read, and the reset of the unread rest can swallow the answer.
+    async def chunks(body: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 65536):
+            yield body[start : start + 65536]
+
+    closing = f"--{BOUNDARY}--\r\n".encode()
+    many = b"".join(field(f"f{i}", "x") for i in range(multipart.MAX_PARTS + 1)) + closing
+    big = b"".join(field(f"f{i}", "x" * multipart.MAX_FIELD_SIZE) for i in range(5)) + closing
+    content_type = f"multipart/form-data; boundary={BOUNDARY}"
+    with pytest.raises(multipart.MultipartError, match=f"at most {multipart.MAX_PARTS} parts"):
+        await multipart.parse(chunks(many), content_type)
+    with pytest.raises(multipart.MultipartError, match="larger than"):
+        await multipart.parse(chunks(big), content_type)
+    fine = b"".join(field(f"f{i}", "x" * multipart.MAX_FIELD_SIZE) for i in range(4)) + closing
+    fields, files = await multipart.parse(chunks(fine), content_type)
+    assert len(fields) == 4 and files == {}
