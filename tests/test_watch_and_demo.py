@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Mapping
 
 from tests.support.api import Api
 from wml.demo import pick_workflow
@@ -21,13 +22,19 @@ async def _run(*args: str, env: dict[str, str] | None = None) -> tuple[int, list
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "WML_LOG_LEVEL": "WARNING", **(env or {})},
+        # Through a pipe, as `make demo | tee` or CI reads it, and without PYTHONUNBUFFERED (which some
+        # shells set): lines must still arrive as they are printed.
+        env={**_without(os.environ, "PYTHONUNBUFFERED"), "WML_LOG_LEVEL": "WARNING", **(env or {})},
     )
     assert proc.stdout is not None
     lines = []
     while raw := await asyncio.wait_for(proc.stdout.readline(), 120):
         lines.append((time.monotonic(), raw.decode().rstrip("\n")))
     return await proc.wait(), lines
+
+
+def _without(env: Mapping[str, str], name: str) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k != name}
 
 
 def _at(lines: list[tuple[float, str]], text: str) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import sys
 from pathlib import Path
 
@@ -95,6 +96,11 @@ def _add_sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Everything this command prints (demo and watch progress, log lines) is read as it happens, often
+    # through a pipe (`make demo | tee`, a container's log): a line must leave when it is printed, not when
+    # a block buffer fills, whether or not PYTHONUNBUFFERED is set.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     args = _parser().parse_args(argv)
     try:
         settings = Settings()
