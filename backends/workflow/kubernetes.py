@@ -14,10 +14,11 @@
   (it waits for a finishing still under way), and happens once per process however often it is asked: it
   deletes the Job in the background, and the garbage collector takes the Pod and the Secret (owned by the
   Job) with it; the Secret is deleted by name only when the Job was not there. A run cleaned up is
-  unknown to :meth:`reconcile` from then on, even with lists taken before: it is never finished twice. The
-  **orphan sweep** runs with each :meth:`reconcile`: labelled Jobs and Secrets whose ref is not among the
-  live refs passed in (their job is terminal or unknown), older than ``orphan_grace`` and not submitted
-  recently by this process, are deleted (and, per consumer, namespaces left without Jobs).
+  unknown to :meth:`reconcile` from then on, even with lists taken before: it is never finished twice,
+  nor deleted again by a sweep working from those lists. The **orphan sweep** runs with each
+  :meth:`reconcile`: labelled Jobs and Secrets whose ref is not among the live refs passed in (their job
+  is terminal or unknown), older than ``orphan_grace`` and not submitted recently by this process, are
+  deleted (and, per consumer, namespaces left without Jobs).
 
 Requests per job: submit 2, finish 1 (the worker log; +1 when stage-out's manifest is not in its
 termination message), cleanup 1 (+1 with namespace-per-consumer); cancel adds 1 (the log so far) and
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -61,6 +63,9 @@ from sidecar.dotenv import parse_dotenv_line
 log = structlog.get_logger("wml.workflow.kubernetes")
 
 _MAX_ENV_INPUT = 256 * 1024  # a Secret holds at most 1 MiB, whatever the slot allows
+_REMOVED_MEMORY = (
+    600.0  # seconds a deletion is remembered for sweeps that listed before it (far above a pass)
+)
 
 
 class KubernetesWorkflowBackend:
@@ -76,6 +81,9 @@ class KubernetesWorkflowBackend:
         self._namespaces: ConsumerNamespaces | None = None
         self._submitted: dict[str, float] = {}  # ref -> when this process submitted it (monotonic)
         self._deleted: set[str] = set()  # refs whose Job cancel deleted, until their cleanup
+        # ref -> when cancel or cleanup last deleted its objects (monotonic; inf while under way): a sweep
+        # working from lists taken before then leaves them alone instead of deleting them a second time.
+        self._removed: dict[str, float] = {}
         self.watcher: PodWatcher | None = None
         self._watch_task: asyncio.Task[None] | None = None
 
@@ -192,7 +200,8 @@ class KubernetesWorkflowBackend:
                     self.options.log_tail_lines,
                 )
         try:
-            existed = await self._api().delete("Job", namespace, name, propagation="Background")
+            async with self._removing(ref):
+                existed = await self._api().delete("Job", namespace, name, propagation="Background")
         except WorkflowBackendError:
             tracker.canceled.discard(ref)  # not stopped: keep following it
             raise
@@ -218,11 +227,21 @@ class KubernetesWorkflowBackend:
         api = self._api()
         if ref in self._deleted:  # by cancel
             self._deleted.discard(ref)
-        elif not await api.delete("Job", namespace, name, propagation="Background"):
-            # The garbage collector takes the Secret (and the Pod) with its Job; without one, it is ours.
-            await api.delete("Secret", namespace, name)
+        else:
+            async with self._removing(ref):
+                if not await api.delete("Job", namespace, name, propagation="Background"):
+                    # The garbage collector takes the Secret (and the Pod) with its Job; without one, ours.
+                    await api.delete("Secret", namespace, name)
         if self._namespaces is not None:
             await self._namespaces.release_if_empty(namespace)
+
+    @contextlib.asynccontextmanager
+    async def _removing(self, ref: str) -> AsyncIterator[None]:
+        self._removed[ref] = math.inf
+        try:
+            yield
+        finally:  # a failed delete too: a sweep listing after this deletes what is left
+            self._removed[ref] = time.monotonic()
 
     # -- status ----------------------------------------------------------------------------------------
 
@@ -233,11 +252,12 @@ class KubernetesWorkflowBackend:
     async def reconcile(self, refs: Sequence[str]) -> list[BackendUpdate]:
         """One list of Jobs, Pods and Secrets for all refs; then the orphan sweep."""
         api, scope = self._api(), None if self.options.namespace_per_consumer else self.options.namespace
+        listed_at = time.monotonic()
         jobs = {ref_of(j, "Job"): j for j in (await api.select("Job", scope, SELECTOR))[0]}
         pods = {ref_of(p): p for p in (await api.select("Pod", scope, SELECTOR))[0]}
         secrets = (await api.select("Secret", scope, SELECTOR))[0]
         results = await asyncio.gather(*(self._reconcile_one(r, jobs.get(r), pods.get(r)) for r in refs))
-        await self._sweep(set(refs), list(jobs.values()), secrets)
+        await self._sweep(set(refs), list(jobs.values()), secrets, listed_at)
         return list(results)
 
     async def _reconcile_one(
@@ -262,15 +282,22 @@ class KubernetesWorkflowBackend:
         tracker.report_phase(ref, verdict.phase)
         return BackendUpdate(ref, tracker.phases.get(ref, verdict.phase))
 
-    async def _sweep(self, live: set[str], jobs: list[dict[str, Any]], secrets: list[dict[str, Any]]) -> None:
-        """Delete labelled objects of runs that are not live, once they are old enough (see module doc)."""
+    async def _sweep(
+        self, live: set[str], jobs: list[dict[str, Any]], secrets: list[dict[str, Any]], listed_at: float
+    ) -> None:
+        """Delete labelled objects of runs that are not live, once they are old enough (see module doc).
+
+        Objects that cancel or cleanup deleted after the lists were taken are gone already: not deleted again.
+        """
         now, grace = time.monotonic(), self.options.orphan_grace
         recent = {ref for ref, at in self._submitted.items() if now - at < max(grace, 60)}
+        self._removed = {ref: at for ref, at in self._removed.items() if at >= now - _REMOVED_MEMORY}
+        removed = {ref for ref, at in self._removed.items() if at >= listed_at}
         api, swept = self._api(), set()
         for kind, objects in (("Job", jobs), ("Secret", secrets)):
             for obj in objects:
                 ref = ref_of(obj, kind)
-                if ref is None or ref in live or ref in recent or _age(obj) < grace:
+                if ref is None or ref in live or ref in recent or ref in removed or _age(obj) < grace:
                     continue
                 namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
                 await api.delete(kind, namespace, name, propagation="Background" if kind == "Job" else None)

@@ -45,6 +45,35 @@ async def test_a_reconcile_whose_lists_predate_the_cleanup_knows_the_run_no_more
             await backend.close()
 
 
+async def test_a_sweep_whose_lists_predate_the_cleanup_does_not_delete_the_run_again(
+    tmp_path: Path, storage: FileStorageBackend, make_run
+) -> None:
+    async with fake_kube(tmp_path, f"file://{tmp_path / 'files'}") as kube:
+        backend = await started(kube, storage)
+        try:
+            stream = backend.updates()
+            ref = await backend.submit(make_run())
+            await succeed(kube, ref, storage)
+            await terminal(stream, ref)
+
+            # The supervisor's reconcile no longer counts the run as live; its cleanup lands between the
+            # lists (which still show the Job) and the sweep.
+            kube.api.before_next("GET", "secrets", lambda: backend.cleanup(ref))
+            before = len(kube.api.requests)
+            assert await backend.reconcile([]) == []
+
+            made = Counter((c.method, c.plural) for c in kube.api.requests[before:])
+            assert made == {
+                ("GET", "jobs"): 1,
+                ("GET", "pods"): 1,
+                ("GET", "secrets"): 1,
+                ("DELETE", "jobs"): 1,
+            }
+            assert kube.leftovers() == []
+        finally:
+            await backend.close()
+
+
 async def test_cleanup_waits_for_a_finishing_still_saving_the_log(
     tmp_path: Path, storage: FileStorageBackend, make_run, read_object
 ) -> None:
