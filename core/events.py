@@ -29,6 +29,7 @@ import structlog
 
 from core.models import JobEvent
 from core.store import Store
+from core.waiting import wait_set
 
 CATCH_UP_BATCH = 500
 log = structlog.get_logger("wml.events")
@@ -316,9 +317,7 @@ class OrderedEventBus(EventBus):
                 except Exception:
                     log.exception("reading new events failed; retrying")
                     self._must_read = True
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._catch_up_interval)
-            except TimeoutError:
+            if not await wait_set(self._wake, self._catch_up_interval):
                 self._must_read = True
 
     async def _catch_up(self) -> None:

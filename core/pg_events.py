@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from core.events import OrderedEventBus
 from core.store import EVENTS_CHANNEL, Store
+from core.waiting import wait_set
 
 log = structlog.get_logger("wml.events")
 
@@ -55,7 +56,8 @@ class PgEventBus(OrderedEventBus):
     async def start(self) -> None:
         await super().start()
         self._listener_task = asyncio.create_task(self._listen_forever(), name="pg-event-listener")
-        await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT)
+        if not await wait_set(self._connected, CONNECT_TIMEOUT):
+            raise TimeoutError(f"the event listener did not connect within {CONNECT_TIMEOUT} s")
 
     async def close(self) -> None:
         if self._listener_task is not None:
@@ -102,13 +104,13 @@ class PgEventBus(OrderedEventBus):
             # Listening now: whatever was committed while nobody listened is read by this catch-up.
             self.request_read()
             while not conn.is_closed():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), self._catch_up_interval)
+                await wait_set(lost, self._catch_up_interval)
             raise ConnectionError("the listener's connection closed")
         finally:
             self._conn = None
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 2)
+                async with asyncio.timeout(2):
+                    await conn.close()
 
     def _on_event(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         try:

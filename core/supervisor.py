@@ -25,6 +25,7 @@ from core.metrics import Metrics
 from core.models import Job, JobEvent, utcnow
 from core.states import JobState, Reason
 from core.store import Change, Store
+from core.waiting import wait_set
 
 log = structlog.get_logger("wml.supervisor")
 
@@ -93,8 +94,7 @@ class Supervisor:
         next_reconcile = loop.time() + self._reconcile_every
         next_deadlines = loop.time()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._tick)
+            await wait_set(self._wake, self._tick)
             self._wake.clear()
             try:
                 # Deadlines are looked at once a tick, not on every wake-up (a new job, a freed slot).

@@ -25,6 +25,7 @@ from core.metrics import Metrics
 from core.models import Grant, utcnow
 from core.provisioning import CallbackOutcome, ProvisioningService
 from core.settings import Settings
+from core.waiting import wait_set
 from provisioner.wire import callback_body, callback_url
 
 log = structlog.get_logger("wml.provisioner")
@@ -92,8 +93,7 @@ class ProvisionerTasks:
                 log.exception("callback pass failed; retrying shortly")
                 nxt = utcnow() + timedelta(seconds=1)
             pause = 5.0 if nxt is None else max(0.05, min(5.0, (nxt - utcnow()).total_seconds()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=pause)
+            await wait_set(self._wake, pause)
             self._wake.clear()
 
     async def send(self, grant: Grant) -> None:

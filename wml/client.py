@@ -107,7 +107,8 @@ class Client:
                         {"type": "connection_init", "payload": {"authorization": f"Bearer {self._token}"}}
                     )
                 )
-                ack = json.loads(await asyncio.wait_for(ws.recv(), self._timeout))
+                async with asyncio.timeout(self._timeout):
+                    ack = json.loads(await ws.recv())
                 if ack.get("type") != "connection_ack":
                     raise ApiError(f"the server did not accept the connection: {ack}")
                 payload = {"query": document, "variables": variables or {}}

@@ -136,10 +136,10 @@ async def _consume(url: str, token: str, root: Path, sleep: int) -> int:
 
         job = await client.create_job(DEMO_ASSET, {"data": uploaded["id"]}, {"SLEEPTIME": sleep})
         step(f"created job {job['id']} ({job['state']}); following it live over the subscriptions:")
-        await asyncio.wait_for(
-            follow_job(client, job["id"], lambda e: step(describe(e)), lambda line: print(f"    | {line}")),
-            sleep + 120,
-        )
+        async with asyncio.timeout(sleep + 120):
+            await follow_job(
+                client, job["id"], lambda e: step(describe(e)), lambda line: print(f"    | {line}")
+            )
         final = await client.job(job["id"])
         if final is None:
             raise ApiError(f"job {job['id']} disappeared")

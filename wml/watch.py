@@ -45,8 +45,7 @@ async def follow_job(
             on_event(last)
         if last is None:
             raise ApiError(f"job {job_id} sent no events")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(log_task), LOG_DRAIN)
+        await asyncio.wait({log_task}, timeout=LOG_DRAIN)  # the last lines, without cancelling it
         if log_task.done() and not log_task.cancelled() and log_task.exception() is not None:
             raise ApiError(f"the job's log could not be followed: {log_task.exception()}")
         return last
