@@ -252,7 +252,10 @@ class OrderedEventBus(EventBus):
         self._fan_out_task: asyncio.Task[None] | None = None
         self._pending: dict[int, JobEvent] = {}  # published ahead of a gap, by seq
         self._known_seq = 0  # the highest seq known to be committed (published or announced)
-        self._must_read = True  # read the store whatever is known (start, reconnect, safety net)
+        # Read the store whatever is known (a reconnect, the safety net). Not at start: start() reads the
+        # position, and what is committed after it is published here or announced (PgEventBus reads once
+        # it listens).
+        self._must_read = False
         self.last_seq = 0
         self.store_reads = 0  # reads of new events from the store (the gaps filled)
 
