@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from backends.storage import file as file_module
 from backends.storage.base import InvalidKeyError, ObjectNotFoundError, StorageError
 from backends.storage.file import FileStorageBackend
 
@@ -121,3 +124,42 @@ def test_from_url_refuses_what_it_cannot_use(url: str) -> None:
 
 def _record_root(self: FileStorageBackend, root: Path) -> None:
     self.root = root
+
+
+@pytest.mark.parametrize("step", ["get", "put"])
+async def test_a_cancel_while_a_thread_opens_the_file_leaves_no_open_file_and_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    storage = FileStorageBackend(tmp_path)
+    await storage.put("a/obj", chunks(b"data"))
+    opener = "_open_for_read" if step == "get" else "_open_temp"
+    real, release, opened = getattr(file_module, opener), threading.Event(), []
+
+    def slow_open(*args: object) -> object:
+        release.wait(10)  # still opening when the cancel comes
+        made = real(*args)
+        opened.append(made[0] if isinstance(made, tuple) else made)
+        return made
+
+    monkeypatch.setattr(file_module, opener, slow_open)
+
+    async def use() -> None:
+        if step == "get":
+            async for _ in storage.get("a/obj"):
+                pass
+        else:
+            await storage.put("a/new", chunks(b"more"))
+
+    task = asyncio.create_task(use())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):  # the thread finishes; what it made is taken back on the loop
+        if opened and opened[0].closed:
+            break
+        await asyncio.sleep(0.01)
+
+    assert [handle.closed for handle in opened] == [True]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["obj"]  # no temp file, no new object
