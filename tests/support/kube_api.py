@@ -201,11 +201,12 @@ class FakeKubernetes:
             def news(seen: int = seen) -> bool:
                 return state.version > seen or self._breaks != breaks or self._generation != generation
 
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose the cancel that ends this
+            # stream when the server stops (see core/waiting.py), and the loop would go on.
             async with state.changed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        state.changed.wait_for(news), timeout=max(0.01, ends_at - loop.time())
-                    )
+                    async with asyncio.timeout(max(0.01, ends_at - loop.time())):
+                        await state.changed.wait_for(news)
 
     async def _log(self, call: Call) -> Response:
         namespace, name, container = call.namespace or "", call.name or "", call.query.get("container", "")

@@ -235,12 +235,14 @@ class ProcessKubelet:
         timed_out = False
         try:
             try:
-                await asyncio.wait_for(asyncio.shield(process.wait()), timeout=max(0.0, remaining))
+                async with asyncio.timeout(max(0.0, remaining)):  # not wait_for: see core/waiting.py
+                    await asyncio.shield(process.wait())
             except TimeoutError:
                 timed_out = True
                 _signal(process.pid, signal.SIGTERM)
                 try:
-                    await asyncio.wait_for(asyncio.shield(process.wait()), timeout=2)
+                    async with asyncio.timeout(2):
+                        await asyncio.shield(process.wait())
                 except TimeoutError:
                     _signal(process.pid, signal.SIGKILL)
                     await process.wait()
