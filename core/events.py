@@ -29,7 +29,7 @@ import structlog
 
 from core.models import JobEvent
 from core.store import Store
-from core.waiting import wait_set
+from core.waiting import cancel_and_wait, wait_set
 
 CATCH_UP_BATCH = 500
 log = structlog.get_logger("wml.events")
@@ -265,9 +265,7 @@ class OrderedEventBus(EventBus):
 
     async def close(self) -> None:
         if self._fan_out_task is not None:
-            self._fan_out_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._fan_out_task
+            await cancel_and_wait(self._fan_out_task)
             self._fan_out_task = None
         await super().close()
 

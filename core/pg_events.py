@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from core.events import OrderedEventBus
 from core.store import EVENTS_CHANNEL, Store
-from core.waiting import wait_set
+from core.waiting import cancel_and_wait, wait_set
 
 log = structlog.get_logger("wml.events")
 
@@ -61,9 +61,7 @@ class PgEventBus(OrderedEventBus):
 
     async def close(self) -> None:
         if self._listener_task is not None:
-            self._listener_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener_task
+            await cancel_and_wait(self._listener_task)
             self._listener_task = None
         await super().close()
 

@@ -25,6 +25,7 @@ from core.signing import UrlSigner
 from core.store import Store
 from core.streams import JobStreams
 from core.supervisor import Supervisor
+from core.waiting import SHUTDOWN_STEP_SECONDS, bounded
 
 log = structlog.get_logger("wml.services")
 
@@ -45,11 +46,13 @@ class Services:
     metrics: Metrics
     streams: JobStreams
 
-    async def close(self) -> None:
-        await self.supervisor.stop()
-        await self.bus.close()
-        await self.storage.close()
-        await self.store.engine.dispose()
+    async def close(self, step_seconds: float = SHUTDOWN_STEP_SECONDS) -> None:
+        """Stop everything, each step bounded (core.waiting.bounded): a step that hangs does not keep the
+        others, or the process's exit, waiting."""
+        await bounded("supervisor and workflow backend", self.supervisor.stop, step_seconds)
+        await bounded("event bus", self.bus.close, step_seconds)
+        await bounded("storage", self.storage.close, step_seconds)
+        await bounded("database", self.store.engine.dispose, step_seconds)
 
 
 async def open_store(settings: Settings) -> Store:

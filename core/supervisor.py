@@ -10,7 +10,6 @@ ever stuck. How backend phases map onto job states, and what an update writes to
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -25,7 +24,7 @@ from core.metrics import Metrics
 from core.models import Job, JobEvent, utcnow
 from core.states import JobState, Reason
 from core.store import Change, Store
-from core.waiting import wait_set
+from core.waiting import cancel_and_wait, wait_set
 
 log = structlog.get_logger("wml.supervisor")
 
@@ -79,10 +78,7 @@ class Supervisor:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
         await self._backend.close()
 

@@ -15,7 +15,6 @@ callback pending when the service stops is sent after it starts again. How each 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import timedelta
 
 import httpx
@@ -25,7 +24,7 @@ from core.metrics import Metrics
 from core.models import Grant, utcnow
 from core.provisioning import CallbackOutcome, ProvisioningService
 from core.settings import Settings
-from core.waiting import wait_set
+from core.waiting import cancel_and_wait, wait_set
 from provisioner.wire import callback_body, callback_url
 
 log = structlog.get_logger("wml.provisioner")
@@ -76,10 +75,7 @@ class ProvisionerTasks:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._http is not None:
             await self._http.aclose()
 

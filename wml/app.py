@@ -19,6 +19,7 @@ from backends.workflow.registry import create_workflow_backend
 from core.services import Services, open_services
 from core.settings import Settings
 from core.states import JobState
+from core.waiting import bounded
 from graphql_api.routes import graphql_middleware, graphql_routes
 from provisioner.callbacks import ProvisionerTasks
 from provisioner.routes import provision_routes
@@ -61,7 +62,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
-            await provisioner.stop()
+            await bounded("provisioner", provisioner.stop)
             await services.close()
 
     async def healthz(_request: Request) -> Response:
