@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from backends.workflow.base import JobRun, Resources, RunPhase
+from backends.workflow.base import InputKind, JobRun, Resources, RunPhase
 from backends.workflow.container import ContainerWorkflowBackend
 from backends.workflow.container_cli import INPUTS_MOUNT, run_args
 from backends.workflow.registry import WorkflowConfigurationError, create_workflow_backend
 from tests.backends.workflow.conftest import PODMAN, make_container_backend, make_docker_backend
+from tests.backends.workflow.test_local_workflow import StalledStorage
 from wml.demo import pick_workflow
 
 
@@ -201,3 +202,25 @@ def test_the_demo_falls_back_to_docker_when_podman_is_missing(
     assert pick_workflow("auto")[0] == "container://docker"
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'nothing.sock'}")  # docker without an engine
     assert pick_workflow("auto")[0] == "local://"
+
+
+async def test_a_cancel_during_stage_in_ends_the_run_before_any_container_exists(
+    container_work_dir: Path, storage, make_run, updates_of, upload
+) -> None:
+    data = await upload("consumers/c1/files/slow", b"slow bytes", "data", InputKind.FILE, "data")
+    backend = make_container_backend(container_work_dir, StalledStorage(storage))
+    await backend.start()
+    try:
+        updates = updates_of(backend)
+        ref = await backend.submit(make_run(inputs=(data,)))
+        await asyncio.sleep(0.2)  # stage-in is now waiting on the storage
+        await backend.cancel(ref)
+        final = await updates.terminal(ref, timeout=30)
+
+        assert final.phase == RunPhase.CANCELED
+        assert updates.phases(ref) == [RunPhase.INITIALIZING, RunPhase.CANCELED]
+        assert await _container_ids(backend) == []  # the worker was never created
+        await backend.cleanup(ref)
+        assert not (container_work_dir / ref).exists()
+    finally:
+        await backend.close()
