@@ -21,7 +21,13 @@ from typing import IO, TypeVar
 
 import structlog
 
-from backends.storage.base import ObjectInfo, StorageBackend, StorageError, StorageUnavailableError
+from backends.storage.base import (
+    ObjectInfo,
+    StorageBackend,
+    StorageError,
+    StorageUnavailableError,
+    made_in_thread,
+)
 from sidecar.archives import default_extraction_limit, extract_archive, tar_directory_stream
 from sidecar.dotenv import read_dotenv
 from sidecar.errors import InputStagingError, OutputUploadError
@@ -122,7 +128,9 @@ async def stage_in(
 async def _download(storage: StorageBackend, entry: InputEntry, directory: Path, retry: RetryPolicy) -> Path:
     """Stream the object into a hidden temp file in ``directory`` and verify it; return the temp path."""
     try:
-        fd, name = await asyncio.to_thread(tempfile.mkstemp, prefix=".stage-", dir=directory)
+        fd, name = await made_in_thread(
+            lambda: tempfile.mkstemp(prefix=".stage-", dir=directory), lambda made: _discard_temp(*made)
+        )
     except OSError as e:
         raise InputStagingError(f"input {entry.slot!r}: cannot write it: {e.strerror}") from e
     temp = Path(name)
@@ -166,6 +174,11 @@ async def _aclose(stream: AsyncIterator[bytes]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+def _discard_temp(fd: int, name: str) -> None:
+    os.close(fd)
+    Path(name).unlink(missing_ok=True)
 
 
 def _rewind(handle: IO[bytes]) -> None:
@@ -309,7 +322,7 @@ class _Tally:
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = await made_in_thread(lambda: os.open(path, os.O_RDONLY | os.O_NOFOLLOW), os.close)
     with os.fdopen(fd, "rb") as source:
         while chunk := await asyncio.to_thread(source.read, CHUNK_SIZE):
             yield chunk

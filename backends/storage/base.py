@@ -1,4 +1,5 @@
-"""The storage protocol every backend implements, its value types and its errors.
+"""The storage protocol every backend implements, its value types and its errors; and
+:func:`made_in_thread`, for opening files in worker threads without leaking them on cancel.
 
 Keys are built by the caller from opaque ids only (``consumers/<consumer>/files/<file id>``); a backend
 still refuses keys that could escape its root. Writes are streaming and all-or-nothing: an object either
@@ -7,9 +8,12 @@ appears whole, with its size and sha256, or not at all.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +93,19 @@ class StorageBackend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def made_in_thread(make: Callable[[], T], undo: Callable[[T], object]) -> T:
+    """``make()`` in a worker thread. A cancel while it runs there cannot stop it: once it is done,
+    ``undo`` takes back what it made (closes the file, removes the temp file), so nothing leaks."""
+    making = asyncio.ensure_future(asyncio.to_thread(make))
+    try:
+        return await asyncio.shield(making)
+    except asyncio.CancelledError:
+
+        def take_back(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                undo(done.result())
+
+        making.add_done_callback(take_back)
+        raise

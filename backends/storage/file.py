@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import IO, Self, TypeVar
+from typing import IO, Self
 from urllib.parse import unquote, urlsplit
 
 from backends.storage.base import (
@@ -31,11 +31,11 @@ from backends.storage.base import (
     ObjectTooLargeError,
     StorageCredentials,
     StorageError,
+    made_in_thread,
 )
 
 CHUNK_SIZE = 1024 * 1024  # bytes per read or write handed to a thread
 TEMP_PREFIX = ".tmp-"
-T = TypeVar("T")
 STALE_TEMP_AGE = 3600.0  # seconds after which a leftover temp file is certainly not being written
 MAX_KEY_LENGTH = 1024
 MAX_SEGMENT_LENGTH = 255  # NAME_MAX on common filesystems
@@ -90,7 +90,7 @@ class FileStorageBackend:
 
     async def put(self, key: str, chunks: AsyncIterator[bytes], *, max_size: int | None = None) -> ObjectInfo:
         path = self._path(key)
-        handle, temp = await _made_in_thread(lambda: _open_temp(path), lambda made: _discard(*made))
+        handle, temp = await made_in_thread(lambda: _open_temp(path), lambda made: _discard(*made))
         try:
             size, digest = await _write_all(handle, chunks, max_size)
             await asyncio.to_thread(_commit, handle, temp, path)
@@ -103,7 +103,7 @@ class FileStorageBackend:
         path = self._path(key)
         if offset < 0 or (length is not None and length < 0):
             raise InvalidRangeError(f"invalid range: offset={offset} length={length}")
-        handle = await _made_in_thread(lambda: _open_for_read(path, key), lambda made: made.close())
+        handle = await made_in_thread(lambda: _open_for_read(path, key), lambda made: made.close())
         try:
             size = os.fstat(handle.fileno()).st_size
             if offset > size:
@@ -171,22 +171,6 @@ async def _write_all(
 def _write_block(handle: IO[bytes], update: Callable[[bytes], object], block: bytes) -> None:
     update(block)
     handle.write(block)
-
-
-async def _made_in_thread(make: Callable[[], T], undo: Callable[[T], object]) -> T:
-    """``make()`` in a worker thread. A cancel while it runs there cannot stop it: once it is done,
-    ``undo`` takes back what it made (closes the file, removes the temp file), so nothing leaks."""
-    making = asyncio.ensure_future(asyncio.to_thread(make))
-    try:
-        return await asyncio.shield(making)
-    except asyncio.CancelledError:
-
-        def take_back(done: asyncio.Future[T]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                undo(done.result())
-
-        making.add_done_callback(take_back)
-        raise
 
 
 def _open_temp(path: Path) -> tuple[IO[bytes], Path]:

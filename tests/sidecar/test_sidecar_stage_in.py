@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import os
 import random
 import stat
 import tarfile
+import tempfile
+import threading
 import zipfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -350,4 +355,34 @@ async def test_persistent_storage_errors_give_up(storage: FileStorageBackend, in
         await stage_in(flaky, StageInManifest(inputs=[entry]), inputs, retry=FAST)  # type: ignore[arg-type]
 
     assert flaky.calls == 3
+    assert tree(inputs) == []
+
+
+async def test_a_cancel_while_the_temp_file_is_created_leaves_no_descriptor_and_no_file(
+    storage: FileStorageBackend, inputs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = await upload(storage, "in/data", b"bytes", kind="file", path="data.txt")
+    real_mkstemp, release, made = tempfile.mkstemp, threading.Event(), []
+
+    def slow_mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        release.wait(10)  # still creating it when the cancel comes
+        made.append(real_mkstemp(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkstemp", slow_mkstemp)
+    task = asyncio.create_task(stage_in(storage, StageInManifest(inputs=[entry]), inputs, retry=FAST))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):  # the thread finishes; what it made is taken back on the loop
+        if made and not Path(made[0][1]).exists():
+            break
+        await asyncio.sleep(0.01)
+
+    [(fd, name)] = made
+    assert not Path(name).exists()
+    descriptor = Path(f"/proc/self/fd/{fd}")  # its number may have been reused since: compare the target
+    assert not (descriptor.exists() and os.readlink(descriptor).startswith(name))  # closed, not leaked
     assert tree(inputs) == []
