@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
@@ -32,28 +31,7 @@ async def _store(url: str) -> Store:
 
 
 def _job(consumer_id: str) -> Job:
-    now = utcnow()
-    return Job(
-        id=new_id("j"),
-        consumer_id=consumer_id,
-        grant_id="g_1",
-        asset_id="a",
-        asset=ASSET,
-        inputs=(),
-        parameters={},
-        state=JobState.QUEUED,
-        reason=None,
-        message=None,
-        exit_code=None,
-        backend_ref=None,
-        deadline_at=now + timedelta(seconds=60),
-        log_tail=None,
-        log_file_id=None,
-        created_at=now,
-        updated_at=now,
-        started_at=None,
-        finished_at=None,
-    )
+    return Job.queued(job_id=new_id("j"), consumer_id=consumer_id, grant_id="g_1", asset=ASSET)
 
 
 async def _new_jobs(store: Store, count: int) -> list[JobEvent]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from backends.workflow.base import BackendUpdate, JobRun, RunPhase
 from core.assets import Asset
 from core.db import create_engine, migrate
 from core.events import EventBus
-from core.models import Job, new_id, utcnow
+from core.models import Job, new_id
 from core.states import JobState
 from core.store import Store
 from core.supervisor import Supervisor
@@ -95,28 +96,8 @@ async def _setup(tmp_path: Path, url: str) -> tuple[Store, ScriptedBackend, Supe
 
 
 async def _job(store: Store, consumer_id: str, state: JobState = JobState.QUEUED) -> Job:
-    now = utcnow()
-    job = Job(
-        id=new_id("j"),
-        consumer_id=consumer_id,
-        grant_id="g_1",
-        asset_id="a",
-        asset=ASSET,
-        inputs=(),
-        parameters={},
-        state=state,
-        reason=None,
-        message=None,
-        exit_code=None,
-        backend_ref=None,
-        deadline_at=now + timedelta(seconds=60),
-        log_tail=None,
-        log_file_id=None,
-        created_at=now,
-        updated_at=now,
-        started_at=None,
-        finished_at=None,
-    )
+    queued = Job.queued(job_id=new_id("j"), consumer_id=consumer_id, grant_id="g_1", asset=ASSET)
+    job = replace(queued, state=state, deadline_at=queued.created_at + timedelta(seconds=60))
     await store.insert_job(job)
     return job
 
