@@ -85,9 +85,10 @@ def catalog(directory: Path, assets: Sequence[dict[str, Any]]) -> Path:
     return directory
 
 
-def environment(work: Path, port: int, **settings: Any) -> dict[str, str]:
-    """A `wml serve` environment on the embedded default (SQLite, local disk, local processes)."""
-    data_dir = work / "data"
+def environment(work: Path, port: int, *, data: str = "data", **settings: Any) -> dict[str, str]:
+    """A `wml serve` environment on the embedded default (SQLite, local disk, local processes), with its
+    data in ``work/data``; ``settings`` become ``WML_*`` variables."""
+    data_dir = work / data
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

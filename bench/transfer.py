@@ -49,7 +49,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import create_token, free_port, proc_kib, wait_until_up, write_result
+from bench.common import SECRET_KEY, create_token, free_port, proc_kib, wait_until_up, write_result
+from bench.common import environment as common_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -59,7 +60,6 @@ PART_SIZE = 8 * MiB  # the S3 backend's default part size and concurrency, for t
 PARTS_IN_FLIGHT = 4
 BUCKET = "wml-bench"
 KEYS = {"WML_S3_ACCESS_KEY_ID": "bench-key", "WML_S3_SECRET_ACCESS_KEY": "bench-secret"}
-SECRET_KEY = "bench-signing-key"
 UPLOAD = (
     "mutation($file: Upload!) { uploadFile(file: $file) { __typename"
     " ... on File { id size sha256 downloadUrl } ... on Error { message code } } }"
@@ -288,22 +288,12 @@ def bench_catalog(directory: Path) -> Path:
 
 
 def environment(data_dir: Path, storage: str | None, port: int) -> dict[str, str]:
-    env = {
-        "WML_CATALOG_DIR": str(bench_catalog(data_dir.parent / "catalog")),
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(data_dir),
-        "WML_DATA_DIR": str(data_dir),
-        "WML_HOST": "127.0.0.1",
-        "WML_PORT": str(port),
-        "WML_SECRET_KEY": SECRET_KEY,
-        "WML_ADMIN_TOKEN": "bench-admin",
-        "WML_LOG_LEVEL": "WARNING",
-        "WML_MAX_UPLOAD_SIZE": str(64 * 1024 * MiB),
-        **KEYS,
+    settings: dict[str, Any] = {
+        "catalog_dir": bench_catalog(data_dir.parent / "catalog"),
+        "max_upload_size": 64 * 1024 * MiB,
+        **({"storage": storage} if storage else {}),
     }
-    if storage:
-        env["WML_STORAGE"] = storage
-    return env
+    return {**common_environment(data_dir.parent, port, data=data_dir.name, **settings), **KEYS}
 
 
 def file_chunks(path: Path) -> Iterator[bytes]:
@@ -431,8 +421,7 @@ def api_round(client: httpx.Client, base: str, source: Path, size: int, s3: bool
 
 def run_server(work: Path, storage: str | None, source: Path, size: int, repeats: int) -> dict[str, Any]:
     port = free_port()
-    env = environment(work / "data", storage, port)
-    (work / "data").mkdir(parents=True)
+    env = environment(work / "data", storage, port)  # creates the data directory
     server = subprocess.Popen([PYTHON, "-m", "wml.cli", "serve"], env=env, stdout=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
