@@ -63,9 +63,8 @@ from sidecar.dotenv import parse_dotenv_line
 log = structlog.get_logger("wml.workflow.kubernetes")
 
 _MAX_ENV_INPUT = 256 * 1024  # a Secret holds at most 1 MiB, whatever the slot allows
-_REMOVED_MEMORY = (
-    600.0  # seconds a deletion is remembered for sweeps that listed before it (far above a pass)
-)
+# Seconds a deletion is remembered for sweeps whose lists predate it (far longer than one reconcile pass).
+_REMOVED_MEMORY = 600.0
 
 
 class KubernetesWorkflowBackend:
