@@ -73,9 +73,9 @@ def bare_app(database_url: str) -> Any:
     from starlette.routing import Route
 
     from core.auth import hash_token
-    from core.db import create_engine
     from core.models import Job
     from core.store import LIVE_STATES, Store
+    from core.store.engine import create_engine
 
     store = Store(create_engine(database_url))
 

@@ -26,7 +26,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "api_overhead": ("api_overhead", ["--clients", "16", "--seconds", "8"]),
     "job_overhead": ("job_overhead", ["--jobs", "200", "--concurrency", "4"]),
-    # Quiet subscriptions' grant re-checks are now one shared read per grant (core.shared_reads), so the
+    # Quiet subscriptions' grant re-checks are now one shared read per grant (core.live.shared_reads), so the
     # former fanout_recheck600 variant (re-checks every 10 minutes) measured nothing different any more.
     "fanout": ("fanout", ["--subscribers", "1000,5000,10000", "--events", "10"]),
     # 1,000 jobs take about 3 minutes on a quiet 2-core machine (`--jobs 1000`); 500 keep make bench short.

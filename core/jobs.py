@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from core.assets import Asset
 from core.auth import Principal
 from core.errors import ConflictError, NotFoundError, QuotaExceededError, ValidationError
-from core.events import EventBus
+from core.live.bus import EventBus
 from core.metrics import Metrics
 from core.models import FileStatus, InputBinding, Job, Page, new_id
 from core.parameters import resolve_parameters

@@ -25,8 +25,8 @@ from sqlalchemy.exc import IntegrityError
 
 from core.auth import hash_token
 from core.errors import NotFoundError, PermissionDeniedError, ValidationError
-from core.events import EventBus
 from core.files import FileService
+from core.live.bus import EventBus
 from core.models import CallbackState, Consumer, Grant, GrantState, new_id, utcnow
 from core.policy import assignee, contract_end
 from core.store import Store

@@ -14,16 +14,16 @@ from backends.storage.base import StorageBackend
 from backends.workflow.base import WorkflowBackend
 from core.assets import load_catalog
 from core.auth import Authenticator
-from core.db import create_engine, migrate
-from core.events import EventBus, OrderedEventBus
 from core.files import FileService
 from core.jobs import JobService
+from core.live.bus import EventBus, OrderedEventBus
+from core.live.streams import JobStreams
 from core.metrics import Metrics
 from core.provisioning import ProvisioningService
 from core.settings import Settings
 from core.signing import UrlSigner
 from core.store import Store
-from core.streams import JobStreams
+from core.store.engine import create_engine, migrate
 from core.supervisor import Supervisor
 from core.waiting import SHUTDOWN_STEP_SECONDS, bounded
 
@@ -137,7 +137,7 @@ async def open_bus(settings: Settings, store: Store) -> EventBus:
     subscribers of every replica), else in-process."""
     bus: EventBus
     if store.is_postgresql:
-        from core.pg_events import PgEventBus  # asyncpg only where it is used
+        from core.live.postgres import PgEventBus  # asyncpg only where it is used
 
         bus = PgEventBus(store, settings.resolved_database_url(), settings.subscriber_queue_size)
     else:

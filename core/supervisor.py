@@ -19,7 +19,7 @@ import structlog
 from backends.storage.base import StorageBackend
 from backends.workflow.base import BackendUpdate, RunPhase, WorkflowBackend
 from core.backend_mapping import PHASE_TO_STATE, build_run, change_for
-from core.events import EventBus
+from core.live.bus import EventBus
 from core.metrics import Metrics
 from core.models import Job, JobEvent, utcnow
 from core.states import JobState, Reason

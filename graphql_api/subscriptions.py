@@ -1,7 +1,7 @@
 """GraphQL subscriptions: a job's events (replayed from ``since``, then live) and its log lines.
 
 The rules (scope, replay without gap or duplicate, revocation, slow subscribers) live in
-``core.streams``; this module only turns its records into GraphQL types and its errors into GraphQL
+``core.live.streams``; this module only turns its records into GraphQL types and its errors into GraphQL
 errors with a stable ``extensions.code``. Over websockets, the caller is the one authenticated at
 ``connection_init`` (see ``graphql_api.view``).
 
@@ -19,7 +19,7 @@ with errors, a payload that is not a :class:`JobEvent`) takes the ordinary path,
 the stream (``complete``) and every error raised by it, in order, since both run in the operation's task.
 
 When the handler also puts a synchronous :data:`DIRECT_NEXT_NOW` sender there, ``jobEvents`` gives the
-stream (``core.streams``) a ``deliver`` callback: the bus's fan-out then writes each live event's shared
+stream (``core.live.streams``) a ``deliver`` callback: the bus's fan-out then writes each live event's shared
 text to the socket itself, in one loop over the subscribers, without waking their tasks; whatever it
 cannot write at once takes the path above.
 """

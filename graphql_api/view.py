@@ -8,7 +8,7 @@ then serves every operation of the connection until the token's grant is revoked
 
 A ``graphql-transport-ws`` operation's shared event results are sent as pre-serialised text (see
 ``graphql_api.subscriptions``): the handler only adds the operation's id around it. When the server's
-websocket protocol offers a synchronous send (``wml.wsprotocol``, scope extension
+websocket protocol offers a synchronous send (``graphql_api.wsprotocol``, scope extension
 :data:`SEND_TEXT_NOW`), the event bus's fan-out writes a live event's text to the socket itself, without
 waking the operation's task.
 """
@@ -44,12 +44,12 @@ from graphql_api.context import Context
 from graphql_api.graphiql import assets_dir, offline_page
 from graphql_api.schema import build_schema
 from graphql_api.subscriptions import DIRECT_NEXT, DIRECT_NEXT_NOW, SendNext, SendNextNow
+from graphql_api.wsprotocol import SEND_TEXT_NOW
 
 # The code in ``extensions`` of a request refused before it reached the schema, by HTTP status.
 HTTP_ERROR_CODES = {401: "UNAUTHENTICATED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 WS_CLEANUP = "wml.ws_cleanup"  # scope key: what to undo when a websocket connection ends
 SPOOLED = "wml.spooled_uploads"  # scope key: spooled file parts to close once the answer is sent
-SEND_TEXT_NOW = "wml.send_text_now"  # scope extension of wml.wsprotocol: send_text_now(text) -> bool
 REJECTED: dict[str, object] = {"message": "invalid, expired or revoked token", "code": "UNAUTHENTICATED"}
 
 

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.api import Api, running_api
 from tests.support.ws import connect
-from wml.connector import running_connector
+from wml.client.connector import running_connector
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

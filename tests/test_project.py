@@ -11,9 +11,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-import core.tables  # noqa: F401  (registers the tables)
-from core.db import create_engine, migrate
+import core.store.tables  # noqa: F401  (registers the tables)
 from core.settings import Settings
+from core.store.engine import create_engine, migrate
 from graphql_api.schema import build_schema
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from graphql_api.wsprotocol import Flag, Inbox, LeanWebSocketProtocol
 from tests.support.api import Api
 from tests.support.ws import connect
-from wml.wsprotocol import Flag, Inbox, LeanWebSocketProtocol
 
 
 async def test_an_accepted_websocket_keeps_no_handshake_and_still_serves_its_operations(api: Api) -> None:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from core.assets import CatalogError
 from core.errors import DomainError
 from core.settings import Settings
-from wml.connector import DIALECTS
+from wml.client.connector import DIALECTS
 from wml.logs import configure_logging
 
 
@@ -175,7 +175,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _watch(settings: Settings, job_id: str, url: str | None, token: str | None) -> int:
-    from wml.client import ApiError
+    from wml.client.api import ApiError
     from wml.watch import watch
 
     token = token or (settings.token.get_secret_value() if settings.token else None)

@@ -20,8 +20,8 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from core.settings import Settings
-from wml.client import ApiError, Client
-from wml.connector import ConnectorEmulator, running_connector
+from wml.client.api import ApiError, Client
+from wml.client.connector import ConnectorEmulator, running_connector
 from wml.logs import configure_logging
 from wml.server import embedded_server
 from wml.watch import describe, follow_job

@@ -17,8 +17,8 @@ import uvicorn
 from starlette.applications import Starlette
 
 from core.settings import Settings
+from graphql_api.wsprotocol import LeanWebSocketProtocol
 from wml.app import create_app
-from wml.wsprotocol import LeanWebSocketProtocol
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -36,7 +36,7 @@ def _uvicorn_config(app: Starlette, log_level: str) -> uvicorn.Config:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
-        # uvicorn's websockets-sansio protocol, holding less per open websocket (see wml.wsprotocol).
+        # uvicorn's websockets-sansio protocol, holding less per open websocket (see graphql_api.wsprotocol).
         ws=LeanWebSocketProtocol,
         ws_max_size=1024 * 1024,  # the largest message accepted from a client
         # Per-message compression kept ~35 KiB of zlib state per websocket (a third of a subscriber's

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from wml.client import ApiError, Client
+from wml.client.api import ApiError, Client
 
 EVENTS = "subscription($id: ID) { jobEvents(jobId: $id) { seq state reason message exitCode createdAt } }"
 LOGS = "subscription($id: ID!) { jobLogs(jobId: $id, follow: true) { seq text } }"

@@ -17,7 +17,7 @@ from backends.storage.base import StorageBackend, StorageCredentials
 
 BACKENDS: dict[str, str] = {
     "file": "backends.storage.file:FileStorageBackend",
-    "s3": "backends.storage.s3:S3StorageBackend",
+    "s3": "backends.storage.s3.backend:S3StorageBackend",
 }
 
 

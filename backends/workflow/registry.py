@@ -19,9 +19,9 @@ from backends.storage.base import StorageBackend
 from backends.workflow.base import WorkflowBackend
 
 BACKENDS: dict[str, str] = {
-    "local": "backends.workflow.local:LocalWorkflowBackend",
-    "kubernetes": "backends.workflow.kubernetes:KubernetesWorkflowBackend",
-    "container": "backends.workflow.container:ContainerWorkflowBackend",
+    "local": "backends.workflow.host.local.backend:LocalWorkflowBackend",
+    "kubernetes": "backends.workflow.kubernetes.backend:KubernetesWorkflowBackend",
+    "container": "backends.workflow.host.container.backend:ContainerWorkflowBackend",
 }
 
 

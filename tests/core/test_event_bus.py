@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import event as sa_event
 
 from core.assets import Asset
-from core.db import create_engine, migrate
-from core.events import EventBus, OrderedEventBus, Subscription
+from core.live.bus import EventBus, OrderedEventBus, Subscription
+from core.live.postgres import PgEventBus, asyncpg_dsn
 from core.models import Job, JobEvent, new_id, utcnow
-from core.pg_events import PgEventBus, asyncpg_dsn
 from core.states import JobState
 from core.store import Store
+from core.store.engine import create_engine, migrate
 from tests.support.postgres import PostgresServer
 
 ASSET = Asset.model_validate({"id": "a", "name": "A", "image": "img"})

@@ -16,13 +16,13 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from backends.storage.file import FileStorageBackend
-from backends.workflow.local import LocalWorkflowBackend
+from backends.workflow.host.local.backend import LocalWorkflowBackend
 from core.auth import OPERATOR, Principal
-from core.db import create_engine, migrate
-from core.events import EventBus, OrderedEventBus
+from core.live.bus import EventBus, OrderedEventBus
+from core.live.streams import AccessRevokedError, DatabaseBusyError, JobStreams
 from core.models import utcnow
 from core.store import Store
-from core.streams import AccessRevokedError, DatabaseBusyError, JobStreams
+from core.store.engine import create_engine, migrate
 
 SUBSCRIBERS = 200
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from backends.storage.file import FileStorageBackend
 from backends.workflow.base import BackendUpdate, JobRun, RunPhase
 from core.assets import Asset
-from core.db import create_engine, migrate
-from core.events import EventBus
+from core.live.bus import EventBus
 from core.models import Job, new_id
 from core.states import JobState
 from core.store import Store
+from core.store.engine import create_engine, migrate
 from core.supervisor import Supervisor
 
 

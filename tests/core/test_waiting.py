@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from backends.storage.file import FileStorageBackend
-from backends.workflow.local import LocalWorkflowBackend
+from backends.workflow.host.local.backend import LocalWorkflowBackend
 from core.services import open_services
 from core.waiting import cancel_and_wait, wait_set
 from tests.support.api import make_settings

@@ -13,7 +13,7 @@ import pytest
 import websockets
 
 from core.models import utcnow
-from core.tables import JobEventRow
+from core.store.tables import JobEventRow
 from tests.support.api import Api, running_api
 from tests.support.ws import PROTOCOLS, TRANSPORT_WS, connect, handshake, ws_url
 

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from backends.workflow.kube_manifests import JOBS_NAMESPACE_RBAC, RBAC_NEEDS
+from backends.workflow.kubernetes.manifests import JOBS_NAMESPACE_RBAC, RBAC_NEEDS
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "workflow-middlelayer"

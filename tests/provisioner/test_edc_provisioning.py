@@ -12,7 +12,7 @@ import pytest
 
 from core.models import GrantState
 from tests.support.api import Api, running_api
-from wml.connector import DIALECTS, ConnectorEmulator, running_connector
+from wml.client.connector import DIALECTS, ConnectorEmulator, running_connector
 
 EDC_KEY = "management-api-key"
 FAST_CALLBACKS = {

@@ -11,7 +11,7 @@ import pytest
 from core.errors import ValidationError
 from core.policy import assignee, contract_end
 from core.provisioning import ProvisionRequest, resource_name
-from wml.connector import EDCTYPE, running_connector
+from wml.client.connector import EDCTYPE, running_connector
 
 
 def _constraint(left: str, op: str, right: str) -> dict[str, object]:

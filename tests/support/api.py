@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from backends.workflow.local_jobdir import JobDir
+from backends.workflow.host.jobdir import JobDir
 from core.grants import create_consumer_with_grants
 from core.services import Services
 from core.settings import Settings

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from backends.storage.base import StorageBackend
-from backends.workflow.kube_config import Connection, KubernetesOptions
-from backends.workflow.kube_manifests import SELECTOR
-from backends.workflow.kubernetes import KubernetesWorkflowBackend
+from backends.workflow.kubernetes.backend import KubernetesWorkflowBackend
+from backends.workflow.kubernetes.config import Connection, KubernetesOptions
+from backends.workflow.kubernetes.manifests import SELECTOR
 from tests.support.kube_api import FakeKubernetes
 from tests.support.kube_cluster import FakeCluster
 from tests.support.kube_kubelet import SIDECAR_IMAGE, ProcessKubelet

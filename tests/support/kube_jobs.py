@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from backends.storage.file import FileStorageBackend
-from backends.workflow.kubernetes import KubernetesWorkflowBackend
+from backends.workflow.kubernetes.backend import KubernetesWorkflowBackend
 from core.assets import Asset
-from core.db import create_engine, migrate
-from core.events import EventBus
+from core.live.bus import EventBus
 from core.models import Job, new_id
 from core.states import JobState
 from core.store import Store
+from core.store.engine import create_engine, migrate
 from core.supervisor import Supervisor
 from sidecar.manifest import OutputManifest, StageOutManifest, UploadedObject
 from tests.support.kube_backend import FakeKube

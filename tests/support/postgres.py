@@ -26,7 +26,7 @@ from pathlib import Path
 
 import asyncpg
 
-from core.db import migrate
+from core.store.engine import migrate
 
 TEMPLATE = "wml_template"
 MISSING = (

@@ -15,7 +15,7 @@ import pytest
 
 from backends.storage.base import StorageBackend
 from backends.storage.file import FileStorageBackend
-from backends.storage.s3 import S3StorageBackend
+from backends.storage.s3.backend import S3StorageBackend
 from tests.support.s3 import CREDENTIALS, S3Server, bucket_contents
 
 STORAGE_BACKENDS = ["file", "s3"]

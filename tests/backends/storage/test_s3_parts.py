@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from backends.storage.base import ObjectTooLargeError
-from backends.storage.s3_parts import PartReader, upload_parts
+from backends.storage.s3.parts import PartReader, upload_parts
 
 
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:

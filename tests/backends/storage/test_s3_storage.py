@@ -15,14 +15,14 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from backends.storage import s3 as s3_module
 from backends.storage.base import (
     ObjectNotFoundError,
     ObjectTooLargeError,
     StorageError,
     StorageUnavailableError,
 )
-from backends.storage.s3 import S3StorageBackend
+from backends.storage.s3 import backend as s3_module
+from backends.storage.s3.backend import S3StorageBackend
 from tests.support.s3 import BUCKET, CREDENTIALS, S3Server, bucket_contents, raw_client, s3_link
 
 MiB = 1024 * 1024

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends.storage.s3_url import DEFAULT_PART_SIZE, S3Location, parse_s3_url
+from backends.storage.s3.url import DEFAULT_PART_SIZE, S3Location, parse_s3_url
 
 MiB = 1024 * 1024
 

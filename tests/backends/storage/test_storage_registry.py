@@ -10,8 +10,8 @@ from backends.storage import registry
 from backends.storage.base import StorageCredentials
 from backends.storage.file import FileStorageBackend
 from backends.storage.registry import StorageConfigurationError, create_storage
-from backends.storage.s3 import S3StorageBackend
-from backends.storage.s3_url import S3Location
+from backends.storage.s3.backend import S3StorageBackend
+from backends.storage.s3.url import S3Location
 
 
 def test_file_url_builds_the_file_backend(tmp_path: Path) -> None:

@@ -33,11 +33,11 @@ from backends.workflow.base import (
     StagedOutput,
     WorkflowBackend,
 )
-from backends.workflow.container import ContainerWorkflowBackend
-from backends.workflow.container_cli import Engine
-from backends.workflow.container_config import ContainerOptions
-from backends.workflow.container_sidecar import SidecarStorage
-from backends.workflow.local import LocalWorkflowBackend
+from backends.workflow.host.container.backend import ContainerWorkflowBackend
+from backends.workflow.host.container.cli import Engine
+from backends.workflow.host.container.config import ContainerOptions
+from backends.workflow.host.container.sidecar import SidecarStorage
+from backends.workflow.host.local.backend import LocalWorkflowBackend
 from tests.support.docker_service import podman_docker_service
 from tests.support.kube_backend import fake_kube
 

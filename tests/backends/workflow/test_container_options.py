@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from backends.workflow.base import Resources
-from backends.workflow.container import ContainerWorkflowBackend
-from backends.workflow.container_cli import (
+from backends.workflow.host.container.backend import ContainerWorkflowBackend
+from backends.workflow.host.container.cli import (
     INSTANCE_LABEL,
     MANAGED_BY,
     GpuUnavailableError,
@@ -15,7 +15,7 @@ from backends.workflow.container_cli import (
     run_args,
     sidecar_args,
 )
-from backends.workflow.container_config import DEFAULT_ULIMITS, ContainerOptions, parse_container_url
+from backends.workflow.host.container.config import DEFAULT_ULIMITS, ContainerOptions, parse_container_url
 
 
 def test_a_docker_url_sets_the_engine_its_socket_and_options() -> None:

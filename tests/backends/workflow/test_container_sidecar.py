@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from backends.workflow.base import InputKind, RunPhase
-from backends.workflow.container import ContainerWorkflowBackend
-from backends.workflow.container_sidecar import SidecarStorage
+from backends.workflow.host.container.backend import ContainerWorkflowBackend
+from backends.workflow.host.container.sidecar import SidecarStorage
 from backends.workflow.registry import WorkflowConfigurationError, create_workflow_backend
 from core.settings import Settings
 from tests.backends.workflow.conftest import PODMAN, make_container_backend

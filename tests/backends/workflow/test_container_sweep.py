@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from backends.workflow.base import RunPhase
-from backends.workflow.container import ContainerWorkflowBackend
-from backends.workflow.container_cli import INSTANCE_LABEL, MANAGED_BY
+from backends.workflow.host.container.backend import ContainerWorkflowBackend
+from backends.workflow.host.container.cli import INSTANCE_LABEL, MANAGED_BY
 from tests.backends.workflow.conftest import PODMAN, make_container_backend, make_docker_backend
 
 IMAGE = "localhost/wml/dummy-job:1"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from backends.workflow.base import InputKind, JobRun, Resources, RunPhase
-from backends.workflow.container import ContainerWorkflowBackend
-from backends.workflow.container_cli import INPUTS_MOUNT, run_args
+from backends.workflow.host.container.backend import ContainerWorkflowBackend
+from backends.workflow.host.container.cli import INPUTS_MOUNT, run_args
 from backends.workflow.registry import WorkflowConfigurationError, create_workflow_backend
 from tests.backends.workflow.conftest import PODMAN, make_container_backend, make_docker_backend
 from tests.backends.workflow.test_local_workflow import StalledStorage

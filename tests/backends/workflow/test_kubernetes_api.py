@@ -12,8 +12,8 @@ import pytest
 
 from backends.storage.file import FileStorageBackend
 from backends.workflow.base import RunPhase, WorkflowBackendError
-from backends.workflow.kube_api import TokenBucket
-from backends.workflow.kube_config import Connection
+from backends.workflow.kubernetes.api import TokenBucket
+from backends.workflow.kubernetes.config import Connection
 from tests.support.kube_backend import NAMESPACE, fake_kube
 from tests.support.kube_cluster import status, terminated, waiting
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from backends.storage.file import FileStorageBackend
 from backends.workflow.base import BackendUpdate, RunPhase
-from backends.workflow.kube_manifests import RBAC_NEEDS
-from backends.workflow.kubernetes import KubernetesWorkflowBackend
+from backends.workflow.kubernetes.backend import KubernetesWorkflowBackend
+from backends.workflow.kubernetes.manifests import RBAC_NEEDS
 from tests.support.kube_backend import NAMESPACE, FakeKube, fake_kube
 from tests.support.kube_jobs import play_outputs
 

@@ -1,5 +1,5 @@
 """Jobs on the Kubernetes backend through core's Supervisor, the test playing the cluster: every row of the
-Pod/Job -> state table in backends/workflow/kube_status.py ends in the right state and reason."""
+Pod/Job -> state table in backends/workflow/kubernetes/status.py ends in the right state and reason."""
 
 from __future__ import annotations
 

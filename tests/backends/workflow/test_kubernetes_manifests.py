@@ -14,8 +14,9 @@ import pytest
 
 from backends.storage.file import FileStorageBackend
 from backends.workflow.base import InputKind, JobRun, Resources, StagedInput, StagedOutput
-from backends.workflow.kube_config import KubernetesOptions, options_from
-from backends.workflow.kube_manifests import (
+from backends.workflow.kubernetes.backend import KubernetesWorkflowBackend
+from backends.workflow.kubernetes.config import KubernetesOptions, options_from
+from backends.workflow.kubernetes.manifests import (
     dns_name,
     job_manifest,
     job_name,
@@ -26,7 +27,6 @@ from backends.workflow.kube_manifests import (
     resource_quota_manifest,
     secret_manifest,
 )
-from backends.workflow.kubernetes import KubernetesWorkflowBackend
 from backends.workflow.registry import WorkflowConfigurationError, create_workflow_backend
 from core.settings import Settings
 from tests.support.kube_state import KubeState

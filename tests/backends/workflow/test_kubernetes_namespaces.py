@@ -8,7 +8,7 @@ from pathlib import Path
 
 from backends.storage.file import FileStorageBackend
 from backends.workflow.base import RunPhase
-from backends.workflow.kube_manifests import RBAC_NEEDS, SELECTOR
+from backends.workflow.kubernetes.manifests import RBAC_NEEDS, SELECTOR
 from tests.support.kube_backend import fake_kube
 
 EGRESS = ({"to": [{"ipBlock": {"cidr": "10.0.0.5/32"}}], "ports": [{"protocol": "TCP", "port": 9000}]},)

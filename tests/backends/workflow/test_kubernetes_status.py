@@ -1,5 +1,5 @@
-"""The rows of the Pod/Job -> phase table (backends/workflow/kube_status.py) that the end-to-end tests in
-test_kubernetes_jobs.py do not reach, checked on the pure function."""
+"""The rows of the Pod/Job -> phase table (backends/workflow/kubernetes/status.py) that the end-to-end
+tests in test_kubernetes_jobs.py do not reach, checked on the pure function."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from backends.workflow.base import RunPhase
-from backends.workflow.kube_status import PodVerdict, classify_gone, classify_pod
+from backends.workflow.kubernetes.status import PodVerdict, classify_gone, classify_pod
 from tests.support.kube_cluster import running, status, terminated, waiting
 
 T0 = terminated(0)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from backends.storage.file import FileStorageBackend
 from backends.workflow.base import BackendUpdate, RunPhase
-from backends.workflow.kubernetes import KubernetesWorkflowBackend
+from backends.workflow.kubernetes.backend import KubernetesWorkflowBackend
 from tests.support.kube_backend import fake_kube
 from tests.support.kube_cluster import status, terminated, waiting
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from backends.workflow.base import RunPhase
-from backends.workflow.local_jobdir import JobDir
+from backends.workflow.host.jobdir import JobDir
 
 ENTRYPOINT = Path(__file__).resolve().parents[3] / "dummy-job" / "entrypoint.sh"
 
@@ -150,7 +150,7 @@ import asyncio, sys
 from pathlib import Path
 from backends.storage.file import FileStorageBackend
 from backends.workflow.base import JobRun, Resources, StagedOutput
-from backends.workflow.local import LocalWorkflowBackend
+from backends.workflow.host.local.backend import LocalWorkflowBackend
 
 async def main(root, entrypoint):
     backend = LocalWorkflowBackend(Path(root) / "jobs", FileStorageBackend(Path(root) / "files"))

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from backends.workflow.local_jobdir import RUNNER_SCRIPT
+from backends.workflow.host.jobdir import RUNNER_SCRIPT
 
 # The worker starts `sleep` in a new session, records its pid, and exits at once.
 WORKER = "setsid sleep 60 & echo $! > orphan.pid"

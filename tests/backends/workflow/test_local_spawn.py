@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.workflow.local_spawn import spawn
+from backends.workflow.host.local.spawn import spawn
 
 # The shell's signal masks are read first, with builtins only: once it has waited for a child, dash's mask
 # says nothing about what it inherited (it blocks every signal while it waits, then clears its mask).

@@ -12,8 +12,8 @@ import pytest
 
 from backends.storage.file import FileStorageBackend
 from backends.workflow.base import InputKind, RunPhase, WorkflowBackendError
-from backends.workflow.local import LocalWorkflowBackend
-from backends.workflow.local_jobdir import REMOVING_PREFIX
+from backends.workflow.host.jobdir import REMOVING_PREFIX
+from backends.workflow.host.local.backend import LocalWorkflowBackend
 
 PRINT_ENV = 'env | sort > "$WML_OUTPUT_RESULT"'
 

@@ -8,7 +8,7 @@ import pytest
 
 from backends.storage.file import FileStorageBackend
 from backends.workflow.base import WorkflowBackend
-from backends.workflow.local import LocalWorkflowBackend
+from backends.workflow.host.local.backend import LocalWorkflowBackend
 from backends.workflow.registry import BACKENDS, WorkflowConfigurationError, create_workflow_backend
 
 
