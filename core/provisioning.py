@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 from sqlalchemy.exc import IntegrityError
 
+from backends.backoff import backoff
 from core.auth import hash_token
 from core.errors import NotFoundError, PermissionDeniedError, ValidationError
 from core.files import FileService
@@ -287,7 +288,7 @@ class ProvisioningService:
                 "provisioning callback abandoned", grant_id=grant.id, attempts=attempts, error=outcome.error
             )
             return
-        delay = min(self._max_delay, 0.5 * 2 ** min(attempts, 20))
+        delay = backoff(min(attempts, 20) + 1, base=0.5, cap=self._max_delay)
         await self._store.update_grant(
             grant.id,
             callback_state=CallbackState.PENDING.value,

@@ -9,10 +9,10 @@ from the settings: no backend reads the environment itself.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, cast
+from typing import cast
 from urllib.parse import quote, urlsplit
 
+from backends.loading import load_backend_class
 from backends.storage.base import StorageBackend, StorageCredentials
 
 BACKENDS: dict[str, str] = {
@@ -41,27 +41,9 @@ def create_storage(url: str, *, credentials: StorageCredentials | None = None) -
     if target is None:
         known = ", ".join(f"{name}://" for name in sorted(BACKENDS))
         raise StorageConfigurationError(f"unknown storage scheme {scheme!r}; known schemes: {known}")
-    backend_class = _load(scheme, target)
+    backend_class = load_backend_class("storage", scheme, target, StorageConfigurationError)
     try:
         backend = backend_class.from_url(url, credentials=credentials)
     except ValueError as e:
         raise StorageConfigurationError(f"invalid {scheme} storage URL: {e}") from e
     return cast(StorageBackend, backend)
-
-
-def _load(scheme: str, target: str) -> Any:
-    module_name, _, class_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name is not None and (module_name + ".").startswith(e.name + "."):
-            raise StorageConfigurationError(
-                f"the {scheme} storage backend is not available in this build"
-            ) from None
-        raise StorageConfigurationError(
-            f"the {scheme} storage backend needs the Python package {e.name!r}, which is not installed"
-        ) from None
-    backend_class = getattr(module, class_name, None)
-    if backend_class is None:
-        raise StorageConfigurationError(f"the {scheme} storage backend is not available in this build")
-    return backend_class

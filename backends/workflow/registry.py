@@ -9,12 +9,12 @@ A backend whose ``from_url`` also takes ``settings`` gets the service's settings
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 from urllib.parse import urlsplit
 
+from backends.loading import load_backend_class
 from backends.storage.base import StorageBackend
 from backends.workflow.base import WorkflowBackend
 
@@ -44,7 +44,7 @@ def create_workflow_backend(
     target = BACKENDS.get(scheme)
     if target is None:
         raise WorkflowConfigurationError(f"unknown workflow scheme {scheme!r}; known schemes: {known}")
-    backend_class = _load(scheme, target)
+    backend_class = load_backend_class("workflow", scheme, target, WorkflowConfigurationError)
     extra = {}
     if settings is not None and "settings" in inspect.signature(backend_class.from_url).parameters:
         extra["settings"] = settings
@@ -53,21 +53,3 @@ def create_workflow_backend(
     except ValueError as e:
         raise WorkflowConfigurationError(f"invalid {scheme} workflow URL: {e}") from e
     return cast(WorkflowBackend, backend)
-
-
-def _load(scheme: str, target: str) -> Any:
-    module_name, _, class_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name is not None and (module_name + ".").startswith(e.name + "."):
-            raise WorkflowConfigurationError(
-                f"the {scheme} workflow backend is not available in this build yet"
-            ) from None
-        raise WorkflowConfigurationError(
-            f"the {scheme} workflow backend needs the Python package {e.name!r}, which is not installed"
-        ) from None
-    backend_class = getattr(module, class_name, None)
-    if backend_class is None:
-        raise WorkflowConfigurationError(f"the {scheme} workflow backend is not available in this build")
-    return backend_class

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import structlog
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from backends.backoff import backoff
 from backends.workflow.base import WorkflowBackendError
 from backends.workflow.kubernetes.config import Connection, KubernetesOptions
 
@@ -274,8 +274,7 @@ class KubeApi:
         raise AssertionError("unreachable")
 
     def _backoff(self, attempt: int) -> float:
-        delay: float = min(self._options.retry_max_delay, 0.2 * 2 ** (attempt - 1))
-        return delay * random.uniform(0.8, 1.2)
+        return backoff(attempt, base=0.2, cap=self._options.retry_max_delay, jitter=(0.8, 1.2))
 
 
 async def _configuration(connection: Connection) -> Any:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 
+from backends.backoff import backoff
 from backends.workflow.base import WorkflowBackendError
 from backends.workflow.kubernetes.api import KubeApi, KubeConflictError
 from backends.workflow.kubernetes.config import KubernetesOptions
@@ -72,7 +73,7 @@ class ConsumerNamespaces:
     async def _create(self, namespace: str, consumer_id: str) -> None:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + _TERMINATING_WAIT
-        delay = 0.2
+        retry = 0
         while True:
             try:
                 await self._api.create("Namespace", None, namespace_manifest(namespace, consumer_id))
@@ -84,8 +85,8 @@ class ConsumerNamespaces:
                     break
             if loop.time() > give_up:
                 raise WorkflowBackendError(f"namespace {namespace} is still terminating; try again later")
-            await asyncio.sleep(delay)
-            delay = min(5.0, delay * 2)
+            retry += 1
+            await asyncio.sleep(backoff(retry, base=0.2, cap=5.0))
         quota = resource_quota_manifest(namespace, self._options.namespace_quota)
         policy = network_policy_manifest(namespace, [dict(rule) for rule in self._options.egress_allow])
         for kind, body in (("ResourceQuota", quota), ("NetworkPolicy", policy)):

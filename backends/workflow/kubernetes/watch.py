@@ -11,12 +11,12 @@ retried with backoff, resuming from the last resourceVersion. No per-job request
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
+from backends.backoff import backoff
 from backends.workflow.kubernetes.api import KubeApi, KubeGoneError
 
 log = structlog.get_logger("wml.workflow.kubernetes")
@@ -71,7 +71,7 @@ class PodWatcher:
                 # Dropped connections, payload errors, silence past the timeout, a proxy's error page:
                 # resume from the last resourceVersion after a pause.
                 failures += 1
-                delay = min(self._max_delay, 0.1 * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
+                delay = backoff(min(failures, 10) + 1, base=0.1, cap=self._max_delay, jitter=(0.5, 1.0))
                 log.warning(
                     "kubernetes_watch_failed", error=f"{type(e).__name__}: {e}", retry_in=round(delay, 2)
                 )
