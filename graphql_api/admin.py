@@ -8,10 +8,9 @@ from typing import Annotated
 
 import strawberry
 
-from core import errors as domain
 from core import models as M
 from graphql_api.context import ClientError, Context
-from graphql_api.errors import NotFoundError, PermissionDeniedError, to_graphql
+from graphql_api.errors import NotFoundError, PermissionDeniedError, domain_errors_as_payload
 
 Info = strawberry.Info[Context, None]
 
@@ -79,16 +78,14 @@ class AdminQuery:
 @strawberry.type
 class AdminMutation:
     @strawberry.mutation(description="Operator only: revoke a grant, cancel its jobs, remove its files.")
+    @domain_errors_as_payload
     async def deprovision_grant(self, info: Info, id: strawberry.ID) -> DeprovisionGrantPayload:
         principal = info.context.require_principal()
         if not principal.is_operator:
             return PermissionDeniedError(
                 message="only the operator may deprovision grants", code="PERMISSION_DENIED"
             )
-        try:
-            grant = await info.context.services.provisioning.deprovision_grant(
-                str(id), "deprovisioned by the operator"
-            )
-        except domain.DomainError as e:
-            return to_graphql(e)  # type: ignore[return-value]
+        grant = await info.context.services.provisioning.deprovision_grant(
+            str(id), "deprovisioned by the operator"
+        )
         return Grant.from_domain(grant)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar, cast
+
 import strawberry
 
 from core import errors as domain
@@ -53,6 +57,10 @@ AnyError = (
 )
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
 def to_graphql(e: domain.DomainError) -> AnyError:
     match e:
         case domain.NotFoundError():
@@ -67,3 +75,21 @@ def to_graphql(e: domain.DomainError) -> AnyError:
             return ConflictError(message=e.message, code=e.code)
         case _:
             return UnavailableError(message=e.message, code=e.code)
+
+
+def domain_errors_as_payload(resolver: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """A mutation's expected failures become its union payload's error member.
+
+    The resolver raises :class:`core.errors.DomainError` like any service call; the wrapper returns the
+    matching GraphQL error type (each payload union lists them), so no resolver repeats the mapping.
+    ``functools.wraps`` keeps the signature and annotations Strawberry reads.
+    """
+
+    @functools.wraps(resolver)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await resolver(*args, **kwargs)
+        except domain.DomainError as e:
+            return cast(T, to_graphql(e))  # every payload union holds the error types
+
+    return wrapper

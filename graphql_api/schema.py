@@ -26,7 +26,7 @@ from graphql_api.errors import (
     QuotaExceededError,
     UnavailableError,
     ValidationError,
-    to_graphql,
+    domain_errors_as_payload,
 )
 from graphql_api.multipart import MultipartError
 from graphql_api.observability import OperationMetrics
@@ -203,33 +203,25 @@ async def _chunks(upload: Upload) -> AsyncIterator[bytes]:
 @strawberry.type
 class Mutation(AdminMutation):
     @strawberry.mutation(description="Upload a file (GraphQL multipart request). Large files: createUpload.")
+    @domain_errors_as_payload
     async def upload_file(self, info: Info, file: Upload, name: str | None = None) -> UploadFilePayload:
         principal = info.context.require_principal()
         filename = name if name is not None else (getattr(file, "filename", None) or "upload")
         content_type = getattr(file, "content_type", None)
-        try:
-            if not callable(getattr(file, "read", None)):  # a plain form field mapped onto the variable
-                raise domain.ValidationError(
-                    "file must be a file part of the multipart request", field="file"
-                )
-            record = await info.context.services.files.upload(
-                principal, filename, content_type, _chunks(file)
-            )
-        except domain.DomainError as e:
-            return to_graphql(e)  # type: ignore[return-value]
+        if not callable(getattr(file, "read", None)):  # a plain form field mapped onto the variable
+            raise domain.ValidationError("file must be a file part of the multipart request", field="file")
+        record = await info.context.services.files.upload(principal, filename, content_type, _chunks(file))
         return File.from_domain(record)
 
     @strawberry.mutation(
         description="Announce a large upload; PUT the bytes to the returned URL, then call completeUpload."
     )
+    @domain_errors_as_payload
     async def create_upload(self, info: Info, input: CreateUploadInput) -> CreateUploadPayload:
         principal = info.context.require_principal()
-        try:
-            record, url, expires = await info.context.services.files.create_upload(
-                principal, input.name, input.size, input.sha256, input.content_type
-            )
-        except domain.DomainError as e:
-            return to_graphql(e)  # type: ignore[return-value]
+        record, url, expires = await info.context.services.files.create_upload(
+            principal, input.name, input.size, input.sha256, input.content_type
+        )
         from datetime import UTC, datetime
 
         return UploadTicket(
@@ -243,52 +235,42 @@ class Mutation(AdminMutation):
         description="Finish a createUpload once its bytes are PUT: checks their size and sha256 and makes "
         "the file usable (a mismatch deletes them and is refused). A completed file is returned as it is."
     )
+    @domain_errors_as_payload
     async def complete_upload(self, info: Info, file_id: strawberry.ID) -> CompleteUploadPayload:
         principal = info.context.require_principal()
-        try:
-            record = await info.context.services.files.complete_upload(principal, str(file_id))
-        except domain.DomainError as e:
-            return to_graphql(e)  # type: ignore[return-value]
+        record = await info.context.services.files.complete_upload(principal, str(file_id))
         return File.from_domain(record)
 
     @strawberry.mutation
+    @domain_errors_as_payload
     async def delete_file(self, info: Info, id: strawberry.ID) -> DeleteFilePayload:
         principal = info.context.require_principal()
-        try:
-            record = await info.context.services.files.delete(principal, str(id))
-        except domain.DomainError as e:
-            return to_graphql(e)  # type: ignore[return-value]
+        record = await info.context.services.files.delete(principal, str(id))
         return DeletedFile(id=strawberry.ID(record.id))
 
     @strawberry.mutation(description="Start a job of an asset with input files bound to its slots.")
+    @domain_errors_as_payload
     async def create_job(self, info: Info, input: CreateJobInput) -> CreateJobPayload:
         principal = info.context.require_principal()
         params = input.parameters
-        try:
-            if params is not None and not isinstance(params, dict):
-                raise domain.ValidationError("parameters must be a JSON object", field="parameters")
-            job = await info.context.services.jobs.create(
-                principal, str(input.asset_id), [(b.slot, str(b.file_id)) for b in input.inputs], params
-            )
-        except domain.DomainError as e:
-            return to_graphql(e)  # type: ignore[return-value]
+        if params is not None and not isinstance(params, dict):
+            raise domain.ValidationError("parameters must be a JSON object", field="parameters")
+        job = await info.context.services.jobs.create(
+            principal, str(input.asset_id), [(b.slot, str(b.file_id)) for b in input.inputs], params
+        )
         return Job.from_domain(job)
 
     @strawberry.mutation(description="Stop a job. Cancelling a finished job changes nothing.")
+    @domain_errors_as_payload
     async def cancel_job(self, info: Info, id: strawberry.ID) -> CancelJobPayload:
         principal = info.context.require_principal()
-        try:
-            return Job.from_domain(await info.context.services.jobs.cancel(principal, str(id)))
-        except domain.DomainError as e:
-            return to_graphql(e)  # type: ignore[return-value]
+        return Job.from_domain(await info.context.services.jobs.cancel(principal, str(id)))
 
     @strawberry.mutation(description="Delete a finished job with its outputs and log.")
+    @domain_errors_as_payload
     async def delete_job(self, info: Info, id: strawberry.ID) -> DeleteJobPayload:
         principal = info.context.require_principal()
-        try:
-            job = await info.context.services.jobs.delete(principal, str(id))
-        except domain.DomainError as e:
-            return to_graphql(e)  # type: ignore[return-value]
+        job = await info.context.services.jobs.delete(principal, str(id))
         return DeletedJob(id=strawberry.ID(job.id))
 
 
