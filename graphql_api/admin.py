@@ -9,8 +9,9 @@ from typing import Annotated
 import strawberry
 
 from core import models as M
-from graphql_api.context import ClientError, Context
+from graphql_api.context import Context
 from graphql_api.errors import NotFoundError, PermissionDeniedError, domain_errors_as_payload
+from graphql_api.permissions import AUTHENTICATED, OPERATOR
 
 Info = strawberry.Info[Context, None]
 
@@ -61,26 +62,23 @@ DeprovisionGrantPayload = Annotated[
 ]
 
 
-def _require_operator(info: Info) -> None:
-    if not info.context.require_principal().is_operator:
-        raise ClientError("only the operator may do this", "PERMISSION_DENIED")
-
-
 @strawberry.type
 class AdminQuery:
-    @strawberry.field(description="Operator only: every grant, oldest first.")
+    @strawberry.field(permission_classes=OPERATOR, description="Operator only: every grant, oldest first.")
     async def grants(self, info: Info, state: GrantState | None = None) -> list[Grant]:
-        _require_operator(info)
         found = await info.context.services.provisioning.list_grants()
         return [Grant.from_domain(g) for g in found if state is None or g.state.value == state.value]
 
 
 @strawberry.type
 class AdminMutation:
-    @strawberry.mutation(description="Operator only: revoke a grant, cancel its jobs, remove its files.")
+    @strawberry.mutation(
+        permission_classes=AUTHENTICATED,
+        description="Operator only: revoke a grant, cancel its jobs, remove its files.",
+    )
     @domain_errors_as_payload
     async def deprovision_grant(self, info: Info, id: strawberry.ID) -> DeprovisionGrantPayload:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         if not principal.is_operator:
             return PermissionDeniedError(
                 message="only the operator may deprovision grants", code="PERMISSION_DENIED"

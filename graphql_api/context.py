@@ -63,11 +63,9 @@ class Context:
 
         return DataLoader(load_fn=job_files)
 
-    def require_principal(self) -> Principal:
-        if self.revoked:
-            raise ClientError("access revoked: the token's grant is no longer active", "ACCESS_REVOKED")
-        if self.principal is None:
-            raise ClientError(
-                "authentication required: send 'Authorization: Bearer <token>'", "UNAUTHENTICATED"
-            )
+    @property
+    def caller(self) -> Principal:
+        """The authenticated caller of a field guarded by :mod:`graphql_api.permissions`."""
+        if self.principal is None:  # a programming error: the field lacks its permission class
+            raise RuntimeError("a field reads the caller without permission_classes=AUTHENTICATED")
         return self.principal

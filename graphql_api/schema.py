@@ -30,6 +30,7 @@ from graphql_api.errors import (
 )
 from graphql_api.multipart import MultipartError
 from graphql_api.observability import OperationMetrics
+from graphql_api.permissions import AUTHENTICATED
 from graphql_api.subscriptions import SharedEventExecutor, Subscription
 from graphql_api.types import (
     LONG_SCALAR,
@@ -104,9 +105,11 @@ def _page_size(first: int) -> int:
 
 @strawberry.type
 class Query(AdminQuery):
-    @strawberry.field(description="The calling consumer (null for the operator).")
+    @strawberry.field(
+        permission_classes=AUTHENTICATED, description="The calling consumer (null for the operator)."
+    )
     async def me(self, info: Info) -> Consumer | None:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         if principal.consumer_id is None:
             return None
         consumer = await info.context.services.store.get_consumer(principal.consumer_id)
@@ -114,21 +117,24 @@ class Query(AdminQuery):
             return None
         return Consumer(id=strawberry.ID(consumer.id), name=consumer.name, created_at=consumer.created_at)
 
-    @strawberry.field(description="The assets the caller's grant covers (the operator: all).")
+    @strawberry.field(
+        permission_classes=AUTHENTICATED,
+        description="The assets the caller's grant covers (the operator: all).",
+    )
     async def assets(self, info: Info) -> list[Asset]:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         ids = None if principal.is_operator else principal.asset_ids
         return [Asset.from_domain(a) for a in await info.context.services.store.list_assets(ids)]
 
-    @strawberry.field
+    @strawberry.field(permission_classes=AUTHENTICATED)
     async def asset(self, info: Info, id: strawberry.ID) -> Asset | None:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         if not principal.may_use_asset(str(id)):
             return None
         found = await info.context.services.store.get_asset(str(id))
         return Asset.from_domain(found) if found else None
 
-    @strawberry.field(description="The caller's jobs, newest first.")
+    @strawberry.field(permission_classes=AUTHENTICATED, description="The caller's jobs, newest first.")
     async def jobs(
         self,
         info: Info,
@@ -137,7 +143,7 @@ class Query(AdminQuery):
         state: JobState | None = None,  # type: ignore[valid-type]
         asset_id: strawberry.ID | None = None,
     ) -> JobConnection:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         page = await _call(
             info.context.services.jobs.list(
                 principal,
@@ -152,19 +158,22 @@ class Query(AdminQuery):
             edges=edges, page_info=PageInfo(has_next_page=page.has_next, end_cursor=page.end_cursor)
         )
 
-    @strawberry.field
+    @strawberry.field(permission_classes=AUTHENTICATED)
     async def job(self, info: Info, id: strawberry.ID) -> Job | None:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         try:
             return Job.from_domain(await info.context.services.jobs.get(principal, str(id)))
         except domain.NotFoundError:
             return None
 
-    @strawberry.field(description="The caller's files, newest first (optionally one job's outputs and log).")
+    @strawberry.field(
+        permission_classes=AUTHENTICATED,
+        description="The caller's files, newest first (optionally one job's outputs and log).",
+    )
     async def files(
         self, info: Info, first: int = 50, after: str | None = None, job_id: strawberry.ID | None = None
     ) -> FileConnection:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         page = await _call(
             info.context.services.files.list(
                 principal, job_id=str(job_id) if job_id else None, first=_page_size(first), after=after
@@ -175,9 +184,9 @@ class Query(AdminQuery):
             edges=edges, page_info=PageInfo(has_next_page=page.has_next, end_cursor=page.end_cursor)
         )
 
-    @strawberry.field
+    @strawberry.field(permission_classes=AUTHENTICATED)
     async def file(self, info: Info, id: strawberry.ID) -> File | None:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         try:
             return File.from_domain(await info.context.services.files.get(principal, str(id)))
         except domain.NotFoundError:
@@ -202,10 +211,13 @@ async def _chunks(upload: Upload) -> AsyncIterator[bytes]:
 
 @strawberry.type
 class Mutation(AdminMutation):
-    @strawberry.mutation(description="Upload a file (GraphQL multipart request). Large files: createUpload.")
+    @strawberry.mutation(
+        permission_classes=AUTHENTICATED,
+        description="Upload a file (GraphQL multipart request). Large files: createUpload.",
+    )
     @domain_errors_as_payload
     async def upload_file(self, info: Info, file: Upload, name: str | None = None) -> UploadFilePayload:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         filename = name if name is not None else (getattr(file, "filename", None) or "upload")
         content_type = getattr(file, "content_type", None)
         if not callable(getattr(file, "read", None)):  # a plain form field mapped onto the variable
@@ -214,11 +226,12 @@ class Mutation(AdminMutation):
         return File.from_domain(record)
 
     @strawberry.mutation(
-        description="Announce a large upload; PUT the bytes to the returned URL, then call completeUpload."
+        permission_classes=AUTHENTICATED,
+        description="Announce a large upload; PUT the bytes to the returned URL, then call completeUpload.",
     )
     @domain_errors_as_payload
     async def create_upload(self, info: Info, input: CreateUploadInput) -> CreateUploadPayload:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         record, url, expires = await info.context.services.files.create_upload(
             principal, input.name, input.size, input.sha256, input.content_type
         )
@@ -232,26 +245,30 @@ class Mutation(AdminMutation):
         )
 
     @strawberry.mutation(
+        permission_classes=AUTHENTICATED,
         description="Finish a createUpload once its bytes are PUT: checks their size and sha256 and makes "
-        "the file usable (a mismatch deletes them and is refused). A completed file is returned as it is."
+        "the file usable (a mismatch deletes them and is refused). A completed file is returned as it is.",
     )
     @domain_errors_as_payload
     async def complete_upload(self, info: Info, file_id: strawberry.ID) -> CompleteUploadPayload:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         record = await info.context.services.files.complete_upload(principal, str(file_id))
         return File.from_domain(record)
 
-    @strawberry.mutation
+    @strawberry.mutation(permission_classes=AUTHENTICATED)
     @domain_errors_as_payload
     async def delete_file(self, info: Info, id: strawberry.ID) -> DeleteFilePayload:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         record = await info.context.services.files.delete(principal, str(id))
         return DeletedFile(id=strawberry.ID(record.id))
 
-    @strawberry.mutation(description="Start a job of an asset with input files bound to its slots.")
+    @strawberry.mutation(
+        permission_classes=AUTHENTICATED,
+        description="Start a job of an asset with input files bound to its slots.",
+    )
     @domain_errors_as_payload
     async def create_job(self, info: Info, input: CreateJobInput) -> CreateJobPayload:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         params = input.parameters
         if params is not None and not isinstance(params, dict):
             raise domain.ValidationError("parameters must be a JSON object", field="parameters")
@@ -260,16 +277,20 @@ class Mutation(AdminMutation):
         )
         return Job.from_domain(job)
 
-    @strawberry.mutation(description="Stop a job. Cancelling a finished job changes nothing.")
+    @strawberry.mutation(
+        permission_classes=AUTHENTICATED, description="Stop a job. Cancelling a finished job changes nothing."
+    )
     @domain_errors_as_payload
     async def cancel_job(self, info: Info, id: strawberry.ID) -> CancelJobPayload:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         return Job.from_domain(await info.context.services.jobs.cancel(principal, str(id)))
 
-    @strawberry.mutation(description="Delete a finished job with its outputs and log.")
+    @strawberry.mutation(
+        permission_classes=AUTHENTICATED, description="Delete a finished job with its outputs and log."
+    )
     @domain_errors_as_payload
     async def delete_job(self, info: Info, id: strawberry.ID) -> DeleteJobPayload:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         job = await info.context.services.jobs.delete(principal, str(id))
         return DeletedJob(id=strawberry.ID(job.id))
 

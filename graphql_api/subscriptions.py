@@ -45,6 +45,7 @@ from strawberry.types.unset import UNSET
 from core import errors as domain
 from core import models as M
 from graphql_api.context import ClientError, Context
+from graphql_api.permissions import AUTHENTICATED
 from graphql_api.types import JobState, Long
 
 Info = strawberry.Info[Context, None]
@@ -243,14 +244,15 @@ class LogLine:
 @strawberry.type
 class Subscription:
     @strawberry.subscription(
+        permission_classes=AUTHENTICATED,
         description="A job's events until its terminal one (from its first event, or after `since`); "
         "without `jobId`, every event of the caller's jobs after `since` (default: from now on). "
-        "Reconnect with the last `seq` received as `since` to miss nothing."
+        "Reconnect with the last `seq` received as `since` to miss nothing.",
     )
     async def job_events(
         self, info: Info, job_id: strawberry.ID | None = UNSET, since: Long | None = UNSET
     ) -> AsyncGenerator[JobEvent, None]:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         stream = info.context.services.streams.events(
             principal,
             str(job_id) if job_id else None,
@@ -266,13 +268,14 @@ class Subscription:
             await stream.aclose()  # type: ignore[attr-defined]
 
     @strawberry.subscription(
+        permission_classes=AUTHENTICATED,
         description="A job's log lines so far, then (with `follow`) new lines while it runs; ends with "
-        "the job."
+        "the job.",
     )
     async def job_logs(
         self, info: Info, job_id: strawberry.ID, follow: bool = True
     ) -> AsyncGenerator[LogLine, None]:
-        principal = info.context.require_principal()
+        principal = info.context.caller
         stream = info.context.services.streams.logs(principal, str(job_id), follow=follow)
         seq = 0
         try:
