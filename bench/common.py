@@ -104,12 +104,14 @@ def environment(work: Path, port: int, *, data: str = "data", **settings: Any) -
     return env
 
 
-def create_token(env: dict[str, str], name: str = "bench", assets: Sequence[str] = ("dummy-job",)) -> str:
+def create_token(
+    env: dict[str, str], name: str = "bench", assets: Sequence[str] = ("dummy-job",), *, tree: Path = ROOT
+) -> str:
     asset_args = [arg for asset in assets for arg in ("--asset", asset)]
     done = subprocess.run(
         [PYTHON, "-m", "wml.cli", "consumers", "create", name, *asset_args],
         env=env,
-        cwd=ROOT,
+        cwd=tree,
         capture_output=True,
         text=True,
         check=True,
@@ -130,12 +132,15 @@ class Server:
 
 
 @contextlib.contextmanager
-def wml_server(work: Path, **settings: Any) -> Iterator[Server]:
-    """``wml serve`` as a subprocess on a free port; SIGTERM and reaped at the end."""
+def wml_server(work: Path, *, tree: Path = ROOT, **settings: Any) -> Iterator[Server]:
+    """``wml serve`` as a subprocess on a free port; SIGTERM and reaped at the end.
+
+    ``tree`` is the source tree it runs from (``python -m`` puts it first on the path): another revision's
+    exported tree serves that revision's code with this checkout's virtualenv."""
     port = free_port()
     env = environment(work, port, **settings)
     process = subprocess.Popen(
-        [PYTHON, "-m", "wml.cli", "serve"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL
+        [PYTHON, "-m", "wml.cli", "serve"], env=env, cwd=tree, stdout=subprocess.DEVNULL
     )
     try:
         url = f"http://127.0.0.1:{port}"

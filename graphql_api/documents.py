@@ -8,8 +8,10 @@ exact. Only documents that parsed and validated without error are kept, so a ref
 again every time and its errors never outlive its request; the cache is a bounded LRU and skips very
 long texts, so unique queries cannot grow memory.
 
-Strawberry's ``ParserCache``/``ValidationCache`` do not fit here: the validation cache keys on the rule
-classes, and the depth limiter makes a new rule class for every request, so it never hits.
+Strawberry's ``ParserCache`` and ``ValidationCache`` now hit too (the validation rules are made once per
+schema), and are as fast: in the same run (bench/revisions.py, ``query`` and ``create`` workloads, 10 and
+8 rounds) they gave server CPU per request ratios of 0.98 and 0.99. They stay out because they keep
+every text whatever its length: after 256 unique 256 KiB queries they held 128.6 MiB, this cache 0.2 MiB.
 """
 
 from __future__ import annotations

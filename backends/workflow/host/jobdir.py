@@ -37,7 +37,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -54,7 +54,6 @@ from backends.workflow.base import (
 )
 from backends.workflow.host.local import runner as local_runner
 from backends.workflow.host.local.runner import write_atomic
-from backends.workflow.host.local.spawn import spawn
 
 RUNNER_MODULE = "backends.workflow.host.local.runner"
 # The runner runs as a script: isolated (-I: no environment, no user site, no script directory on the path)
@@ -290,6 +289,32 @@ def remove(job: JobDir, wait: float) -> None:
     signal_runner_group(job, signal.SIGKILL)
     wait_runner_gone(job, wait)
     shutil.rmtree(job.root, ignore_errors=True)
+
+
+def spawn(
+    path: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    stdin: int,
+    output: str,
+    default_signals: Sequence[signal.Signals],
+) -> int:
+    """Start ``path`` in a new session with ``stdin`` as its stdin, stdout and stderr appended to
+    ``output`` (created 0600), ``default_signals`` at their default action and no signal blocked."""
+    return os.posix_spawn(
+        path,
+        list(argv),
+        dict(env),
+        file_actions=[
+            (os.POSIX_SPAWN_DUP2, stdin, 0),
+            (os.POSIX_SPAWN_OPEN, 1, output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ],
+        setsid=True,
+        setsigdef=tuple(default_signals),
+        setsigmask=(),
+    )
 
 
 def spawn_runner(job: JobDir, spec: Mapping[str, Any]) -> int:

@@ -1,4 +1,4 @@
-"""The runner's spawn (the C library's posix_spawn, called without the GIL): the child gets the given
+"""The runner's spawn (:func:`os.posix_spawn`): the child gets the given
 stdin, its own session, its output appended to a private file, the named signals at their default
 action and nothing blocked; a program that does not exist raises FileNotFoundError."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.workflow.host.local.spawn import spawn
+from backends.workflow.host.jobdir import spawn
 
 # The shell's signal masks are read first, with builtins only: once it has waited for a child, dash's mask
 # says nothing about what it inherited (it blocks every signal while it waits, then clears its mask).

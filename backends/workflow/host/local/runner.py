@@ -22,6 +22,8 @@ This module is on the path of every job's start and end, so it starts fast: it u
 library modules (no ``subprocess``, ``pathlib``, ``typing``, ``contextlib``; ``signal`` and ``ctypes`` only
 through their C halves ``_signal`` and ``_ctypes``; ``json`` only on a failure's path), imports nothing
 from the project, and runs without ``site`` (``-S``).
+Measured against plain ``signal`` and ``ctypes`` in the same run: 36 vs 49 ms of runner and worker CPU per
+job (bench/revisions.py, 400 jobs a side).
 """
 
 from __future__ import annotations
