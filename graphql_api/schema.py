@@ -28,10 +28,11 @@ from graphql_api.errors import (
     ValidationError,
     domain_errors_as_payload,
 )
+from graphql_api.fanout import SharedEventExecutor
 from graphql_api.multipart import MultipartError
 from graphql_api.observability import OperationMetrics
 from graphql_api.permissions import AUTHENTICATED
-from graphql_api.subscriptions import SharedEventExecutor, Subscription
+from graphql_api.subscriptions import Subscription
 from graphql_api.types import (
     LONG_SCALAR,
     Asset,

@@ -337,5 +337,28 @@ class DeletedJob:
     id: strawberry.ID
 
 
+@strawberry.type(description="One state change of a job; `seq` orders all events of the service.")
+class JobEvent:
+    seq: Long
+    job_id: strawberry.ID
+    state: JobState  # type: ignore[valid-type]
+    reason: str | None
+    message: str | None
+    exit_code: int | None
+    created_at: datetime
+
+    @classmethod
+    def from_domain(cls, e: M.JobEvent) -> JobEvent:
+        return cls(
+            seq=Long(e.seq),
+            job_id=strawberry.ID(e.job_id),
+            state=e.state,
+            reason=e.reason,
+            message=e.message,
+            exit_code=e.exit_code,
+            created_at=e.created_at,
+        )
+
+
 def cursor_of(created_at: datetime, ident: str) -> str:
     return encode_cursor(created_at, ident)

@@ -6,16 +6,13 @@ HTTP requests carry their token in a header. Websockets (``graphql-transport-ws`
 headers, and a missing or bad one closes the connection with 4403 in both protocols. The principal
 then serves every operation of the connection until the token's grant is revoked.
 
-A ``graphql-transport-ws`` operation's shared event results are sent as pre-serialised text (see
-``graphql_api.subscriptions``): the handler only adds the operation's id around it. When the server's
-websocket protocol offers a synchronous send (``graphql_api.wsprotocol``, scope extension
-:data:`SEND_TEXT_NOW`), the event bus's fan-out writes a live event's text to the socket itself, without
-waking the operation's task.
+A ``graphql-transport-ws`` operation's shared event results are sent as pre-serialised text, and written
+by the event bus's fan-out itself where the server's websocket protocol allows: the handler only sets up
+the senders of :mod:`graphql_api.fanout`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -24,11 +21,10 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.file_uploads.utils import replace_placeholders_with_files
-from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
@@ -41,9 +37,9 @@ from core.auth import Principal, bearer_token
 from core.services import Services
 from graphql_api import multipart
 from graphql_api.context import Context
+from graphql_api.fanout import DIRECT_NEXT, DIRECT_NEXT_NOW, next_sender, next_sender_now
 from graphql_api.graphiql import assets_dir, offline_page
 from graphql_api.schema import build_schema
-from graphql_api.subscriptions import DIRECT_NEXT, DIRECT_NEXT_NOW, SendNext, SendNextNow
 from graphql_api.wsprotocol import SEND_TEXT_NOW
 
 # The code in ``extensions`` of a request refused before it reached the schema, by HTTP status.
@@ -77,41 +73,11 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         socket = getattr(self.websocket, "ws", None)
         if isinstance(socket, WebSocket):
             # The operation runs in its own task: the sender is seen by this operation only.
-            DIRECT_NEXT.set(_next_sender(operation, socket))
+            DIRECT_NEXT.set(next_sender(operation, socket))
             send_text_now = socket.scope.get("extensions", {}).get(SEND_TEXT_NOW)
             if send_text_now is not None:
-                DIRECT_NEXT_NOW.set(_next_sender_now(operation, socket, send_text_now))
+                DIRECT_NEXT_NOW.set(next_sender_now(operation, socket, send_text_now))
         await super().run_operation(operation)
-
-
-def _next_sender(operation: Operation[Context, None], socket: WebSocket) -> SendNext:
-    """Sends a serialised ``next`` payload as this operation's message (nothing once it completed)."""
-    prefix = '{"id":' + json.dumps(operation.id) + ',"type":"next","payload":'
-
-    async def send_next(payload: str) -> None:
-        if operation.completed:
-            return
-        try:
-            await socket.send_text(prefix + payload + "}")
-        except WebSocketDisconnect as exc:
-            raise WebSocketDisconnected from exc
-
-    return send_next
-
-
-def _next_sender_now(
-    operation: Operation[Context, None], socket: WebSocket, send_text_now: Callable[[str], bool]
-) -> SendNextNow:
-    """Writes a serialised ``next`` payload as this operation's message at once; False when it cannot
-    now (the operation completed, the socket is closing or its buffer is full)."""
-    prefix = '{"id":' + json.dumps(operation.id) + ',"type":"next","payload":'
-
-    def send_next_now(payload: str) -> bool:
-        if operation.completed or socket.application_state is not WebSocketState.CONNECTED:
-            return False
-        return send_text_now(prefix + payload + "}")
-
-    return send_next_now
 
 
 class GraphQLView(GraphQL[Context, None]):
