@@ -3,8 +3,12 @@ documented, and the operator commands work."""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -113,3 +117,34 @@ def test_serve_refuses_an_invalid_catalogue_naming_the_file(tmp_path: Path) -> N
     )
     assert done.returncode != 0
     assert "bad.yaml" in done.stderr and "field 'image'" in done.stderr
+
+
+PRODUCT = ("wml", "core", "graphql_api", "provisioner", "backends", "sidecar", "dummy-job")
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    """The top-level names of what ``path`` imports from outside the standard library and this tree."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return {top for top in found if top not in sys.stdlib_module_names and not (ROOT / top).exists()}
+
+
+def test_every_distribution_the_product_imports_is_declared() -> None:
+    """A module imported only through another package's dependency (cross-web came with Strawberry) breaks
+    the day that package drops it: each third-party import names a distribution in pyproject.toml (typing
+    stubs, imported only for the type checker, are dev dependencies)."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        requirements = tomllib.load(f)["project"]["dependencies"]
+    declared = {re.split(r"[\[<>=~!; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+    providers = importlib.metadata.packages_distributions()
+    undeclared = set()
+    for path in (p for folder in PRODUCT for p in (ROOT / folder).rglob("*.py")):
+        for top in _third_party_imports(path) - {t for t in providers if t.startswith("types_")}:
+            distributions = {d.lower().replace("_", "-") for d in providers.get(top, [])}
+            if not distributions & declared:
+                undeclared.add(f"{path.relative_to(ROOT)}: {top} ({', '.join(sorted(distributions))})")
+    assert not undeclared, sorted(undeclared)
