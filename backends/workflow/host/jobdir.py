@@ -24,6 +24,8 @@ Cleanup renames the directory to ``<work dir>/.removing-<job id>.<n>`` (the job 
 removes it in the background; a backend that starts removes what a previous one left there.
 
 Only plain blocking file and ``/proc`` access lives here; the backend calls it through ``asyncio.to_thread``.
+At ~410 lines it is one job directory's whole life (layout, atomic writes, pid checks, the runner's
+spawn); cut in two, both halves would share its private path and pid helpers.
 """
 
 from __future__ import annotations
