@@ -103,11 +103,11 @@ async def open_services(settings: Settings, storage: StorageBackend, backend: Wo
         files,
         bus,
         settings.resolved_secret_key(),
-        default_lifetime=settings.grant_lifetime,
-        retention=settings.deprovision_retention,
-        retry_max_delay=settings.callback_max_delay,
-        unauthorized_delay=settings.callback_unauthorized_delay,
-        give_up_after=settings.callback_give_up_after,
+        default_lifetime=settings.edc.grant_lifetime,
+        retention=settings.edc.deprovision_retention,
+        retry_max_delay=settings.edc.callback_max_delay,
+        unauthorized_delay=settings.edc.callback_unauthorized_delay,
+        give_up_after=settings.edc.callback_give_up_after,
     )
     services = Services(
         settings=settings,

@@ -2,15 +2,28 @@
 
 Built once by the entry point and passed down; nothing else reads the environment. The embedded default
 (SQLite + local disk + local processes, everything under ``WML_DATA_DIR``) needs no variable at all.
+
+The settings of one concern form a nested model: ``settings.kubernetes`` (the Kubernetes workflow
+backend), ``settings.edc`` (provisioning through the connector), ``settings.s3`` (S3 credentials). Each
+nested setting is read from ``WML_<CONCERN>__<NAME>`` (``WML_KUBERNETES__API_URL``) and from the flat name
+deployments have always set (``WML_K8S_API_URL``), listed once in :data:`FLAT_NAMES`; when both are set
+the nested form wins. Keyword arguments take both forms too (``Settings(k8s_api_url=...)``).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from backends.storage.base import StorageCredentials
 
@@ -21,8 +34,236 @@ def _default_catalog() -> Path:
     return _PROJECT_ROOT / "assets"
 
 
+class KubernetesSettings(BaseModel):
+    """The Kubernetes workflow backend (``WML_WORKFLOW=kubernetes://NAMESPACE``): ``WML_K8S_*``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    api_url: str | None = Field(
+        default=None,
+        description="Kubernetes API server URL (e.g. http://127.0.0.1:8001 behind kubectl proxy); default: "
+        "the in-cluster service account, else the kubeconfig.",
+    )
+    token: SecretStr | None = Field(
+        default=None, description="Bearer token sent to WML_K8S_API_URL (unset: no Authorization header)."
+    )
+    verify_ssl: bool = Field(default=True, description="Verify the TLS certificate of WML_K8S_API_URL.")
+    kubeconfig: Path | None = Field(
+        default=None, description="Kubeconfig file to use instead of the in-cluster service account."
+    )
+    context: str | None = Field(default=None, description="Kubeconfig context (default: the current one).")
+    sidecar_image: str = Field(
+        default="localhost/wml/sidecar:0.1.0",
+        description="Side-car image of the stage-in and stage-out containers (runs `wml sidecar ...`).",
+    )
+    image_pull_secrets: str = Field(
+        default="", description="Comma-separated names of image pull Secrets given to every job pod."
+    )
+    image_pull_policy: str = Field(
+        default="IfNotPresent",
+        pattern="^(Always|IfNotPresent|Never)$",
+        description="imagePullPolicy of every container of a job pod (Always, IfNotPresent, Never).",
+    )
+    tolerations: str = Field(
+        default="",
+        description="Tolerations of every job pod, as a JSON list of Kubernetes Toleration objects.",
+    )
+    gpu_node_label: str = Field(
+        default="nvidia.com/gpu.product",
+        description="Node label an asset's gpuType is matched against (nodeSelector) for GPU jobs.",
+    )
+    ttl_after_finished: int = Field(
+        default=3600,
+        ge=0,
+        description="ttlSecondsAfterFinished of each Job: Kubernetes removes a finished Job after this, "
+        "should the service not have cleaned it up.",
+    )
+    deadline_allowance: int = Field(
+        default=600,
+        ge=0,
+        description="Seconds added to an asset's run timeout for a job pod's activeDeadlineSeconds "
+        "(image pulls and staging count against that deadline too).",
+    )
+    namespace_per_consumer: bool = Field(
+        default=False,
+        description="Run each consumer's jobs in its own namespace NAMESPACE-<consumer> (created with a "
+        "ResourceQuota and a default-deny NetworkPolicy, deleted when no job is left) instead of NAMESPACE.",
+    )
+    namespace_quota: str = Field(
+        default="",
+        description="ResourceQuota `hard` limits of each consumer namespace, a JSON object (default: "
+        '{"pods": "20", "requests.cpu": "16", "requests.memory": "64Gi", "limits.memory": "64Gi"}).',
+    )
+    egress_allow: str = Field(
+        default="",
+        description="Egress rules (JSON list of NetworkPolicyEgressRule) the default-deny policy of a "
+        "consumer namespace still allows: the storage endpoint and DNS, typically.",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="Storage URL as the side-car in a pod sees it (default: WML_STORAGE); e.g. another "
+        "endpoint host inside the cluster.",
+    )
+    storage_secret: str | None = Field(
+        default=None,
+        description="Existing Secret (WML_STORAGE, WML_S3_* keys) given to the side-cars as environment, "
+        "instead of copying the storage settings into each job's own Secret.",
+    )
+    inputs_size_limit: str = Field(
+        default="10Gi", description="sizeLimit of the emptyDir volume a job's inputs are staged into."
+    )
+    outputs_size_limit: str = Field(
+        default="10Gi", description="sizeLimit of the emptyDir volume a job's worker writes its outputs to."
+    )
+    sidecar_cpu: str = Field(default="500m", description="CPU request and limit of each side-car container.")
+    sidecar_memory: str = Field(
+        default="256Mi", description="Memory request and limit of each side-car container."
+    )
+    run_as_user: int = Field(
+        default=65534, ge=1, description="Non-root user (and group) every container of a job pod runs as."
+    )
+    worker_read_only_root: bool = Field(
+        default=False,
+        description="Give the worker container a read-only root filesystem (it still gets a writable /tmp).",
+    )
+    requests_per_second: float = Field(
+        default=20.0, gt=0, description="Average Kubernetes API requests per second the service may make."
+    )
+    burst: int = Field(default=40, gt=0, description="Kubernetes API requests the service may make at once.")
+    retries: int = Field(
+        default=5,
+        ge=0,
+        description="Retries of a Kubernetes API request that failed transiently (5xx, 429, network).",
+    )
+    retry_max_delay: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest pause, in seconds, between retries of a Kubernetes API request.",
+    )
+    request_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a Kubernetes API request may take."
+    )
+    watch_timeout: int = Field(
+        default=290,
+        gt=0,
+        description="Seconds after which the server ends each Pod watch (timeoutSeconds); it is then resumed "
+        "from its resourceVersion.",
+    )
+    orphan_grace: int = Field(
+        default=300,
+        ge=0,
+        description="Labelled Jobs and Secrets younger than this many seconds are never removed as orphans.",
+    )
+
+
+class EdcSettings(BaseModel):
+    """Provisioning through an EDC connector: its key, our secret, grants and callbacks."""
+
+    model_config = ConfigDict(frozen=True)
+
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="The connector's management API key, sent as X-Api-Key with every provisioning callback.",
+    )
+    provision_secret: SecretStr | None = Field(
+        default=None,
+        description="When set, POST /provision must carry it as ?secret=... or an X-Provision-Secret header.",
+    )
+    grant_lifetime: int = Field(
+        default=30 * 86400,
+        gt=0,
+        description="Seconds a provisioned grant lasts when its policy sets no end date.",
+    )
+    deprovision_retention: str = Field(
+        default="delete",
+        pattern="^(delete|keep)$",
+        description="What deprovisioning does with the grant's files: delete (default) or keep.",
+    )
+    callback_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for the connector's answer to a callback."
+    )
+    callback_max_delay: float = Field(
+        default=60.0, gt=0, description="Longest pause between retries of a failed provisioning callback."
+    )
+    callback_unauthorized_delay: float = Field(
+        default=300.0, gt=0, description="Pause between retries while the connector refuses our key (401)."
+    )
+    callback_give_up_after: float = Field(
+        default=86400.0, gt=0, description="Seconds after which a callback that keeps failing is abandoned."
+    )
+    reaper_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between checks for expired grants and files to remove."
+    )
+
+
+class S3Settings(BaseModel):
+    """Explicit credentials for ``s3://`` storage: ``WML_S3_*``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    access_key_id: str | None = Field(
+        default=None,
+        description="Access key id for s3:// storage; with neither S3 key set, the standard AWS chain "
+        "(AWS_* variables, shared config, instance and pod roles) is used.",
+    )
+    secret_access_key: SecretStr | None = Field(
+        default=None, description="Secret access key for s3:// storage (set together with the key id)."
+    )
+
+    @model_validator(mode="after")
+    def _keys_come_in_pairs(self) -> S3Settings:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set both WML_S3_ACCESS_KEY_ID and WML_S3_SECRET_ACCESS_KEY, or neither")
+        return self
+
+
+# The flat names deployments set, for each nested setting: WML_K8S_API_URL -> settings.kubernetes.api_url.
+FLAT_NAMES: dict[str, tuple[str, str]] = {
+    **{f"k8s_{name}": ("kubernetes", name) for name in KubernetesSettings.model_fields},
+    **{("edc_api_key" if name == "api_key" else name): ("edc", name) for name in EdcSettings.model_fields},
+    **{f"s3_{name}": ("s3", name) for name in S3Settings.model_fields},
+}
+
+
+class _FlatEnvironment(PydanticBaseSettingsSource):
+    """The flat ``WML_*`` variables of nested settings, as flat keys that ``Settings`` then nests."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the variables itself
+
+    def __call__(self) -> dict[str, Any]:
+        environ = {key.upper(): value for key, value in os.environ.items()}
+        return {
+            flat: environ[f"WML_{flat.upper()}"] for flat in FLAT_NAMES if f"WML_{flat.upper()}" in environ
+        }
+
+
+def setting_name(loc: tuple[int | str, ...]) -> str:
+    """The variable a user sets for the setting at ``loc`` of a validation error (``WML_K8S_BURST``)."""
+    if not loc:
+        return "settings"
+    path = tuple(str(part) for part in loc)
+    for flat, nested in FLAT_NAMES.items():
+        if path[:2] == nested:
+            return f"WML_{flat.upper()}"
+    if path[0] in FLAT_NAMES:
+        return f"WML_{path[0].upper()}"
+    return "WML_" + "__".join(path).upper() if path[0] in NESTED else "WML_" + path[0].upper()
+
+
+NESTED = ("kubernetes", "edc", "s3")
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WML_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="WML_", env_nested_delimiter="__", extra="ignore")
+
+    kubernetes: KubernetesSettings = Field(
+        default_factory=KubernetesSettings, description="The Kubernetes workflow backend (WML_K8S_*)."
+    )
+    edc: EdcSettings = Field(
+        default_factory=EdcSettings, description="Provisioning through an EDC connector (WML_EDC_*, ...)."
+    )
+    s3: S3Settings = Field(default_factory=S3Settings, description="Credentials for s3:// storage.")
 
     data_dir: Path = Field(
         default=Path.home() / ".local" / "share" / "wml",
@@ -52,14 +293,6 @@ class Settings(BaseSettings):
     storage: str | None = Field(
         default=None,
         description="Storage backend URL (file:///path, s3://bucket?...); default: DATA_DIR/files.",
-    )
-    s3_access_key_id: str | None = Field(
-        default=None,
-        description="Access key id for s3:// storage; with neither S3 key set, the standard AWS chain "
-        "(AWS_* variables, shared config, instance and pod roles) is used.",
-    )
-    s3_secret_access_key: SecretStr | None = Field(
-        default=None, description="Secret access key for s3:// storage (set together with the key id)."
     )
     workflow: str = Field(
         default="local://",
@@ -135,164 +368,6 @@ class Settings(BaseSettings):
         "<python prefix>/share/wml-graphiql. Without them the GraphiQL page loads them from a public CDN.",
     )
 
-    # -- EDC provisioning ------------------------------------------------------------------------------
-    edc_api_key: SecretStr | None = Field(
-        default=None,
-        description="The connector's management API key, sent as X-Api-Key with every provisioning callback.",
-    )
-    provision_secret: SecretStr | None = Field(
-        default=None,
-        description="When set, POST /provision must carry it as ?secret=... or an X-Provision-Secret header.",
-    )
-    grant_lifetime: int = Field(
-        default=30 * 86400,
-        gt=0,
-        description="Seconds a provisioned grant lasts when its policy sets no end date.",
-    )
-    deprovision_retention: str = Field(
-        default="delete",
-        pattern="^(delete|keep)$",
-        description="What deprovisioning does with the grant's files: delete (default) or keep.",
-    )
-    callback_timeout: float = Field(
-        default=10.0, gt=0, description="Seconds to wait for the connector's answer to a callback."
-    )
-    callback_max_delay: float = Field(
-        default=60.0, gt=0, description="Longest pause between retries of a failed provisioning callback."
-    )
-    callback_unauthorized_delay: float = Field(
-        default=300.0, gt=0, description="Pause between retries while the connector refuses our key (401)."
-    )
-    callback_give_up_after: float = Field(
-        default=86400.0, gt=0, description="Seconds after which a callback that keeps failing is abandoned."
-    )
-    reaper_interval: float = Field(
-        default=30.0, gt=0, description="Seconds between checks for expired grants and files to remove."
-    )
-
-    # -- the kubernetes workflow backend (WML_WORKFLOW=kubernetes://NAMESPACE) -------------------------
-    k8s_api_url: str | None = Field(
-        default=None,
-        description="Kubernetes API server URL (e.g. http://127.0.0.1:8001 behind kubectl proxy); default: "
-        "the in-cluster service account, else the kubeconfig.",
-    )
-    k8s_token: SecretStr | None = Field(
-        default=None, description="Bearer token sent to WML_K8S_API_URL (unset: no Authorization header)."
-    )
-    k8s_verify_ssl: bool = Field(default=True, description="Verify the TLS certificate of WML_K8S_API_URL.")
-    k8s_kubeconfig: Path | None = Field(
-        default=None, description="Kubeconfig file to use instead of the in-cluster service account."
-    )
-    k8s_context: str | None = Field(
-        default=None, description="Kubeconfig context (default: the current one)."
-    )
-    k8s_sidecar_image: str = Field(
-        default="localhost/wml/sidecar:0.1.0",
-        description="Side-car image of the stage-in and stage-out containers (runs `wml sidecar ...`).",
-    )
-    k8s_image_pull_secrets: str = Field(
-        default="", description="Comma-separated names of image pull Secrets given to every job pod."
-    )
-    k8s_image_pull_policy: str = Field(
-        default="IfNotPresent",
-        pattern="^(Always|IfNotPresent|Never)$",
-        description="imagePullPolicy of every container of a job pod (Always, IfNotPresent, Never).",
-    )
-    k8s_tolerations: str = Field(
-        default="",
-        description="Tolerations of every job pod, as a JSON list of Kubernetes Toleration objects.",
-    )
-    k8s_gpu_node_label: str = Field(
-        default="nvidia.com/gpu.product",
-        description="Node label an asset's gpuType is matched against (nodeSelector) for GPU jobs.",
-    )
-    k8s_ttl_after_finished: int = Field(
-        default=3600,
-        ge=0,
-        description="ttlSecondsAfterFinished of each Job: Kubernetes removes a finished Job after this, "
-        "should the service not have cleaned it up.",
-    )
-    k8s_deadline_allowance: int = Field(
-        default=600,
-        ge=0,
-        description="Seconds added to an asset's run timeout for a job pod's activeDeadlineSeconds "
-        "(image pulls and staging count against that deadline too).",
-    )
-    k8s_namespace_per_consumer: bool = Field(
-        default=False,
-        description="Run each consumer's jobs in its own namespace NAMESPACE-<consumer> (created with a "
-        "ResourceQuota and a default-deny NetworkPolicy, deleted when no job is left) instead of NAMESPACE.",
-    )
-    k8s_namespace_quota: str = Field(
-        default="",
-        description="ResourceQuota `hard` limits of each consumer namespace, a JSON object (default: "
-        '{"pods": "20", "requests.cpu": "16", "requests.memory": "64Gi", "limits.memory": "64Gi"}).',
-    )
-    k8s_egress_allow: str = Field(
-        default="",
-        description="Egress rules (JSON list of NetworkPolicyEgressRule) the default-deny policy of a "
-        "consumer namespace still allows: the storage endpoint and DNS, typically.",
-    )
-    k8s_storage_url: str | None = Field(
-        default=None,
-        description="Storage URL as the side-car in a pod sees it (default: WML_STORAGE); e.g. another "
-        "endpoint host inside the cluster.",
-    )
-    k8s_storage_secret: str | None = Field(
-        default=None,
-        description="Existing Secret (WML_STORAGE, WML_S3_* keys) given to the side-cars as environment, "
-        "instead of copying the storage settings into each job's own Secret.",
-    )
-    k8s_inputs_size_limit: str = Field(
-        default="10Gi", description="sizeLimit of the emptyDir volume a job's inputs are staged into."
-    )
-    k8s_outputs_size_limit: str = Field(
-        default="10Gi", description="sizeLimit of the emptyDir volume a job's worker writes its outputs to."
-    )
-    k8s_sidecar_cpu: str = Field(
-        default="500m", description="CPU request and limit of each side-car container."
-    )
-    k8s_sidecar_memory: str = Field(
-        default="256Mi", description="Memory request and limit of each side-car container."
-    )
-    k8s_run_as_user: int = Field(
-        default=65534, ge=1, description="Non-root user (and group) every container of a job pod runs as."
-    )
-    k8s_worker_read_only_root: bool = Field(
-        default=False,
-        description="Give the worker container a read-only root filesystem (it still gets a writable /tmp).",
-    )
-    k8s_requests_per_second: float = Field(
-        default=20.0, gt=0, description="Average Kubernetes API requests per second the service may make."
-    )
-    k8s_burst: int = Field(
-        default=40, gt=0, description="Kubernetes API requests the service may make at once."
-    )
-    k8s_retries: int = Field(
-        default=5,
-        ge=0,
-        description="Retries of a Kubernetes API request that failed transiently (5xx, 429, network).",
-    )
-    k8s_retry_max_delay: float = Field(
-        default=10.0,
-        gt=0,
-        description="Longest pause, in seconds, between retries of a Kubernetes API request.",
-    )
-    k8s_request_timeout: float = Field(
-        default=30.0, gt=0, description="Seconds a Kubernetes API request may take."
-    )
-    k8s_watch_timeout: int = Field(
-        default=290,
-        gt=0,
-        description="Seconds after which the server ends each Pod watch (timeoutSeconds); it is then resumed "
-        "from its resourceVersion.",
-    )
-    k8s_orphan_grace: int = Field(
-        default=300,
-        ge=0,
-        description="Labelled Jobs and Secrets younger than this many seconds are never removed as orphans.",
-    )
-
     # -- derived values -------------------------------------------------------------------------------
 
     def resolved_public_url(self) -> str:
@@ -306,15 +381,46 @@ class Settings(BaseSettings):
 
     def storage_credentials(self) -> StorageCredentials | None:
         """Explicit S3 keys, or None: the backend then uses the standard AWS mechanisms."""
-        if self.s3_access_key_id is None or self.s3_secret_access_key is None:
+        if self.s3.access_key_id is None or self.s3.secret_access_key is None:
             return None
-        return StorageCredentials(self.s3_access_key_id, self.s3_secret_access_key.get_secret_value())
+        return StorageCredentials(self.s3.access_key_id, self.s3.secret_access_key.get_secret_value())
 
-    @model_validator(mode="after")
-    def _s3_keys_come_in_pairs(self) -> Settings:
-        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
-            raise ValueError("set both WML_S3_ACCESS_KEY_ID and WML_S3_SECRET_ACCESS_KEY, or neither")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_names(cls, data: Any) -> Any:
+        """``k8s_api_url=...`` (a keyword or a flat variable) becomes ``kubernetes.api_url``; the nested
+        form, when also given, wins."""
+        if not isinstance(data, dict) or not FLAT_NAMES.keys() & data.keys():
+            return data
+        data = dict(data)
+        for flat, (concern, name) in FLAT_NAMES.items():
+            if flat not in data:
+                continue
+            value = data.pop(flat)
+            group = data.get(concern)
+            if isinstance(group, BaseModel):
+                group = group.model_dump()
+            group = dict(group or {})
+            group.setdefault(name, value)
+            data[concern] = group
+        return data
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            _FlatEnvironment(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
 
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"

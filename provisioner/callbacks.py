@@ -67,7 +67,7 @@ class ProvisionerTasks:
         self._wake.set()
 
     async def start(self) -> None:
-        self._http = httpx.AsyncClient(timeout=self._settings.callback_timeout)
+        self._http = httpx.AsyncClient(timeout=self._settings.edc.callback_timeout)
         self._tasks = [
             asyncio.create_task(self._send_loop(), name="provisioner-callbacks"),
             asyncio.create_task(self._reap_loop(), name="provisioner-reaper"),
@@ -96,7 +96,7 @@ class ProvisionerTasks:
         assert self._http is not None
         auth_code = self._provisioning.auth_code_for(grant)
         body = callback_body(grant, self._settings.resolved_public_url(), auth_code)
-        key = self._settings.edc_api_key.get_secret_value() if self._settings.edc_api_key else ""
+        key = self._settings.edc.api_key.get_secret_value() if self._settings.edc.api_key else ""
         try:
             resp = await self._http.post(callback_url(grant), json=body, headers={"X-Api-Key": key})
             outcome = classify(resp.status_code)
@@ -126,4 +126,4 @@ class ProvisionerTasks:
                 await self._provisioning.reap()
             except Exception:
                 log.exception("grant reaper pass failed")
-            await asyncio.sleep(self._settings.reaper_interval)
+            await asyncio.sleep(self._settings.edc.reaper_interval)

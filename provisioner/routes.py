@@ -34,10 +34,10 @@ def provision_routes(services: Services, wake_sender: Callable[[], None]) -> lis
     provisioning = services.provisioning
 
     def _secret_ok(request: Request) -> bool:
-        if settings.provision_secret is None:
+        if settings.edc.provision_secret is None:
             return True
         given = request.query_params.get("secret") or request.headers.get("x-provision-secret") or ""
-        return hmac.compare_digest(given.encode(), settings.provision_secret.get_secret_value().encode())
+        return hmac.compare_digest(given.encode(), settings.edc.provision_secret.get_secret_value().encode())
 
     async def provision(request: Request) -> Response:
         if not _secret_ok(request):

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from core.assets import CatalogError
 from core.errors import DomainError
-from core.settings import Settings
+from core.settings import Settings, setting_name
 from wml.client.connector import DIALECTS
 from wml.logs import configure_logging
 
@@ -105,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as e:  # name the settings, never echo their values (they may be secrets)
-        names = [
-            "WML_" + "_".join(map(str, err["loc"])).upper() if err["loc"] else "settings"
-            for err in e.errors()
-        ]
+        names = [setting_name(err["loc"]) for err in e.errors()]
         problems = "; ".join(f"{name}: {err['msg']}" for name, err in zip(names, e.errors(), strict=True))
         print(f"error: invalid settings: {problems}", file=sys.stderr)
         return 2

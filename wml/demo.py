@@ -101,7 +101,8 @@ async def run_demo(
 async def _demo(settings: Settings, root: Path, sleep: int, dialect: str, backend: str) -> int:
     step(f"data directory {root} (SQLite, local disk); jobs run as {backend}")
     async with running_connector() as edc:
-        settings = settings.model_copy(update={"edc_api_key": SecretStr(edc.api_key)})
+        edc_settings = settings.edc.model_copy(update={"api_key": SecretStr(edc.api_key)})
+        settings = settings.model_copy(update={"edc": edc_settings})
         async with embedded_server(settings) as server:
             step(f"server listening at {server.url}/graphql")
             token = await _provision(edc, server.url, dialect)

@@ -97,7 +97,7 @@ class KubernetesOptions:
 
 
 def options_from(url: str, settings: Any = None) -> KubernetesOptions:
-    """The options for ``url``, from ``settings`` (any object with the ``k8s_*`` attributes) then the URL."""
+    """The options for ``url``, from ``settings`` (the service's, see :func:`_from_settings`) then the URL."""
     parts = urlsplit(url)
     if parts.scheme.lower() != "kubernetes":
         raise ValueError("not a kubernetes:// URL")
@@ -129,52 +129,52 @@ def _convert(name: str, value: str, type_name: str) -> Any:
 
 
 def _from_settings(settings: Any) -> KubernetesOptions:
-    def get(name: str, default: Any = None) -> Any:
-        return getattr(settings, name, default)
-
-    def secret(name: str) -> str | None:
-        value = get(name)
-        return None if value is None else str(value.get_secret_value())
-
-    defaults = KubernetesOptions()
+    """From the service's settings: ``settings.kubernetes`` (``core.settings.KubernetesSettings``; this
+    layer cannot import core, so it is read by attribute), the storage URL and the S3 credentials."""
+    k = settings.kubernetes
     connection = Connection(
-        api_url=get("k8s_api_url"),
-        token=secret("k8s_token"),
-        kubeconfig=None if get("k8s_kubeconfig") is None else str(get("k8s_kubeconfig")),
-        context=get("k8s_context"),
-        verify_ssl=bool(get("k8s_verify_ssl", True)),
+        api_url=k.api_url,
+        token=None if k.token is None else k.token.get_secret_value(),
+        kubeconfig=None if k.kubeconfig is None else str(k.kubeconfig),
+        context=k.context,
+        verify_ssl=k.verify_ssl,
     )
-    storage_url = get("k8s_storage_url") or _resolved_storage(settings)
+    credentials = settings.storage_credentials()
     storage_env = {}
-    if get("s3_access_key_id"):
-        storage_env["WML_S3_ACCESS_KEY_ID"] = str(get("s3_access_key_id"))
-    if secret("s3_secret_access_key"):
-        storage_env["WML_S3_SECRET_ACCESS_KEY"] = secret("s3_secret_access_key") or ""
-    values = {
-        f.name: get(f"k8s_{f.name}")
-        for f in fields(KubernetesOptions)
-        if f.name in _URL_OPTIONS
-        or f.name in ("gpu_node_label", "sidecar_cpu", "sidecar_memory", "run_as_user")
-    }
-    return replace(
-        defaults,
-        **{name: value for name, value in values.items() if value is not None},
-        namespace=defaults.namespace,
+    if credentials is not None:
+        storage_env = {
+            "WML_S3_ACCESS_KEY_ID": credentials.access_key_id,
+            "WML_S3_SECRET_ACCESS_KEY": credentials.secret_access_key,
+        }
+    same_names = k.model_dump(exclude=_CONVERTED)  # every other setting is the option of its name
+    return KubernetesOptions(
+        **same_names,
         connection=connection,
-        image_pull_secrets=tuple(_names(get("k8s_image_pull_secrets") or "")),
-        tolerations=tuple(_json_list(get("k8s_tolerations"), "WML_K8S_TOLERATIONS")),
-        namespace_quota=_json_quota(get("k8s_namespace_quota")),
-        egress_allow=tuple(_json_list(get("k8s_egress_allow"), "WML_K8S_EGRESS_ALLOW")),
-        storage_url=storage_url,
+        image_pull_secrets=tuple(_names(k.image_pull_secrets)),
+        tolerations=tuple(_json_list(k.tolerations, "WML_K8S_TOLERATIONS")),
+        namespace_quota=_json_quota(k.namespace_quota),
+        egress_allow=tuple(_json_list(k.egress_allow, "WML_K8S_EGRESS_ALLOW")),
+        storage_url=k.storage_url or settings.resolved_storage_url(),
         storage_env=storage_env,
-        storage_secret=get("k8s_storage_secret"),
-        log_tail_lines=int(get("log_tail_lines", defaults.log_tail_lines)),
+        storage_secret=k.storage_secret,
+        log_tail_lines=settings.log_tail_lines,
     )
 
 
-def _resolved_storage(settings: Any) -> str | None:
-    resolve = getattr(settings, "resolved_storage_url", None)
-    return str(resolve()) if callable(resolve) else None
+# Settings that are not options of the same name and type: the connection, and lists given as text.
+_CONVERTED = {
+    "api_url",
+    "token",
+    "kubeconfig",
+    "context",
+    "verify_ssl",
+    "image_pull_secrets",
+    "tolerations",
+    "namespace_quota",
+    "egress_allow",
+    "storage_url",
+    "storage_secret",
+}
 
 
 def _names(text: str) -> list[str]:
