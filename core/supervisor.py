@@ -60,9 +60,6 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._schedule_lock = asyncio.Lock()
-        # Held from submit until the backend reference is stored, so an update that overtakes the
-        # store can wait for it instead of being taken for an orphan.
-        self._submit_lock = asyncio.Lock()
         self._sweep = sweep  # periodic housekeeping run with reconciliation (expired uploads)
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -164,26 +161,34 @@ class Supervisor:
 
     async def _submit(self, job: Job) -> bool:
         deadline = utcnow() + timedelta(seconds=job.asset.timeouts.start)
+        ref = self._backend.reference(job.id, job.consumer_id)  # stored before submit: see its docstring
         started = await self._transition(
-            job.id, JobState.INITIALIZING, only_from=[JobState.QUEUED], deadline_at=deadline
+            job.id, JobState.INITIALIZING, only_from=[JobState.QUEUED], deadline_at=deadline, backend_ref=ref
         )
         if started is None:
             return False
-        async with self._submit_lock:
-            try:
-                files = await self._store.files_by_ids([b.file_id for b in started.inputs])
-                run = build_run(started, files)
-                ref = await self._backend.submit(run)
-            except Exception as e:
-                log.warning("submit failed", job_id=job.id, error=str(e))
-                await self._transition(
-                    job.id,
-                    JobState.SYSTEM_ERROR,
-                    reason=Reason.SUBMIT_FAILED,
-                    message=f"could not start: {e}",
-                )
-                return False
-            await self._store.update_job(job.id, backend_ref=ref)
+        try:
+            files = await self._store.files_by_ids([b.file_id for b in started.inputs])
+            submitted = await self._backend.submit(build_run(started, files))
+        except Exception as e:
+            log.warning("submit failed", job_id=job.id, error=str(e))
+            await self._transition(
+                job.id,
+                JobState.SYSTEM_ERROR,
+                reason=Reason.SUBMIT_FAILED,
+                message=f"could not start: {e}",
+            )
+            try:  # whatever the failed submit left in the backend
+                await self._backend.cleanup(ref)
+            except Exception as cleanup_error:
+                log.warning("cleanup after a failed submit failed", job_id=job.id, error=str(cleanup_error))
+            return False
+        if submitted != ref:  # a backend breaking its own contract: follow what it started
+            log.error("backend returned another reference than it named", job_id=job.id, ref=submitted)
+            await self._store.update_job(job.id, backend_ref=submitted)
+        now = await self._store.get_job(job.id)
+        if now is not None and now.state == JobState.CANCELING:  # canceled while it was being submitted
+            await self._backend.cancel(submitted)
         return True
 
     # -- backend updates -------------------------------------------------------------------------------
@@ -200,9 +205,6 @@ class Supervisor:
 
         # The job is read, decided on and moved in one transaction, found by its backend reference.
         result = await self._store.transition_by_ref(update.ref, target, decide)
-        if result is None:
-            async with self._submit_lock:  # a submit may be storing this very reference
-                result = await self._store.transition_by_ref(update.ref, target, decide)
         if result is None:
             log.warning("update for an unknown backend reference; cleaning it up", ref=update.ref)
             if update.phase not in (RunPhase.INITIALIZING, RunPhase.RUNNING):

@@ -112,8 +112,15 @@ class WorkflowBackend(Protocol):
 
     async def close(self) -> None: ...
 
+    def reference(self, job_id: str, consumer_id: str) -> str:
+        """The reference ``submit`` will return for this job, known before it starts: the supervisor
+        stores it in the same transition that makes the job INITIALIZING, so an update that overtakes
+        ``submit`` finds its job, and a restart that interrupted ``submit`` reconciles it."""
+        ...
+
     async def submit(self, run: JobRun) -> str:
-        """Start the run and return its backend reference quickly; progress arrives as updates."""
+        """Start the run and return its backend reference (:meth:`reference`'s) quickly; progress arrives
+        as updates. Submitting a run again (after a crash) follows the first one instead of starting twice."""
         ...
 
     async def cancel(self, ref: str) -> None:

@@ -40,6 +40,9 @@ class ScriptedBackend:
 
     async def close(self) -> None: ...
 
+    def reference(self, job_id: str, consumer_id: str) -> str:
+        return f"ref-{job_id}"
+
     async def submit(self, run: JobRun) -> str:
         self.submitted.append(run)
         return f"ref-{run.job_id}"
@@ -219,3 +222,63 @@ async def test_an_event_seq_is_never_reused_after_the_newest_job_is_deleted(
     later = await _job(store, consumer)
     assert (await store.events(later.id))[0].seq > seen
     await store.engine.dispose()
+
+
+class InterruptedSubmitBackend(ScriptedBackend):
+    """Starts the run (it is known to the backend at once), then hangs before answering: what a restart
+    of the service in the middle of a submit looks like to the backend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = asyncio.Event()
+        self.row_while_submitting: Job | None = None
+        self.store: Store | None = None
+
+    async def submit(self, run: JobRun) -> str:
+        ref = self.reference(run.job_id, run.consumer_id)
+        self.known[ref] = BackendUpdate(ref=ref, phase=RunPhase.RUNNING)
+        assert self.store is not None
+        self.row_while_submitting = await self.store.get_job(run.job_id)
+        self.started.set()
+        await asyncio.Event().wait()  # the answer never comes: the service stops first
+        raise AssertionError("unreachable")
+
+
+async def test_a_job_interrupted_mid_submit_is_adopted_by_the_next_start_not_lost(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The reference is stored with INITIALIZING, before submit: after a restart the job is reconciled
+    with what the backend started (RUNNING), where it used to be reported BACKEND_LOST."""
+    store, _, supervisor = await _setup(tmp_path, database_url)
+    backend = InterruptedSubmitBackend()
+    backend.store = store
+    supervisor._backend = backend
+    consumer = (await store.list_grants())[0].consumer_id
+    job = await _job(store, consumer)
+    await supervisor.start()
+    try:
+        supervisor.wake()
+        await asyncio.wait_for(backend.started.wait(), 5)
+        assert backend.row_while_submitting is not None
+        assert backend.row_while_submitting.state == JobState.INITIALIZING
+        assert backend.row_while_submitting.backend_ref == f"ref-{job.id}"
+    finally:
+        await supervisor.stop()  # the submit is cut off, as by a restart
+    restarted = Supervisor(
+        store,
+        backend,
+        FileStorageBackend(tmp_path / "files"),
+        EventBus(),
+        capacity=2,
+        max_running_per_consumer=2,
+        cancel_timeout=1,
+        tick_interval=0.05,
+        reconcile_interval=3600,
+    )
+    await restarted.start()
+    try:
+        adopted = await _wait_state(store, job.id, JobState.RUNNING)
+        assert adopted.backend_ref == f"ref-{job.id}"
+    finally:
+        await restarted.stop()
+        await store.engine.dispose()

@@ -68,6 +68,10 @@ class HostJobs(abc.ABC):
     async def reconcile(self, refs: Sequence[str]) -> list[BackendUpdate]:
         """Each backend reconciles its own way (a retried submit relies on it, see ``_new_job``)."""
 
+    def reference(self, job_id: str, consumer_id: str) -> str:
+        """A host job is named by its job id (its directory's name)."""
+        return job_id
+
     async def _new_job(self, run: JobRun) -> JobDir | None:
         """The first step of every submit: the run's job directory, created, and INITIALIZING reported.
 

@@ -129,6 +129,11 @@ class KubernetesWorkflowBackend:
 
     # -- submit ----------------------------------------------------------------------------------------
 
+    def reference(self, job_id: str, consumer_id: str) -> str:
+        """``NAMESPACE/wml-<job id>``: the namespace is the consumer's with namespace-per-consumer."""
+        namespace = self.options.namespace if self._namespaces is None else self._namespaces.name(consumer_id)
+        return f"{namespace}/{job_name(job_id)}"
+
     async def submit(self, run: JobRun) -> str:
         name = job_name(run.job_id)
         if self._namespaces is None:
