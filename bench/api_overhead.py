@@ -81,7 +81,7 @@ def bare_app(database_url: str) -> Any:
 
     async def grant(request: Request) -> Any:
         token = request.headers.get("authorization", "").removeprefix("Bearer ")
-        return await store.grant_by_token_hash(hash_token(token))
+        return await store.grants.grant_by_token_hash(hash_token(token))
 
     def fields(job: Job) -> dict[str, Any]:
         return {
@@ -94,7 +94,7 @@ def bare_app(database_url: str) -> Any:
     async def get_job(request: Request) -> JSONResponse:
         if await grant(request) is None:
             return JSONResponse({"error": "unauthenticated"}, status_code=401)
-        job = await store.get_job(request.path_params["id"])
+        job = await store.jobs.get_job(request.path_params["id"])
         return JSONResponse({"job": fields(job) if job else None})
 
     async def create_job(request: Request) -> JSONResponse:
@@ -102,16 +102,16 @@ def bare_app(database_url: str) -> Any:
         found = await grant(request)
         if found is None:
             return JSONResponse({"error": "unauthenticated"}, status_code=401)
-        asset = await store.get_asset(body["assetId"])
+        asset = await store.assets.get_asset(body["assetId"])
         assert asset is not None
-        await store.count_jobs(LIVE_STATES, found.consumer_id)
+        await store.jobs.count_jobs(LIVE_STATES, found.consumer_id)
         job = Job.queued(
             job_id=f"j_bare{time.perf_counter_ns():x}",
             consumer_id=found.consumer_id,
             grant_id=found.id,
             asset=asset,
         )
-        await store.insert_job(job)
+        await store.jobs.insert_job(job)
         return JSONResponse({"createJob": fields(job)})
 
     async def ready(_: Request) -> JSONResponse:

@@ -70,7 +70,7 @@ class Authenticator:
         digest = hash_token(token)
         if hmac.compare_digest(digest, self._admin_hash):
             return OPERATOR
-        grant = await self._store.grant_by_token_hash(digest)
+        grant = await self._store.grants.grant_by_token_hash(digest)
         if grant is None or not grant_is_usable(grant):
             return None
         return Principal(

@@ -111,7 +111,7 @@ class FileService:
         return await self._limit_for_assets(principal.asset_ids)
 
     async def _limit_for_assets(self, asset_ids: Iterable[str]) -> int:
-        assets = await self._store.list_assets(asset_ids)
+        assets = await self._store.assets.list_assets(asset_ids)
         sizes = [s.max_size for a in assets for s in a.inputs]
         if not sizes:
             return 0
@@ -151,7 +151,7 @@ class FileService:
             expires_at=None,
         )
         try:
-            await self._store.insert_file(record)
+            await self._store.files.insert_file(record)
         except BaseException:
             await self._storage.delete(key)
             raise
@@ -204,7 +204,7 @@ class FileService:
         url, expires = await upload_url(
             self._storage, self._signer, file_id, record.storage_key, self._url_ttl
         )
-        await self._store.insert_file(record)
+        await self._store.files.insert_file(record)
         return record, url, expires
 
     async def complete_upload(self, principal: Principal, file_id: str) -> FileRecord:
@@ -212,7 +212,7 @@ class FileService:
 
         A file that is already READY (the API's PUT route completes it) is returned as it is.
         """
-        record = await self._store.get_file(file_id)
+        record = await self._store.files.get_file(file_id)
         if record is None or not principal.may_see(record.grant_id) or record.origin != FileOrigin.UPLOAD:
             raise NotFoundError("file", file_id)
         if record.status == FileStatus.READY:
@@ -220,7 +220,7 @@ class FileService:
         if record.expires_at is not None and record.expires_at <= utcnow():
             raise NotFoundError("file", file_id)  # expired: the sweeper is about to remove it
         info = await verify_upload(self._storage, record, await self.upload_limit(principal))
-        await self._store.update_file(
+        await self._store.files.update_file(
             file_id, size=info.size, sha256=info.sha256, status=FileStatus.READY.value, expires_at=None
         )
         return replace(record, size=info.size, sha256=info.sha256, status=FileStatus.READY, expires_at=None)
@@ -231,13 +231,14 @@ class FileService:
         """The bytes of an announced upload, over a signed URL; checked against what was announced."""
         if not self._signer.verify("PUT", file_id, expires, signature):
             raise NotFoundError("file", file_id)
-        record = await self._store.get_file(file_id)
+        record = await self._store.files.get_file(file_id)
         if record is None:
             raise NotFoundError("file", file_id)
         if record.status != FileStatus.PENDING:
             raise ConflictError("this upload was already completed")
         grant = next(
-            (g for g in await self._store.list_grants(record.consumer_id) if g.id == record.grant_id), None
+            (g for g in await self._store.grants.list_grants(record.consumer_id) if g.id == record.grant_id),
+            None,
         )
         if grant is None or not grant_is_usable(grant):
             raise NotFoundError("file", file_id)
@@ -263,13 +264,13 @@ class FileService:
         if problem:
             await self._storage.delete(record.storage_key)
             raise ValidationError(problem, field="content")
-        await self._store.update_file(
+        await self._store.files.update_file(
             file_id, size=info.size, sha256=info.sha256, status=FileStatus.READY.value, expires_at=None
         )
         return replace(record, size=info.size, sha256=info.sha256, status=FileStatus.READY, expires_at=None)
 
     async def get(self, principal: Principal, file_id: str) -> FileRecord:
-        record = await self._store.get_file(file_id)
+        record = await self._store.files.get_file(file_id)
         if record is None or not principal.may_see(record.grant_id) or record.status != FileStatus.READY:
             raise NotFoundError("file", file_id)
         return record
@@ -278,7 +279,7 @@ class FileService:
         self, principal: Principal, *, job_id: str | None, first: int, after: str | None
     ) -> Page[FileRecord]:
         try:
-            return await self._store.list_files(
+            return await self._store.files.list_files(
                 principal.grant_scope, job_id=job_id, first=first, after=after
             )
         except ValueError:
@@ -289,7 +290,7 @@ class FileService:
         record = await self.get(principal, file_id)
         if await self._used_by_live_job(record):
             raise ConflictError("file is an input of a job that has not ended; cancel it or wait for it")
-        await self._store.delete_file(file_id)
+        await self._store.files.delete_file(file_id)
         await self._storage.delete(record.storage_key)
         return record
 
@@ -297,14 +298,14 @@ class FileService:
         # Inputs are a JSON column; the live jobs are few (bounded by the quotas), so filter them here.
         return any(
             binding.file_id == record.id
-            for job in await self._store.live_jobs()
+            for job in await self._store.jobs.live_jobs()
             if job.consumer_id == record.consumer_id
             for binding in job.inputs
         )
 
     async def remove(self, record: FileRecord) -> None:
         """Delete a file without an access check (the supervisor and the reaper use this)."""
-        await self._store.delete_file(record.id)
+        await self._store.files.delete_file(record.id)
         await self._storage.delete(record.storage_key)
 
     async def download_url(self, record: FileRecord) -> str:
@@ -318,7 +319,7 @@ class FileService:
     ) -> Download:
         if not self._signer.verify("GET", file_id, expires, signature):
             raise NotFoundError("file", file_id)
-        record = await self._store.get_file(file_id)
+        record = await self._store.files.get_file(file_id)
         if record is None or record.status != FileStatus.READY:
             raise NotFoundError("file", file_id)
         start, length = parse_range(range_header, record.size)
@@ -335,7 +336,7 @@ class FileService:
 
     async def sweep_expired(self) -> int:
         """Remove announced uploads that never completed."""
-        expired = await self._store.expired_files(utcnow())
+        expired = await self._store.files.expired_files(utcnow())
         for record in expired:
             await self.remove(record)
         return len(expired)

@@ -31,13 +31,15 @@ async def create_consumer_with_grants(
     if not asset_ids:
         raise ValidationError("name at least one asset", field="asset")
     for asset_id in asset_ids:
-        if await store.get_asset(asset_id) is None:
+        if await store.assets.get_asset(asset_id) is None:
             raise NotFoundError("asset", asset_id)
-    consumer = await store.create_consumer(new_id("c"), name)
+    consumer = await store.grants.create_consumer(new_id("c"), name)
     issued = []
     for asset_id in asset_ids:
         token = mint_token()
         expires = utcnow() + timedelta(seconds=lifetime) if lifetime else None
-        grant = await store.create_grant(new_id("g"), consumer.id, asset_id, hash_token(token), expires)
+        grant = await store.grants.create_grant(
+            new_id("g"), consumer.id, asset_id, hash_token(token), expires
+        )
         issued.append(IssuedGrant(consumer=consumer, grant=grant, token=token))
     return issued

@@ -47,12 +47,12 @@ class JobService:
     ) -> Job:
         if principal.is_operator or principal.consumer_id is None:
             raise ValidationError("the operator cannot run jobs; use a consumer token")
-        asset = await self._store.get_asset(asset_id) if principal.may_use_asset(asset_id) else None
+        asset = await self._store.assets.get_asset(asset_id) if principal.may_use_asset(asset_id) else None
         if asset is None:
             raise NotFoundError("asset", asset_id)
         bindings = await self._check_inputs(principal, asset, inputs)
         values = resolve_parameters(asset, parameters)
-        live = await self._store.count_jobs(LIVE_STATES, principal.consumer_id)
+        live = await self._store.jobs.count_jobs(LIVE_STATES, principal.consumer_id)
         if live >= self._max_queued:
             raise QuotaExceededError(f"at most {self._max_queued} unfinished jobs per consumer")
         job = Job.queued(
@@ -63,7 +63,7 @@ class JobService:
             inputs=bindings,
             parameters=values,
         )
-        event = await self._store.insert_job(job)
+        event = await self._store.jobs.insert_job(job)
         self._metrics.jobs_created.labels(asset.id).inc()
         self._bus.publish(event)
         self._supervisor.wake()
@@ -73,7 +73,7 @@ class JobService:
         self, principal: Principal, asset: Asset, inputs: Sequence[tuple[str, str]]
     ) -> tuple[InputBinding, ...]:
         seen: set[str] = set()
-        files = await self._store.files_by_ids([file_id for _, file_id in inputs])
+        files = await self._store.files.files_by_ids([file_id for _, file_id in inputs])
         bindings = []
         for slot_name, file_id in inputs:
             slot = asset.input_slot(slot_name)
@@ -101,7 +101,7 @@ class JobService:
         return tuple(bindings)
 
     async def get(self, principal: Principal, job_id: str) -> Job:
-        job = await self._store.get_job(job_id)
+        job = await self._store.jobs.get_job(job_id)
         if job is None or not principal.may_see(job.grant_id):
             raise NotFoundError("job", job_id)
         return job
@@ -116,7 +116,7 @@ class JobService:
         after: str | None,
     ) -> Page[Job]:
         try:
-            return await self._store.list_jobs(
+            return await self._store.jobs.list_jobs(
                 principal.grant_scope, state=state, asset_id=asset_id, first=first, after=after
             )
         except ValueError:

@@ -139,10 +139,10 @@ class ProvisioningService:
         if request.kind == "deprovision":
             await self.deprovision_transfer(request.transfer_process_id, "deprovisioned by the connector")
             return None
-        if await self._store.get_asset(request.asset_id) is None:
+        if await self._store.assets.get_asset(request.asset_id) is None:
             raise NotFoundError("asset", request.asset_id)
         async with self._lock:  # one replica's concurrent duplicates; the unique key covers the rest
-            existing = await self._store.grant_by_transfer(request.transfer_process_id)
+            existing = await self._store.grants.grant_by_transfer(request.transfer_process_id)
             if existing is None:
                 existing = await self._create(request)
             elif (
@@ -172,9 +172,11 @@ class ProvisioningService:
             # restart in between still sends the callback.
             callback_next_at=now + timedelta(seconds=2),
         )
-        inserted = await self._store.insert_grant(grant, hash_token(self.token_for(grant)), request.policy)
+        inserted = await self._store.grants.insert_grant(
+            grant, hash_token(self.token_for(grant)), request.policy
+        )
         if not inserted:  # another replica won the race for this transfer
-            found = await self._store.grant_by_transfer(request.transfer_process_id)
+            found = await self._store.grants.grant_by_transfer(request.transfer_process_id)
             assert found is not None
             return found
         log.info(
@@ -195,7 +197,7 @@ class ProvisioningService:
                 transfer_process_id=grant.transfer_process_id,
             )
             return grant
-        await self._store.update_grant(
+        await self._store.grants.update_grant(
             grant.id,
             resource_definition_id=request.resource_definition_id,
             callback_state=CallbackState.PENDING.value,
@@ -203,50 +205,50 @@ class ProvisioningService:
             callback_attempts=0,
             callback_error=None,
         )
-        return await self._store.get_grant(grant.id) or grant
+        return await self._store.grants.get_grant(grant.id) or grant
 
     async def _consumer_for(self, request: ProvisionRequest) -> Consumer:
         participant = assignee(request.policy)
         if participant is None:  # no assignee: the transfer is its own consumer
-            return await self._store.create_consumer(
+            return await self._store.grants.create_consumer(
                 new_id("c"), f"transfer {request.transfer_process_id}"[:200]
             )
-        found = await self._store.consumer_by_participant(participant)
+        found = await self._store.grants.consumer_by_participant(participant)
         if found is not None:
             return found
         try:
-            return await self._store.create_consumer(
+            return await self._store.grants.create_consumer(
                 new_id("c"), participant[:200], participant_id=participant
             )
         except IntegrityError:
-            again = await self._store.consumer_by_participant(participant)
+            again = await self._store.grants.consumer_by_participant(participant)
             assert again is not None
             return again
 
     async def release_callback(self, grant_id: str) -> None:
         """The reply to the provision request has gone out: the callback may be sent now."""
-        grant = await self._store.get_grant(grant_id)
+        grant = await self._store.grants.get_grant(grant_id)
         if (
             grant is not None
             and grant.callback_state == CallbackState.PENDING
             and grant.callback_attempts == 0
         ):
-            await self._store.update_grant(grant_id, callback_next_at=utcnow())
+            await self._store.grants.update_grant(grant_id, callback_next_at=utcnow())
 
     # -- the callback's life ---------------------------------------------------------------------------
 
     async def due_callbacks(self) -> list[Grant]:
-        return await self._store.grants_with_callback_due(utcnow())
+        return await self._store.grants.grants_with_callback_due(utcnow())
 
     async def next_callback_at(self) -> datetime | None:
-        return await self._store.next_callback_at()
+        return await self._store.grants.next_callback_at()
 
     async def record_callback(self, grant: Grant, outcome: CallbackOutcome) -> None:
         attempts = grant.callback_attempts + 1
         now = utcnow()
         if outcome.delivered:
             state = GrantState.ACTIVE if grant.state != GrantState.DEPROVISIONED else grant.state
-            await self._store.update_grant(
+            await self._store.grants.update_grant(
                 grant.id,
                 state=state.value,
                 callback_state=CallbackState.DELIVERED.value,
@@ -257,7 +259,7 @@ class ProvisioningService:
             log.info("provisioning callback delivered", grant_id=grant.id, attempts=attempts)
             return
         if outcome.unknown_transfer:
-            await self._store.update_grant(
+            await self._store.grants.update_grant(
                 grant.id,
                 callback_state=CallbackState.GAVE_UP.value,
                 callback_attempts=attempts,
@@ -266,7 +268,7 @@ class ProvisioningService:
             await self.deprovision_grant(grant.id, "the connector does not know this transfer")
             return
         if outcome.unauthorized:
-            await self._store.update_grant(
+            await self._store.grants.update_grant(
                 grant.id,
                 state=GrantState.FAILED_CALLBACK.value,
                 callback_state=CallbackState.UNAUTHORIZED.value,
@@ -276,7 +278,7 @@ class ProvisioningService:
             )
             return
         if outcome.give_up or (now - grant.created_at).total_seconds() > self._give_up_after:
-            await self._store.update_grant(
+            await self._store.grants.update_grant(
                 grant.id,
                 state=GrantState.FAILED_CALLBACK.value,
                 callback_state=CallbackState.GAVE_UP.value,
@@ -289,7 +291,7 @@ class ProvisioningService:
             )
             return
         delay = backoff(min(attempts, 20) + 1, base=0.5, cap=self._max_delay)
-        await self._store.update_grant(
+        await self._store.grants.update_grant(
             grant.id,
             callback_state=CallbackState.PENDING.value,
             callback_attempts=attempts,
@@ -302,7 +304,7 @@ class ProvisioningService:
     async def details(self, transfer_process_id: str, auth_code: str | None) -> Details:
         if not auth_code:
             raise PermissionDeniedError("missing X-Api-Key")
-        grant = await self._store.grant_by_transfer(transfer_process_id)
+        grant = await self._store.grants.grant_by_transfer(transfer_process_id)
         if grant is None or grant.state == GrantState.DEPROVISIONED:
             raise NotFoundError("transfer", transfer_process_id)
         if not hmac.compare_digest(self.auth_code_for(grant), auth_code):
@@ -312,44 +314,44 @@ class ProvisioningService:
     # -- deprovisioning --------------------------------------------------------------------------------
 
     async def deprovision_transfer(self, transfer_process_id: str, why: str) -> None:
-        grant = await self._store.grant_by_transfer(transfer_process_id)
+        grant = await self._store.grants.grant_by_transfer(transfer_process_id)
         if grant is not None:
             await self.deprovision_grant(grant.id, why)
 
     async def deprovision_grant(self, grant_id: str, why: str) -> Grant:
         """Revoke at once, stop the grant's jobs, remove its files. Repeating it changes nothing."""
-        grant = await self._store.get_grant(grant_id)
+        grant = await self._store.grants.get_grant(grant_id)
         if grant is None:
             raise NotFoundError("grant", grant_id)
         if grant.state != GrantState.DEPROVISIONED:
-            await self._store.update_grant(
+            await self._store.grants.update_grant(
                 grant_id, state=GrantState.DEPROVISIONED.value, deprovisioned_at=utcnow()
             )
             log.info("grant deprovisioned", grant_id=grant_id, consumer_id=grant.consumer_id, why=why)
             await self._bus.revoke_grant(grant_id)  # open subscriptions end now, on every replica
-        for job in await self._store.live_jobs_of_grant(grant_id):
+        for job in await self._store.jobs.live_jobs_of_grant(grant_id):
             await self._supervisor.cancel(job, reason="DEPROVISIONED", message=f"grant ended: {why}")
         await self.purge(grant_id)
-        return await self._store.get_grant(grant_id) or grant
+        return await self._store.grants.get_grant(grant_id) or grant
 
     async def purge(self, grant_id: str) -> bool:
         """Delete a deprovisioned grant's files once none of its jobs can still add any."""
         if self._retention != "delete":
-            await self._store.update_grant(grant_id, files_purged=True)
+            await self._store.grants.update_grant(grant_id, files_purged=True)
             return True
-        if await self._store.live_jobs_of_grant(grant_id):
+        if await self._store.jobs.live_jobs_of_grant(grant_id):
             return False
-        for record in await self._store.files_of_grant(grant_id):
+        for record in await self._store.files.files_of_grant(grant_id):
             await self._files.remove(record)
-        await self._store.update_grant(grant_id, files_purged=True)
+        await self._store.grants.update_grant(grant_id, files_purged=True)
         return True
 
     async def reap(self) -> None:
         """Deprovision expired grants and finish purging deprovisioned ones."""
-        for grant in await self._store.expired_grants(utcnow()):
+        for grant in await self._store.grants.expired_grants(utcnow()):
             await self.deprovision_grant(grant.id, "the contract expired")
-        for grant in await self._store.grants_to_purge():
+        for grant in await self._store.grants.grants_to_purge():
             await self.purge(grant.id)
 
     async def list_grants(self) -> list[Grant]:
-        return await self._store.list_grants()
+        return await self._store.grants.list_grants()

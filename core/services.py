@@ -61,7 +61,7 @@ async def open_store(settings: Settings) -> Store:
     assets = load_catalog(settings.catalog_dir)  # fail before touching anything on a bad catalogue
     await migrate(url)
     store = Store(create_engine(url))
-    await store.sync_assets(assets)
+    await store.assets.sync_assets(assets)
     log.info("catalogue synced", assets=[a.id for a in assets], directory=str(settings.catalog_dir))
     return store
 

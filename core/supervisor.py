@@ -113,7 +113,7 @@ class Supervisor:
     # -- transitions -----------------------------------------------------------------------------------
 
     async def _transition(self, job_id: str, target: JobState, **kw: Any) -> Job | None:
-        result = await self._store.transition(job_id, target, **kw)
+        result = await self._store.jobs.transition(job_id, target, **kw)
         if result is None:
             return None
         self._announce(*result)
@@ -144,13 +144,13 @@ class Supervisor:
     async def schedule(self) -> None:
         """Start queued jobs, oldest first, while the backend and each consumer's quota have room."""
         async with self._schedule_lock:
-            per_consumer = await self._store.active_counts_by_consumer()
+            per_consumer = await self._store.jobs.active_counts_by_consumer()
             active = sum(per_consumer.values())
             if active >= self._capacity:
                 return
             # Only the queue of consumers with room: a deep queue behind a full quota costs nothing here.
             full = [c for c, n in per_consumer.items() if n >= self._per_consumer]
-            for job in await self._store.queued_jobs(full):
+            for job in await self._store.jobs.queued_jobs(full):
                 if active >= self._capacity:
                     return
                 if per_consumer.get(job.consumer_id, 0) >= self._per_consumer:
@@ -168,7 +168,7 @@ class Supervisor:
         if started is None:
             return False
         try:
-            files = await self._store.files_by_ids([b.file_id for b in started.inputs])
+            files = await self._store.files.files_by_ids([b.file_id for b in started.inputs])
             submitted = await self._backend.submit(build_run(started, files))
         except Exception as e:
             log.warning("submit failed", job_id=job.id, error=str(e))
@@ -185,8 +185,8 @@ class Supervisor:
             return False
         if submitted != ref:  # a backend breaking its own contract: follow what it started
             log.error("backend returned another reference than it named", job_id=job.id, ref=submitted)
-            await self._store.update_job(job.id, backend_ref=submitted)
-        now = await self._store.get_job(job.id)
+            await self._store.jobs.update_job(job.id, backend_ref=submitted)
+        now = await self._store.jobs.get_job(job.id)
         if now is not None and now.state == JobState.CANCELING:  # canceled while it was being submitted
             await self._backend.cancel(submitted)
         return True
@@ -204,7 +204,7 @@ class Supervisor:
             return change_for(job, update, target, self._cancel_timeout)
 
         # The job is read, decided on and moved in one transaction, found by its backend reference.
-        result = await self._store.transition_by_ref(update.ref, target, decide)
+        result = await self._store.jobs.transition_by_ref(update.ref, target, decide)
         if result is None:
             log.warning("update for an unknown backend reference; cleaning it up", ref=update.ref)
             if update.phase not in (RunPhase.INITIALIZING, RunPhase.RUNNING):
@@ -226,7 +226,7 @@ class Supervisor:
     async def _discard_uploads(self, update: BackendUpdate, job: Job | None) -> None:
         """Objects a backend uploaded for a job that is gone or already ended elsewhere."""
         records = [*update.outputs, *([update.log] if update.log else [])]
-        known = await self._store.files_by_ids([r.key.rsplit("/", 1)[-1] for r in records])
+        known = await self._store.files.files_by_ids([r.key.rsplit("/", 1)[-1] for r in records])
         for record in records:
             if record.key.rsplit("/", 1)[-1] not in known:
                 await self._storage.delete(record.key)
@@ -253,21 +253,21 @@ class Supervisor:
             if done is not None and done.backend_ref:
                 await self._backend.cancel(done.backend_ref)
         if done is None:  # it moved meanwhile; answer with what it is now
-            return await self._store.get_job(job.id) or job
+            return await self._store.jobs.get_job(job.id) or job
         return done
 
     async def forget(self, job: Job) -> None:
         """Delete a terminal job with its outputs and log."""
-        for record in await self._store.files_of_jobs([job.id]):
-            await self._store.delete_file(record.id)
+        for record in await self._store.files.files_of_jobs([job.id]):
+            await self._store.files.delete_file(record.id)
             await self._storage.delete(record.storage_key)
-        await self._store.delete_job(job.id)
+        await self._store.jobs.delete_job(job.id)
 
     # -- deadlines and reconciliation ------------------------------------------------------------------
 
     async def enforce_deadlines(self) -> None:
         now = utcnow()
-        for job in await self._store.live_jobs_due(now):
+        for job in await self._store.jobs.live_jobs_due(now):
             if job.deadline_at is None or job.deadline_at > now:
                 continue
             log.warning("job deadline passed", job_id=job.id, state=job.state)
@@ -306,7 +306,7 @@ class Supervisor:
 
     async def reconcile(self, *, startup: bool = False) -> None:
         """Ask the backend about every live job; at start-up, jobs never handed over are lost."""
-        live = [j for j in await self._store.live_jobs() if j.state in LIVE_BACKEND_STATES]
+        live = [j for j in await self._store.jobs.live_jobs() if j.state in LIVE_BACKEND_STATES]
         with_ref = [j for j in live if j.backend_ref]
         if startup:
             for job in live:

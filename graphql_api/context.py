@@ -38,7 +38,7 @@ class Context:
         store = self.services.store
 
         async def files(ids: list[str]) -> list[FileRecord | None]:
-            found = await store.files_by_ids(ids)
+            found = await store.files.files_by_ids(ids)
             return [found.get(i) for i in ids]
 
         return DataLoader(load_fn=files)
@@ -48,7 +48,7 @@ class Context:
         store = self.services.store
 
         async def jobs(ids: list[str]) -> list[Job | None]:
-            found = await store.jobs_by_ids(ids)
+            found = await store.jobs.jobs_by_ids(ids)
             return [found.get(i) for i in ids]
 
         return DataLoader(load_fn=jobs)
@@ -58,7 +58,7 @@ class Context:
         store = self.services.store
 
         async def job_files(job_ids: list[str]) -> list[list[FileRecord]]:
-            records = await store.files_of_jobs(job_ids)
+            records = await store.files.files_of_jobs(job_ids)
             return [[r for r in records if r.job_id == j] for j in job_ids]
 
         return DataLoader(load_fn=job_files)

@@ -113,7 +113,7 @@ class Query(AdminQuery):
         principal = info.context.caller
         if principal.consumer_id is None:
             return None
-        consumer = await info.context.services.store.get_consumer(principal.consumer_id)
+        consumer = await info.context.services.store.grants.get_consumer(principal.consumer_id)
         if consumer is None:
             return None
         return Consumer(id=strawberry.ID(consumer.id), name=consumer.name, created_at=consumer.created_at)
@@ -125,14 +125,14 @@ class Query(AdminQuery):
     async def assets(self, info: Info) -> list[Asset]:
         principal = info.context.caller
         ids = None if principal.is_operator else principal.asset_ids
-        return [Asset.from_domain(a) for a in await info.context.services.store.list_assets(ids)]
+        return [Asset.from_domain(a) for a in await info.context.services.store.assets.list_assets(ids)]
 
     @strawberry.field(permission_classes=AUTHENTICATED)
     async def asset(self, info: Info, id: strawberry.ID) -> Asset | None:
         principal = info.context.caller
         if not principal.may_use_asset(str(id)):
             return None
-        found = await info.context.services.store.get_asset(str(id))
+        found = await info.context.services.store.assets.get_asset(str(id))
         return Asset.from_domain(found) if found else None
 
     @strawberry.field(permission_classes=AUTHENTICATED, description="The caller's jobs, newest first.")

@@ -84,7 +84,7 @@ def create_app(settings: Settings) -> Starlette:
         if services is None:
             return PlainTextResponse("starting\n", status_code=503)
         m = services.metrics
-        counts = await services.store.count_by_state()
+        counts = await services.store.jobs.count_by_state()
         for state in JobState:
             m.jobs.labels(state.value).set(counts.get(state.value, 0))
         m.subscriptions.set(services.bus.subscriber_count)

@@ -260,7 +260,7 @@ class OrderedEventBus(EventBus):
         self.store_reads = 0  # reads of new events from the store (the gaps filled)
 
     async def start(self) -> None:
-        self.last_seq = await self._store.last_event_seq()
+        self.last_seq = await self._store.events.last_event_seq()
         self._fan_out_task = asyncio.create_task(self._fan_out_forever(), name="event-fan-out")
 
     async def close(self) -> None:
@@ -324,7 +324,7 @@ class OrderedEventBus(EventBus):
     async def _catch_up(self) -> None:
         while True:
             self.store_reads += 1
-            events = await self._store.events_after(self.last_seq, limit=CATCH_UP_BATCH)
+            events = await self._store.events.events_after(self.last_seq, limit=CATCH_UP_BATCH)
             for event in events:
                 if event.seq > self.last_seq:  # not fanned out from memory during the read
                     self.last_seq = event.seq

@@ -1,13 +1,13 @@
 """The event bus across replicas: PostgreSQL LISTEN/NOTIFY behind the interface of :class:`EventBus`.
 
-Every event transaction sends ``NOTIFY wml_job_events, '<seq>'`` (see ``JobStore._add_event``); PostgreSQL
-delivers it only after the commit. One listener connection per replica (an asyncpg connection owned by
-the services' lifespan) hears every replica's events. The notification only tells
-:class:`OrderedEventBus` which ``seq`` was committed: an event of this replica is usually fanned out from
-memory already; otherwise it reads the events after the last ``seq`` it fanned out from the database,
-oldest first, so each event reaches this replica's subscribers exactly once and in ``seq`` order,
-whichever replica committed it. If the connection drops, the listener reconnects and catches up from
-the same ``seq``, so nothing committed meanwhile is lost. Grant revocations travel on a second channel.
+Every event transaction sends ``NOTIFY wml_job_events, '<seq>'`` (see ``JobRepository._add_event`` in
+``core.store.jobs``); PostgreSQL delivers it only after the commit. One listener connection per replica (an
+asyncpg connection owned by the services' lifespan) hears every replica's events. The notification only
+tells :class:`OrderedEventBus` which ``seq`` was committed: an event of this replica is usually fanned out
+from memory already; otherwise it reads the events after the last ``seq`` it fanned out from the database,
+oldest first, so each event reaches this replica's subscribers exactly once and in ``seq`` order, whichever
+replica committed it. If the connection drops, the listener reconnects and catches up from the same ``seq``,
+so nothing committed meanwhile is lost. Grant revocations travel on a second channel.
 """
 
 from __future__ import annotations

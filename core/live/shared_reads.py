@@ -126,7 +126,7 @@ class GrantWatch:
             for grant_id in list(self._users):
                 try:
                     grant = await self._reads.fresh(
-                        ("grant", grant_id), partial(self._store.get_grant, grant_id)
+                        ("grant", grant_id), partial(self._store.grants.get_grant, grant_id)
                     )
                 except Exception as e:  # the next round tries again
                     log.warning("grant re-check failed", grant_id=grant_id, error=str(e))

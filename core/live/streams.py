@@ -100,7 +100,7 @@ class JobStreams:
             key = ("grant", grant_id)
             known, grant = self._reads.peek(key)  # every event checks: no coroutine when it is known
             if not known:
-                grant = await self._reads.recent(key, partial(self._store.get_grant, grant_id))
+                grant = await self._reads.recent(key, partial(self._store.grants.get_grant, grant_id))
             if grant is None or not grant_is_usable(grant):
                 raise AccessRevokedError()
 
@@ -108,15 +108,15 @@ class JobStreams:
         """The job, read after the stream subscribed (or shared with a read that began at the same
         bus position, which is as good); NotFound when the caller may not see it."""
         if position is None:
-            job = await busy_is_typed(self._store.get_job(job_id))
+            job = await busy_is_typed(self._store.jobs.get_job(job_id))
         else:
-            job = await self._reads.once(("job", job_id, position), partial(self._store.get_job, job_id))
+            job = await self._reads.once(("job", job_id, position), partial(self._store.jobs.get_job, job_id))
         if job is None or not principal.may_see(job.grant_id):
             raise NotFoundError("job", job_id)
         return job
 
     async def _job_gone(self, job_id: str) -> bool:
-        job = await self._reads.recent(("job-exists", job_id), partial(self._store.get_job, job_id))
+        job = await self._reads.recent(("job-exists", job_id), partial(self._store.jobs.get_job, job_id))
         return job is None
 
     @contextlib.contextmanager
@@ -158,7 +158,7 @@ class JobStreams:
             elif position is not None:
                 last = position
             else:
-                last = await busy_is_typed(self._store.last_event_seq())
+                last = await busy_is_typed(self._store.events.last_event_seq())
             async with contextlib.aclosing(self._replay(principal, job_id, last, position)) as replay:
                 async for event in replay:
                     yield event
@@ -183,7 +183,9 @@ class JobStreams:
         made for the same position are shared: each began after the bus reached it."""
         scope = principal.grant_scope
         while position is None or last < position:
-            read = partial(self._store.events_after, last, job_id=job_id, grant_ids=scope, limit=REPLAY_BATCH)
+            read = partial(
+                self._store.events.events_after, last, job_id=job_id, grant_ids=scope, limit=REPLAY_BATCH
+            )
             if position is None:
                 batch = await busy_is_typed(read())
             else:
@@ -289,7 +291,7 @@ class JobStreams:
         await self.check_access(principal)
 
     async def _saved_log(self, job: Job) -> AsyncIterator[str]:
-        record = await self._store.get_file(job.log_file_id) if job.log_file_id else None
+        record = await self._store.files.get_file(job.log_file_id) if job.log_file_id else None
         if record is None:
             return
         pending = b""

@@ -1,4 +1,4 @@
-"""What every part of the store shares: the engine, ORM sessions, Core row reads and keyset paging."""
+"""What every repository shares: the engine, ORM sessions, Core row reads and keyset paging."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from core.models import Page
 from core.store.rows import decode_cursor, encode_cursor, storable
 
 
-class StoreBase:
-    """The engine and sessions one store works through, and the query helpers its parts share."""
+class Repository:
+    """The engine and sessions a repository works through, and the query helpers they share."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine

@@ -1,10 +1,10 @@
-"""The job half of the store: job reads and writes, state transitions and the job event log.
+"""The job repository: job reads and writes, and state transitions with the events they write.
 
-State changes go through :meth:`JobStore.transition`, which checks the transition table, updates the job
+State changes go through :meth:`JobRepository.transition`, which checks the transition table, updates the job
 only if nobody changed it meanwhile (compare-and-set on the state), and writes the JobEvent in the same
 transaction. On PostgreSQL that transaction also takes a transaction-level advisory lock before it
 allocates the event's ``seq`` and sends a NOTIFY (delivered by PostgreSQL only when it commits), so
-``seq`` order is commit order and other replicas hear of every event; see :meth:`JobStore._add_event`.
+``seq`` order is commit order and other replicas hear of every event; see :meth:`JobRepository._add_event`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from sqlmodel import col, select
 
 from core.models import FileRecord, Job, JobEvent, Page, utcnow
 from core.states import TERMINAL_STATES, JobState, can_transition
-from core.store.base import StoreBase
-from core.store.rows import event_record, file_fields, job_fields, job_record, storable
+from core.store.base import Repository
+from core.store.rows import file_fields, job_fields, job_record, storable
 from core.store.tables import FileRow, JobEventRow, JobRow
 
 # The advisory lock that serialises event inserts on PostgreSQL, and the channel that announces them.
@@ -41,7 +41,7 @@ _EVENT_FIELDS = ("job_id", "consumer_id", "grant_id", "reason", "message", "exit
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """What a transition writes besides the state: see :meth:`Store.transition`."""
+    """What a transition writes besides the state: see :meth:`JobRepository.transition`."""
 
     reason: str | None = None
     message: str | None = None
@@ -66,8 +66,8 @@ def _transition_values(target: JobState, now: datetime, change: Change) -> dict[
     return values
 
 
-class JobStore(StoreBase):
-    """Jobs and their events; :class:`core.store.Store` adds the rest of the repository."""
+class JobRepository(Repository):
+    """Jobs, their transitions, and the events those write (read through the event repository)."""
 
     # -- jobs ------------------------------------------------------------------------------------------
 
@@ -239,11 +239,6 @@ class JobStore(StoreBase):
             await s.exec(delete(JobRow).where(col(JobRow.id) == job_id))
             await s.commit()
 
-    async def events(self, job_id: str) -> list[JobEvent]:
-        async with self.session() as s:
-            q = select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(col(JobEventRow.seq))
-            return [event_record(r) for r in (await s.exec(q)).all()]
-
     async def _add_event(self, conn: AsyncConnection, job: Job, now: datetime) -> JobEvent:
         """Insert the JobEvent of ``job`` as it is now in the open transaction ``conn`` (which the caller
         commits).
@@ -275,25 +270,6 @@ class JobStore(StoreBase):
         if self.is_postgresql:
             await conn.execute(core_select(func.pg_notify(EVENTS_CHANNEL, str(key[0]))))
         return replace(event, seq=int(key[0]))
-
-    async def events_after(
-        self, seq: int, *, job_id: str | None = None, grant_ids: Sequence[str] | None = None, limit: int = 500
-    ) -> list[JobEvent]:
-        """Up to ``limit`` events with a seq above ``seq``, oldest first (optionally one job's, or only
-        those of ``grant_ids``)."""
-        q = select(JobEventRow).where(col(JobEventRow.seq) > seq)
-        if job_id is not None:
-            q = q.where(JobEventRow.job_id == job_id if storable(job_id) else false())
-        if grant_ids is not None:
-            q = q.where(col(JobEventRow.grant_id).in_(list(grant_ids)))
-        q = q.order_by(col(JobEventRow.seq)).limit(limit)
-        async with self.session() as s:
-            return [event_record(r) for r in (await s.exec(q)).all()]
-
-    async def last_event_seq(self) -> int:
-        async with self.session() as s:
-            last = (await s.exec(select(func.max(JobEventRow.seq)))).one()
-            return int(last or 0)
 
     async def live_jobs_of_grant(self, grant_id: str) -> list[Job]:
         async with self.session() as s:

@@ -26,7 +26,7 @@ ASSET = Asset.model_validate({"id": "a", "name": "A", "image": "img"})
 async def _store(url: str) -> Store:
     await migrate(url)
     store = Store(create_engine(url))
-    await store.sync_assets([ASSET])
+    await store.assets.sync_assets([ASSET])
     return store
 
 
@@ -35,8 +35,8 @@ def _job(consumer_id: str) -> Job:
 
 
 async def _new_jobs(store: Store, count: int) -> list[JobEvent]:
-    consumer = await store.create_consumer(new_id("c"), "c")
-    return list(await asyncio.gather(*(store.insert_job(_job(consumer.id)) for _ in range(count))))
+    consumer = await store.grants.create_consumer(new_id("c"), "c")
+    return list(await asyncio.gather(*(store.jobs.insert_job(_job(consumer.id)) for _ in range(count))))
 
 
 async def _drain(sub: Subscription, count: int) -> list[int]:
@@ -94,7 +94,7 @@ async def test_events_published_here_in_seq_order_are_fanned_out_without_reading
     database_url: str,
 ) -> None:
     store = await _store(database_url)
-    consumer = await store.create_consumer(new_id("c"), "c")
+    consumer = await store.grants.create_consumer(new_id("c"), "c")
     bus = OrderedEventBus(store, catch_up_interval=60)  # no safety-net read during the test
     await bus.start()
     try:
@@ -103,10 +103,10 @@ async def test_events_published_here_in_seq_order_are_fanned_out_without_reading
             reads, before = _count_event_reads(store), bus.store_reads
             published = []
             for _ in range(10):
-                event = await store.insert_job(_job(consumer.id))
+                event = await store.jobs.insert_job(_job(consumer.id))
                 bus.publish(event)
                 published.append(event.seq)
-            early = [await store.insert_job(_job(consumer.id)) for _ in range(5)]
+            early = [await store.jobs.insert_job(_job(consumer.id)) for _ in range(5)]
             for event in reversed(early):  # ahead of a gap that this process fills itself
                 bus.publish(event)
             published += [e.seq for e in early]
@@ -122,19 +122,19 @@ async def test_an_event_this_process_never_published_is_read_from_the_store_in_i
     database_url: str,
 ) -> None:
     store = await _store(database_url)
-    consumer = await store.create_consumer(new_id("c"), "c")
+    consumer = await store.grants.create_consumer(new_id("c"), "c")
     bus = OrderedEventBus(store, catch_up_interval=60)  # no safety-net read during the test
     await bus.start()
     try:
         with bus.subscribe() as sub:
             await _settled(sub)
             reads, before = _count_event_reads(store), bus.store_reads
-            elsewhere = await store.insert_job(_job(consumer.id))  # committed, never published here
-            here = await store.insert_job(_job(consumer.id))
+            elsewhere = await store.jobs.insert_job(_job(consumer.id))  # committed, never published here
+            here = await store.jobs.insert_job(_job(consumer.id))
             bus.publish(here)  # a gap: the bus reads the store from its last seq
             assert await _drain(sub, 2) == [elsewhere.seq, here.seq]
             bus.publish(elsewhere)  # late: already fanned out, not twice
-            after = await store.insert_job(_job(consumer.id))
+            after = await store.jobs.insert_job(_job(consumer.id))
             bus.publish(after)  # follows directly again: from memory
             assert await _drain(sub, 1) == [after.seq]
             assert await sub.get(within=0.2) is None

@@ -52,8 +52,8 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 
 
 async def _principal(store: Store) -> Principal:
-    consumer = await store.create_consumer("c_alice", "alice")
-    grant = await store.create_grant("g_alice", consumer.id, "a", "hash-alice", None)
+    consumer = await store.grants.create_consumer("c_alice", "alice")
+    grant = await store.grants.create_grant("g_alice", consumer.id, "a", "hash-alice", None)
     return Principal(consumer_id=consumer.id, grant_ids=frozenset({grant.id}), asset_ids=frozenset({"a"}))
 
 
@@ -73,7 +73,7 @@ async def test_a_revocation_is_seen_at_once_despite_the_shared_read(store: Store
     principal = await _principal(store)
     await streams.check_access(principal)
     [grant_id] = principal.grant_ids
-    await store.update_grant(grant_id, state="DEPROVISIONED")
+    await store.grants.update_grant(grant_id, state="DEPROVISIONED")
     await bus.revoke_grant(grant_id)
     with pytest.raises(AccessRevokedError):
         await streams.check_access(principal)
@@ -130,7 +130,7 @@ async def test_quiet_streams_of_a_grant_share_one_recheck_that_ends_them_when_it
         await asyncio.sleep(1.0)  # several re-check intervals pass, all streams quiet
         grant_reads = [q for q in queries if "FROM grant" in q.replace('"', "")]
         assert 1 <= len(grant_reads) < SUBSCRIBERS  # per interval, not per stream and interval
-        await store.update_grant(grant_id, expires_at=utcnow() - timedelta(seconds=1))
+        await store.grants.update_grant(grant_id, expires_at=utcnow() - timedelta(seconds=1))
         ended = await asyncio.wait_for(asyncio.gather(*firsts, return_exceptions=True), 10)
         assert all(isinstance(e, AccessRevokedError) for e in ended)
         for stream in following:

@@ -80,9 +80,9 @@ ASSET = Asset.model_validate(
 async def _setup(tmp_path: Path, url: str) -> tuple[Store, ScriptedBackend, Supervisor]:
     await migrate(url)
     store = Store(create_engine(url))
-    await store.sync_assets([ASSET])
-    consumer = await store.create_consumer(new_id("c"), "c")
-    await store.create_grant("g_1", consumer.id, "a", "hash", None)
+    await store.assets.sync_assets([ASSET])
+    consumer = await store.grants.create_consumer(new_id("c"), "c")
+    await store.grants.create_grant("g_1", consumer.id, "a", "hash", None)
     backend = ScriptedBackend()
     supervisor = Supervisor(
         store,
@@ -101,13 +101,13 @@ async def _setup(tmp_path: Path, url: str) -> tuple[Store, ScriptedBackend, Supe
 async def _job(store: Store, consumer_id: str, state: JobState = JobState.QUEUED) -> Job:
     queued = Job.queued(job_id=new_id("j"), consumer_id=consumer_id, grant_id="g_1", asset=ASSET)
     job = replace(queued, state=state, deadline_at=queued.created_at + timedelta(seconds=60))
-    await store.insert_job(job)
+    await store.jobs.insert_job(job)
     return job
 
 
 async def _wait_state(store: Store, job_id: str, state: JobState, timeout: float = 5) -> Job:
     for _ in range(int(timeout / 0.05)):
-        job = await store.get_job(job_id)
+        job = await store.jobs.get_job(job_id)
         assert job is not None
         if job.state == state:
             return job
@@ -120,7 +120,7 @@ async def test_a_job_that_never_starts_ends_start_timeout_and_is_cancelled_in_th
     database_url: str,
 ) -> None:
     store, backend, supervisor = await _setup(tmp_path, database_url)
-    consumer = (await store.list_grants())[0].consumer_id
+    consumer = (await store.grants.list_grants())[0].consumer_id
     await supervisor.start()
     try:
         job = await _job(store, consumer)
@@ -139,7 +139,7 @@ async def test_a_cancel_the_backend_never_confirms_is_forced_after_the_cancel_ti
     tmp_path: Path, database_url: str
 ) -> None:
     store, backend, supervisor = await _setup(tmp_path, database_url)
-    consumer = (await store.list_grants())[0].consumer_id
+    consumer = (await store.grants.list_grants())[0].consumer_id
     await supervisor.start()
     try:
         job = await _job(store, consumer)
@@ -160,12 +160,12 @@ async def test_startup_reconcile_marks_forgotten_and_unsubmitted_jobs_backend_lo
     tmp_path: Path, database_url: str
 ) -> None:
     store, _backend, supervisor = await _setup(tmp_path, database_url)
-    consumer = (await store.list_grants())[0].consumer_id
+    consumer = (await store.grants.list_grants())[0].consumer_id
     forgotten = await _job(store, consumer)
-    await store.transition(forgotten.id, JobState.INITIALIZING)
-    await store.update_job(forgotten.id, backend_ref="ref-gone")
+    await store.jobs.transition(forgotten.id, JobState.INITIALIZING)
+    await store.jobs.update_job(forgotten.id, backend_ref="ref-gone")
     unsubmitted = await _job(store, consumer)
-    await store.transition(unsubmitted.id, JobState.INITIALIZING)
+    await store.jobs.transition(unsubmitted.id, JobState.INITIALIZING)
     await supervisor.start()
     try:
         for job_id in (forgotten.id, unsubmitted.id):
@@ -178,31 +178,31 @@ async def test_startup_reconcile_marks_forgotten_and_unsubmitted_jobs_backend_lo
 
 async def test_an_update_for_an_already_ended_job_changes_nothing(tmp_path: Path, database_url: str) -> None:
     store, backend, supervisor = await _setup(tmp_path, database_url)
-    consumer = (await store.list_grants())[0].consumer_id
+    consumer = (await store.grants.list_grants())[0].consumer_id
     job = await _job(store, consumer)
     await supervisor.cancel(job, reason="CANCELED_BY_USER", message="stop")
-    await store.update_job(job.id, backend_ref="ref-late")
+    await store.jobs.update_job(job.id, backend_ref="ref-late")
     await supervisor.apply(BackendUpdate(ref="ref-late", phase=RunPhase.SUCCEEDED, exit_code=0))
-    after = await store.get_job(job.id)
+    after = await store.jobs.get_job(job.id)
     assert after is not None and after.state == JobState.CANCELED
-    assert [e.state for e in await store.events(job.id)] == [JobState.QUEUED, JobState.CANCELED]
+    assert [e.state for e in await store.events.events(job.id)] == [JobState.QUEUED, JobState.CANCELED]
     assert backend.cleaned == ["ref-late"]
     await store.engine.dispose()
 
 
 async def test_concurrent_transitions_record_exactly_one_winner(tmp_path: Path, database_url: str) -> None:
     store, _backend, _supervisor = await _setup(tmp_path, database_url)
-    consumer = (await store.list_grants())[0].consumer_id
+    consumer = (await store.grants.list_grants())[0].consumer_id
     job = await _job(store, consumer)
     results = await asyncio.gather(
-        store.transition(job.id, JobState.CANCELED, reason="A"),
-        store.transition(job.id, JobState.SYSTEM_ERROR, reason="B"),
-        store.transition(job.id, JobState.INITIALIZING),
+        store.jobs.transition(job.id, JobState.CANCELED, reason="A"),
+        store.jobs.transition(job.id, JobState.SYSTEM_ERROR, reason="B"),
+        store.jobs.transition(job.id, JobState.INITIALIZING),
     )
     winners = [r for r in results if r is not None]
     assert len(winners) >= 1
-    events = await store.events(job.id)
-    final = await store.get_job(job.id)
+    events = await store.events.events(job.id)
+    final = await store.jobs.get_job(job.id)
     assert final is not None
     # Each recorded event is a legal step from the one before, and the last one is the job's state.
     assert events[-1].state == final.state
@@ -214,13 +214,13 @@ async def test_an_event_seq_is_never_reused_after_the_newest_job_is_deleted(
     tmp_path: Path, database_url: str
 ) -> None:
     store, _backend, _supervisor = await _setup(tmp_path, database_url)
-    consumer = (await store.list_grants())[0].consumer_id
+    consumer = (await store.grants.list_grants())[0].consumer_id
     await _job(store, consumer)
     newest = await _job(store, consumer)
-    seen = (await store.events(newest.id))[-1].seq
-    await store.delete_job(newest.id)
+    seen = (await store.events.events(newest.id))[-1].seq
+    await store.jobs.delete_job(newest.id)
     later = await _job(store, consumer)
-    assert (await store.events(later.id))[0].seq > seen
+    assert (await store.events.events(later.id))[0].seq > seen
     await store.engine.dispose()
 
 
@@ -238,7 +238,7 @@ class InterruptedSubmitBackend(ScriptedBackend):
         ref = self.reference(run.job_id, run.consumer_id)
         self.known[ref] = BackendUpdate(ref=ref, phase=RunPhase.RUNNING)
         assert self.store is not None
-        self.row_while_submitting = await self.store.get_job(run.job_id)
+        self.row_while_submitting = await self.store.jobs.get_job(run.job_id)
         self.started.set()
         await asyncio.Event().wait()  # the answer never comes: the service stops first
         raise AssertionError("unreachable")
@@ -253,7 +253,7 @@ async def test_a_job_interrupted_mid_submit_is_adopted_by_the_next_start_not_los
     backend = InterruptedSubmitBackend()
     backend.store = store
     supervisor._backend = backend
-    consumer = (await store.list_grants())[0].consumer_id
+    consumer = (await store.grants.list_grants())[0].consumer_id
     job = await _job(store, consumer)
     await supervisor.start()
     try:

@@ -28,7 +28,7 @@ MAX_EVENTS = 60_000  # far more than the socket buffers hold; the test fails if 
 async def _insert_events(api: Api, grant_id: str, consumer_id: str, count: int) -> None:
     """Events as the store writes them (one transaction), announced to the bus as the supervisor does."""
     now = utcnow()
-    async with api.services.store.session() as s:
+    async with api.services.store.events.session() as s:
         for _ in range(count):
             s.add(
                 JobEventRow(
@@ -117,8 +117,8 @@ async def test_a_subscriber_that_stops_reading_is_dropped_at_its_queue_bound_and
         assert error["message"] == f"subscriber too slow; resume with since={resume_from}"
         async with connect(api.url, token, protocol) as conn:
             op = await conn.subscribe(EVENTS, {"since": resume_from})
-            last = (await api.services.store.events_after(0, limit=MAX_EVENTS))[-1].seq
+            last = (await api.services.store.events.events_after(0, limit=MAX_EVENTS))[-1].seq
             while (received[-1] if received else 0) < last:
                 received.append(int((await op.next())["jobEvents"]["seq"]))
-        every = [e.seq for e in await api.services.store.events_after(0, limit=MAX_EVENTS)]
+        every = [e.seq for e in await api.services.store.events.events_after(0, limit=MAX_EVENTS)]
         assert received == every  # nothing lost, nothing twice, across the drop

@@ -108,7 +108,7 @@ async def test_revoking_a_grant_ends_its_open_subscriptions_at_once(api: Api, pr
         await asyncio.sleep(0.3)  # let the server register every subscription
 
         grant_id = await _grant_id(api, alice)
-        await api.services.store.update_grant(grant_id, state="DEPROVISIONED")
+        await api.services.store.grants.update_grant(grant_id, state="DEPROVISIONED")
         await api.services.bus.revoke_grant(grant_id)
 
         for op in streams:
@@ -131,7 +131,7 @@ async def test_a_grant_that_expires_ends_its_subscription_without_any_hook(
             op = await conn.subscribe(EVENTS, {})
             await asyncio.sleep(0.3)
             grant_id = await _grant_id(api, alice)
-            await api.services.store.update_grant(grant_id, expires_at=utcnow() - timedelta(seconds=1))
+            await api.services.store.grants.update_grant(grant_id, expires_at=utcnow() - timedelta(seconds=1))
             with pytest.raises(StreamError) as caught:
                 await op.next(timeout=5)
             assert caught.value.code == "ACCESS_REVOKED"

@@ -29,7 +29,7 @@ async def test_each_operation_gets_its_own_next_messages_then_complete(api: Api)
         while any(not m or m[-1]["type"] != "complete" for m in messages.values()):
             message = json.loads(await asyncio.wait_for(ws.recv(), 30))
             messages[message["id"]].append(message)
-    stored = await api.services.store.events(created["id"])
+    stored = await api.services.store.events.events(created["id"])
     expected = [
         {"id": op, "type": "next", "payload": {"data": {"jobEvents": {"seq": e.seq, "state": e.state.value}}}}
         for e in stored

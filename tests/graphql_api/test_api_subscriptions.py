@@ -35,7 +35,7 @@ async def test_job_events_arrive_live_from_queued_to_complete_in_order(api: Api,
     assert {e["jobId"] for e in received} == {created["id"]}
     seqs = [int(e["seq"]) for e in received]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    stored = await api.services.store.events(created["id"])
+    stored = await api.services.store.events.events(created["id"])
     assert seqs == [e.seq for e in stored]
 
 
@@ -57,7 +57,7 @@ async def test_replay_with_since_after_a_disconnect_has_no_gap_and_no_duplicate(
         while sum(1 for e in received if e["state"] == "COMPLETE") < len(jobs):
             received.append((await op.next(timeout=30))["jobEvents"])
     seqs = [int(str(e["seq"])) for e in received]
-    stored = await api.services.store.events_after(0)
+    stored = await api.services.store.events.events_after(0)
     assert seqs == [e.seq for e in stored]  # every event once, in order
     for job_id in jobs:
         assert [e["state"] for e in received if e["jobId"] == job_id] == FULL_RUN

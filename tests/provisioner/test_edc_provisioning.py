@@ -44,7 +44,7 @@ async def _provision(
 
 async def _grant_in(api: Api, tp: str, state: GrantState) -> None:
     for _ in range(100):
-        grant = await api.services.store.grant_by_transfer(tp)
+        grant = await api.services.store.grants.grant_by_transfer(tp)
         if grant is not None and grant.state == state:
             return
         await asyncio.sleep(0.05)
@@ -98,7 +98,7 @@ async def test_deprovision_revokes_the_token_and_cancels_running_jobs(
     assert (await _me(edc_api, token)).status_code == 401
     store = edc_api.services.store
     for _ in range(100):
-        stored = await store.get_job(job["id"])
+        stored = await store.jobs.get_job(job["id"])
         if stored is not None and stored.state.terminal:
             break
         await asyncio.sleep(0.1)
@@ -106,10 +106,10 @@ async def test_deprovision_revokes_the_token_and_cancels_running_jobs(
     assert stored.state == "CANCELED"
     assert stored.reason == "DEPROVISIONED"
     for _ in range(50):  # the reaper removes the files once no job can add any
-        if await store.get_file(uploaded["id"]) is None:
+        if await store.files.get_file(uploaded["id"]) is None:
             break
         await asyncio.sleep(0.1)
-    assert await store.get_file(uploaded["id"]) is None
+    assert await store.files.get_file(uploaded["id"]) is None
     again = await connector.post(f"{edc_api.url}/provision/", body)
     assert again.status_code == 200  # deprovisioning twice is fine
     unknown = connector.request_body("dummy-job", "never-provisioned", kind="deprovision")
@@ -139,13 +139,15 @@ async def test_repeated_and_concurrent_requests_create_one_consumer_grant_and_to
     assert (await connector.post(f"{edc_api.url}/provision/", body)).status_code == 200
     await connector.wait_for_callback("tp-dup")
     await asyncio.sleep(0.5)  # room for any (wrong) second callback to arrive
-    grants = [g for g in await edc_api.services.store.list_grants() if g.transfer_process_id == "tp-dup"]
+    grants = [
+        g for g in await edc_api.services.store.grants.list_grants() if g.transfer_process_id == "tp-dup"
+    ]
     assert len(grants) == 1
     mine = [c for c in connector.accepted if c.transfer_process_id == "tp-dup"]
     assert len({c.address["authCode"] for c in mine}) == 1
     assert len({c.body["resourceName"] for c in mine}) == 1
     assert connector.refused == []
-    consumers = {g.consumer_id for g in await edc_api.services.store.list_grants()}
+    consumers = {g.consumer_id for g in await edc_api.services.store.grants.list_grants()}
     assert len(consumers) == 1
 
 
@@ -159,7 +161,7 @@ async def test_an_untyped_repeat_for_a_provisioned_transfer_provisions_nothing(
     assert (await connector.post(f"{edc_api.url}/provision/", repeat)).status_code == 200
     await asyncio.sleep(0.5)
     assert len([c for c in connector.accepted if c.transfer_process_id == "tp-m"]) == 1
-    assert len(await edc_api.services.store.list_grants()) == 1
+    assert len(await edc_api.services.store.grants.list_grants()) == 1
 
 
 async def test_callback_answered_409_then_204_completes(edc_api: Api, connector: ConnectorEmulator) -> None:
@@ -167,7 +169,7 @@ async def test_callback_answered_409_then_204_completes(edc_api: Api, connector:
     await _provision(edc_api, connector, "tp-busy")
     await connector.wait_for_callback("tp-busy")
     await _grant_in(edc_api, "tp-busy", GrantState.ACTIVE)
-    grant = await edc_api.services.store.grant_by_transfer("tp-busy")
+    grant = await edc_api.services.store.grants.grant_by_transfer("tp-busy")
     assert grant is not None
     assert grant.state == GrantState.ACTIVE
     assert grant.callback_attempts == 3
@@ -179,7 +181,7 @@ async def test_callback_401_leaves_failed_callback_and_an_actionable_log_line(
     connector.scripted = [401, 401, 401, 401]
     await _provision(edc_api, connector, "tp-key")
     for _ in range(50):
-        grant = await edc_api.services.store.grant_by_transfer("tp-key")
+        grant = await edc_api.services.store.grants.grant_by_transfer("tp-key")
         if grant is not None and grant.state == GrantState.FAILED_CALLBACK:
             break
         await asyncio.sleep(0.05)
@@ -230,7 +232,7 @@ async def test_a_grant_whose_contract_ends_is_deprovisioned_by_the_reaper(
     token = (await connector.pull_details(await connector.wait_for_callback("tp-exp")))["token"]
     assert (await _me(edc_api, token)).status_code == 200
     await asyncio.sleep(2.5)
-    grant = await edc_api.services.store.grant_by_transfer("tp-exp")
+    grant = await edc_api.services.store.grants.grant_by_transfer("tp-exp")
     assert grant is not None
     assert grant.state == GrantState.DEPROVISIONED
     assert (await _me(edc_api, token)).status_code == 401

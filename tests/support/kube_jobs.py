@@ -52,7 +52,7 @@ class Supervised:
             asset=asset,
             parameters=parameters,
         )
-        await self.store.insert_job(job)
+        await self.store.jobs.insert_job(job)
         self.supervisor.wake()
         return job
 
@@ -60,7 +60,7 @@ class Supervised:
         """The backend reference of a job, once the supervisor submitted it."""
         async with asyncio.timeout(timeout):
             while True:
-                job = await self.store.get_job(job_id)
+                job = await self.store.jobs.get_job(job_id)
                 if job is not None and job.backend_ref:
                     return job.backend_ref
                 await asyncio.sleep(0.02)
@@ -70,7 +70,7 @@ class Supervised:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    job = await self.store.get_job(job_id)
+                    job = await self.store.jobs.get_job(job_id)
                     if job is not None and job.state == state:
                         return job
                     await asyncio.sleep(0.02)
@@ -78,7 +78,7 @@ class Supervised:
             raise AssertionError(f"job never reached {state}; it is {job and job.state}") from None
 
     async def states(self, job_id: str) -> list[JobState]:
-        return [event.state for event in await self.store.events(job_id)]
+        return [event.state for event in await self.store.events.events(job_id)]
 
 
 @contextlib.asynccontextmanager
@@ -89,13 +89,13 @@ async def supervised(
     url = f"sqlite+aiosqlite:///{tmp_path / 'wml.sqlite'}"
     await migrate(url)
     store = Store(create_engine(url))
-    await store.sync_assets([ASSET])
-    consumers = await store.list_grants()
+    await store.assets.sync_assets([ASSET])
+    consumers = await store.grants.list_grants()
     if consumers:
         consumer_id = consumers[0].consumer_id
     else:
-        consumer_id = (await store.create_consumer(new_id("c"), "acme")).id
-        await store.create_grant("g_1", consumer_id, ASSET.id, "hash", None)
+        consumer_id = (await store.grants.create_consumer(new_id("c"), "acme")).id
+        await store.grants.create_grant("g_1", consumer_id, ASSET.id, "hash", None)
     storage = FileStorageBackend(tmp_path / "files")
     backend = kube.backend(storage, **options)
     supervisor = Supervisor(

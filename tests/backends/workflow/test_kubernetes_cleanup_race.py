@@ -116,7 +116,7 @@ async def test_jobs_run_by_the_supervisor_with_reconciles_in_between_all_keep_th
         await kube.nothing_left()
 
         for job in queued:
-            files = await s.store.files_of_jobs([job.id])
+            files = await s.store.files.files_of_jobs([job.id])
             [log] = [f for f in files if f.origin == FileOrigin.JOB_LOG]
             text = b"".join([c async for c in s.storage.get(log.storage_key)])
             assert b"done" in text

@@ -31,14 +31,14 @@ async def test_a_job_goes_queued_initializing_running_complete_with_outputs_from
         await s.wait(job.id, R)
         kube.cluster.log(ref, "worker", "progress 1/1\nresult written\ndone\n")
         await kube.cluster.step(ref, "uploading")
-        assert (await s.store.get_job(job.id)).state == R  # type: ignore[union-attr]
+        assert (await s.store.jobs.get_job(job.id)).state == R  # type: ignore[union-attr]
         manifest = await play_outputs(kube, ref, s.storage, {"result": b"forty-two\n"})
         await kube.cluster.succeed(ref, manifest)
 
         done = await s.wait(job.id, C)
         assert await s.states(job.id) == [Q, INIT, R, C]
         assert (done.reason, done.exit_code, done.log_tail) == (None, 0, "progress 1/1\nresult written\ndone")
-        files = {f.origin: f for f in await s.store.files_of_jobs([job.id])}
+        files = {f.origin: f for f in await s.store.files.files_of_jobs([job.id])}
         assert (files[FileOrigin.JOB_OUTPUT].name, files[FileOrigin.JOB_OUTPUT].size) == ("result.txt", 10)
         assert files[FileOrigin.JOB_OUTPUT].sha256 == manifest.outputs[0].sha256
         log = b"".join([c async for c in s.storage.get(files[FileOrigin.JOB_LOG].storage_key)])
@@ -161,7 +161,7 @@ async def test_every_failure_row_of_the_table_ends_in_its_state_and_reason(
             assert "sha256 does not match" in ended.message
         if reason == "OUTPUT_MISSING":
             assert ended.message == "required outputs missing: result"
-        origins = [f.origin for f in await s.store.files_of_jobs([job.id])]
+        origins = [f.origin for f in await s.store.files.files_of_jobs([job.id])]
         assert origins == ([FileOrigin.JOB_LOG] if logged else [])
         await kube.nothing_left()
 
@@ -169,7 +169,7 @@ async def test_every_failure_row_of_the_table_ends_in_its_state_and_reason(
 async def test_a_pod_pending_past_the_start_timeout_ends_start_timeout_and_is_removed(tmp_path: Path) -> None:
     slow = ASSET.model_copy(update={"timeouts": ASSET.timeouts.model_copy(update={"start": 1})})
     async with fake_kube(tmp_path, f"file://{tmp_path / 'files'}") as kube, supervised(tmp_path, kube) as s:
-        await s.store.sync_assets([slow])
+        await s.store.assets.sync_assets([slow])
         job = await s.queue(slow)
         ref = await s.ref(job.id)
         # A Secret the kubelet cannot use yet is retried by Kubernetes, not a failure of ours.

@@ -58,7 +58,7 @@ async def test_a_restart_re_attaches_to_jobs_in_every_phase(tmp_path: Path) -> N
         async with supervised(tmp_path, kube) as second:
             done = await second.wait(ids["succeeds while down"], JobState.COMPLETE)
             assert done.log_tail == "done"
-            origins = {f.origin for f in await second.store.files_of_jobs([done.id])}
+            origins = {f.origin for f in await second.store.files.files_of_jobs([done.id])}
             assert origins == {FileOrigin.JOB_OUTPUT, FileOrigin.JOB_LOG}
             failed = await second.wait(ids["fails while down"], JobState.EXECUTOR_ERROR)
             assert (failed.reason, failed.exit_code, failed.log_tail) == ("NONZERO_EXIT", 2, "boom")
@@ -79,5 +79,5 @@ async def test_a_restart_re_attaches_to_jobs_in_every_phase(tmp_path: Path) -> N
                     JobState.RUNNING,
                     JobState.COMPLETE,
                 ]
-            assert await second.store.live_jobs() == []
+            assert await second.store.jobs.live_jobs() == []
             await kube.nothing_left()
