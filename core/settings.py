@@ -8,6 +8,9 @@ backend), ``settings.edc`` (provisioning through the connector), ``settings.s3``
 nested setting is read from ``WML_<CONCERN>__<NAME>`` (``WML_KUBERNETES__API_URL``) and from the flat name
 deployments have always set (``WML_K8S_API_URL``), listed once in :data:`FLAT_NAMES`; when both are set
 the nested form wins. Keyword arguments take both forms too (``Settings(k8s_api_url=...)``).
+
+At ~450 lines this is the one list of every setting with its default and description (the README's
+table is checked against it); split up, that list would have to be read in several places.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ Requests per job: submit 2, finish 1 (the worker log; +1 when stage-out's manife
 termination message), cleanup 1 (+1 with namespace-per-consumer); cancel adds 1 (the log so far) and
 takes cleanup's place. Each reconcile pass costs 3 lists whatever the number of jobs.
 
-Size: about 400 lines, the protocol's six operations and the sweep; everything with a seam of its own
+Size: about 420 lines, the protocol's seven operations and the sweep; everything with a seam of its own
 (objects, status table, watch, tracker, outcome, namespaces) is already in its own module beside it.
 """
 
