@@ -137,7 +137,9 @@ class ProvisioningService:
     async def handle(self, request: ProvisionRequest) -> Grant | None:
         """Apply a provision or deprovision request; safe to repeat. Returns the transfer's grant."""
         if request.kind == "deprovision":
-            await self.deprovision_transfer(request.transfer_process_id, "deprovisioned by the connector")
+            found = await self._store.grants.grant_by_transfer(request.transfer_process_id)
+            if found is not None and found.asset_id == request.asset_id:  # else: as for an unknown one
+                await self.deprovision_grant(found.id, "deprovisioned by the connector")
             return None
         if await self._store.assets.get_asset(request.asset_id) is None:
             raise NotFoundError("asset", request.asset_id)
@@ -302,21 +304,17 @@ class ProvisioningService:
     # -- the details endpoint --------------------------------------------------------------------------
 
     async def details(self, transfer_process_id: str, auth_code: str | None) -> Details:
-        if not auth_code:
-            raise PermissionDeniedError("missing X-Api-Key")
+        """The consumer's token for the connector's data plane. An unknown or ended transfer and a wrong
+        code are refused alike, so the answer tells a guesser nothing."""
         grant = await self._store.grants.grant_by_transfer(transfer_process_id)
-        if grant is None or grant.state == GrantState.DEPROVISIONED:
-            raise NotFoundError("transfer", transfer_process_id)
-        if not hmac.compare_digest(self.auth_code_for(grant), auth_code):
-            raise PermissionDeniedError("wrong X-Api-Key")
+        live = grant is not None and grant.state != GrantState.DEPROVISIONED
+        expected = self.auth_code_for(grant) if grant is not None else "-" * 43  # an auth code's length
+        if not hmac.compare_digest(expected, auth_code or "") or not live or not auth_code:
+            raise PermissionDeniedError("unknown transfer, or a missing or wrong X-Api-Key")
+        assert grant is not None
         return Details(grant=grant, token=self.token_for(grant))
 
     # -- deprovisioning --------------------------------------------------------------------------------
-
-    async def deprovision_transfer(self, transfer_process_id: str, why: str) -> None:
-        grant = await self._store.grants.grant_by_transfer(transfer_process_id)
-        if grant is not None:
-            await self.deprovision_grant(grant.id, why)
 
     async def deprovision_grant(self, grant_id: str, why: str) -> Grant:
         """Revoke at once, stop the grant's jobs, remove its files. Repeating it changes nothing."""

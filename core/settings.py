@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from backends.storage.base import StorageCredentials
+from core.origins import Origin, parse_origins
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,7 +171,17 @@ class EdcSettings(BaseModel):
     )
     provision_secret: SecretStr | None = Field(
         default=None,
-        description="When set, POST /provision must carry it as ?secret=... or an X-Provision-Secret header.",
+        description="Secret the connector sends with every POST /provision (X-Provision-Secret header or "
+        "?secret=...). Unset: provisioning is off and /provision answers 503.",
+    )
+    callback_origins: str = Field(
+        default="",
+        description="Comma-separated scheme://host[:port] origins provisioning callbacks may go to (the "
+        "connector's management API). A request with a callbackAddress elsewhere is refused; unset: "
+        "provisioning is off.",
+    )
+    max_concurrent_callbacks: int = Field(
+        default=16, gt=0, description="Provisioning callbacks sent at once (a slow connector holds one)."
     )
     grant_lifetime: int = Field(
         default=30 * 86400,
@@ -198,6 +209,15 @@ class EdcSettings(BaseModel):
         default=30.0, gt=0, description="Seconds between checks for expired grants and files to remove."
     )
 
+    @field_validator("callback_origins")
+    @classmethod
+    def _origins_parse(cls, value: str) -> str:
+        parse_origins(value)  # a bad entry stops the start, named
+        return value
+
+    def origins(self) -> frozenset[Origin]:
+        return parse_origins(self.callback_origins)
+
 
 class S3Settings(BaseModel):
     """Explicit credentials for ``s3://`` storage: ``WML_S3_*``."""
@@ -220,10 +240,15 @@ class S3Settings(BaseModel):
         return self
 
 
+_EDC_FLAT = {
+    "api_key": "edc_api_key",
+    "callback_origins": "edc_callback_origins",
+    "max_concurrent_callbacks": "edc_max_concurrent_callbacks",
+}
 # The flat names deployments set, for each nested setting: WML_K8S_API_URL -> settings.kubernetes.api_url.
 FLAT_NAMES: dict[str, tuple[str, str]] = {
     **{f"k8s_{name}": ("kubernetes", name) for name in KubernetesSettings.model_fields},
-    **{("edc_api_key" if name == "api_key" else name): ("edc", name) for name in EdcSettings.model_fields},
+    **{_EDC_FLAT.get(name, name): ("edc", name) for name in EdcSettings.model_fields},
     **{f"s3_{name}": ("s3", name) for name in S3Settings.model_fields},
 }
 

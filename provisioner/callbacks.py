@@ -10,6 +10,12 @@ callback pending when the service stops is sent after it starts again. How each 
 | 404                       | the connector does not know the transfer: give up, deprovision        |
 | 400 / other 4xx           | our body was refused: give up, FAILED_CALLBACK, logged as an error    |
 | 409, 5xx, network, timeout| retried with bounded exponential backoff                              |
+| 3xx                       | redirects are not followed: give up, FAILED_CALLBACK                  |
+
+A callback goes only to an address under ``WML_EDC_CALLBACK_ORIGINS`` (checked again here: a grant
+stored before the origins were set, or under another setting, is abandoned without any request), and
+with the connector's key only there. Callbacks are sent concurrently, at most
+``WML_EDC_MAX_CONCURRENT_CALLBACKS`` at once, so a connector that answers slowly delays only its own.
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ import structlog
 
 from core.metrics import Metrics
 from core.models import Grant, utcnow
+from core.origins import callback_url, checked_base
 from core.provisioning import CallbackOutcome, ProvisioningService
 from core.settings import Settings
 from core.waiting import cancel_and_wait, wait_set
-from provisioner.wire import callback_body, callback_url
+from provisioner.wire import callback_body
 
 log = structlog.get_logger("wml.provisioner")
 
@@ -33,6 +40,8 @@ log = structlog.get_logger("wml.provisioner")
 def classify(status: int) -> CallbackOutcome:
     if 200 <= status < 300:
         return CallbackOutcome(delivered=True)
+    if 300 <= status < 400:
+        return CallbackOutcome(give_up=True, error=f"{status}: the connector redirected; not followed")
     if status == 401:
         return CallbackOutcome(unauthorized=True, error="401 from the connector")
     if status == 404:
@@ -62,19 +71,22 @@ class ProvisionerTasks:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._http: httpx.AsyncClient | None = None
+        self._origins = settings.edc.origins()
+        self._sending: dict[str, asyncio.Task[None]] = {}  # grant id -> its callback being sent
+        self._slots = asyncio.Semaphore(settings.edc.max_concurrent_callbacks)
 
     def wake(self) -> None:
         self._wake.set()
 
     async def start(self) -> None:
-        self._http = httpx.AsyncClient(timeout=self._settings.edc.callback_timeout)
+        self._http = httpx.AsyncClient(timeout=self._settings.edc.callback_timeout, follow_redirects=False)
         self._tasks = [
             asyncio.create_task(self._send_loop(), name="provisioner-callbacks"),
             asyncio.create_task(self._reap_loop(), name="provisioner-reaper"),
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._sending.values()]:
             await cancel_and_wait(task)
         if self._http is not None:
             await self._http.aclose()
@@ -83,7 +95,8 @@ class ProvisionerTasks:
         while True:
             try:
                 for grant in await self._provisioning.due_callbacks():
-                    await self.send(grant)
+                    if grant.id not in self._sending:
+                        self._sending[grant.id] = asyncio.create_task(self._send_one(grant))
                 nxt = await self._provisioning.next_callback_at()
             except Exception:
                 log.exception("callback pass failed; retrying shortly")
@@ -92,13 +105,37 @@ class ProvisionerTasks:
             await wait_set(self._wake, pause)
             self._wake.clear()
 
+    async def _send_one(self, grant: Grant) -> None:
+        try:
+            async with self._slots:
+                await self.send(grant)
+        except Exception:
+            log.exception("sending a provisioning callback failed", grant_id=grant.id)
+        finally:
+            self._sending.pop(grant.id, None)
+            self._wake.set()  # its next attempt may be due sooner than the loop's pause
+
     async def send(self, grant: Grant) -> None:
         assert self._http is not None
+        assert grant.callback_address is not None and grant.transfer_process_id is not None
+        base = checked_base(grant.callback_address, self._origins)
+        if base is None:
+            log.error(
+                "provisioning callback abandoned: its address is not under WML_EDC_CALLBACK_ORIGINS",
+                grant_id=grant.id,
+                transfer_process_id=grant.transfer_process_id,
+            )
+            outcome = CallbackOutcome(
+                give_up=True, error="callback address not under WML_EDC_CALLBACK_ORIGINS"
+            )
+            await self._provisioning.record_callback(grant, outcome)
+            return
         auth_code = self._provisioning.auth_code_for(grant)
         body = callback_body(grant, self._settings.resolved_public_url(), auth_code)
         key = self._settings.edc.api_key.get_secret_value() if self._settings.edc.api_key else ""
         try:
-            resp = await self._http.post(callback_url(grant), json=body, headers={"X-Api-Key": key})
+            url = callback_url(base, grant.transfer_process_id)
+            resp = await self._http.post(url, json=body, headers={"X-Api-Key": key})
             outcome = classify(resp.status_code)
         except httpx.HTTPError as e:
             outcome = CallbackOutcome(error=f"connector unreachable: {type(e).__name__}")

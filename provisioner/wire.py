@@ -15,11 +15,6 @@ def details_url(public_url: str, transfer_process_id: str) -> str:
     return f"{public_url}/provision/details/{quote(transfer_process_id, safe='')}"
 
 
-def callback_url(grant: Grant) -> str:
-    assert grant.callback_address is not None and grant.transfer_process_id is not None
-    return f"{grant.callback_address}/{quote(grant.transfer_process_id, safe='')}/provision"
-
-
 def callback_body(grant: Grant, public_url: str, auth_code: str) -> dict[str, Any]:
     assert grant.transfer_process_id is not None
     return {

@@ -28,7 +28,10 @@ async def _scrape(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 
 
 async def test_metrics_count_jobs_bytes_subscriptions_operations_and_callbacks(tmp_path: Path) -> None:
-    async with running_connector("k") as edc, running_api(tmp_path / "data", edc_api_key="k") as api:
+    async with (
+        running_connector("k") as edc,
+        running_api(tmp_path / "data", **edc.provisioner_settings()) as api,
+    ):
         before = await _scrape(api)
         assert before[("wml_jobs", (("state", "COMPLETE"),))] == 0
 

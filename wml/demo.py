@@ -101,7 +101,13 @@ async def run_demo(
 async def _demo(settings: Settings, root: Path, sleep: int, dialect: str, backend: str) -> int:
     step(f"data directory {root} (SQLite, local disk); jobs run as {backend}")
     async with running_connector() as edc:
-        edc_settings = settings.edc.model_copy(update={"api_key": SecretStr(edc.api_key)})
+        edc_settings = settings.edc.model_copy(
+            update={
+                "api_key": SecretStr(edc.api_key),
+                "provision_secret": SecretStr(edc.provision_secret),
+                "callback_origins": edc.callback_base,
+            }
+        )
         settings = settings.model_copy(update={"edc": edc_settings})
         async with embedded_server(settings) as server:
             step(f"server listening at {server.url}/graphql")

@@ -15,7 +15,11 @@ from pydantic import SecretStr
 from core.settings import FLAT_NAMES, NESTED, Settings
 
 # Values that pass the constrained settings (patterns, pairs); any other setting takes one by its type.
-SAMPLES = {"image_pull_policy": "Never", "deprovision_retention": "keep"}
+SAMPLES = {
+    "image_pull_policy": "Never",
+    "deprovision_retention": "keep",
+    "callback_origins": "https://connector.example:8443",
+}
 PAIRED = {"s3_access_key_id": "s3_secret_access_key", "s3_secret_access_key": "s3_access_key_id"}
 
 

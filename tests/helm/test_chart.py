@@ -61,7 +61,7 @@ def test_api_pod_has_secure_defaults_and_probes(values: Path) -> None:
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
     env = {e["name"]: e for e in api["env"]}
-    for secret in ("WML_ADMIN_TOKEN", "WML_SECRET_KEY", "WML_EDC_API_KEY"):
+    for secret in ("WML_ADMIN_TOKEN", "WML_SECRET_KEY", "WML_EDC_API_KEY", "WML_PROVISION_SECRET"):
         assert "secretKeyRef" in env[secret]["valueFrom"], f"{secret} must come from a Secret"
 
 
@@ -169,3 +169,28 @@ def test_embedded_scenario_needs_no_kubernetes_permissions() -> None:
     assert not [d for d in docs if d["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")]
     [deployment] = [d for d in docs if d["kind"] == "Deployment"]
     assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def _ingress_paths(*args: str) -> list[str]:
+    [ingress] = [d for d in render(*args) if d["kind"] == "Ingress"]
+    return [p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+
+
+def test_the_public_ingress_serves_only_graphql_and_files_by_default() -> None:
+    """/provision (where anyone could try to provision), /metrics and the health routes stay inside."""
+    production = str(CHART / "ci" / "production-values.yaml")
+    assert _ingress_paths("-f", production) == ["/graphql", "/files"]
+    exposed = _ingress_paths("-f", production, "--set", "ingress.exposeProvisioning=true")
+    assert exposed == ["/graphql", "/files", "/provision"]
+
+
+def test_the_provision_secret_is_generated_once_and_the_callback_origins_come_from_values() -> None:
+    docs = render("--set", "edc.callbackOrigins=http://edc:8181")
+    [secret] = [d for d in docs if d["kind"] == "Secret" and "provisionSecret" in d.get("data", {})]
+    assert len(secret["data"]["provisionSecret"]) >= 40
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["WML_PROVISION_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "provisionSecret"
+    assert env["WML_EDC_CALLBACK_ORIGINS"]["value"] == "http://edc:8181"
+    template = (CHART / "templates" / "secret.yaml").read_text()
+    assert 'get $data "provisionSecret"' in template  # kept across upgrades by lookup, not re-generated

@@ -16,7 +16,6 @@ from wml.client.connector import DIALECTS, ConnectorEmulator, running_connector
 
 EDC_KEY = "management-api-key"
 FAST_CALLBACKS = {
-    "edc_api_key": EDC_KEY,
     "callback_max_delay": 0.2,
     "callback_unauthorized_delay": 0.3,
     "reaper_interval": 0.2,
@@ -30,8 +29,9 @@ async def connector() -> AsyncIterator[ConnectorEmulator]:
 
 
 @pytest.fixture
-async def edc_api(tmp_path: Path) -> AsyncIterator[Api]:
-    async with running_api(tmp_path / "data", **FAST_CALLBACKS) as running:
+async def edc_api(tmp_path: Path, connector: ConnectorEmulator) -> AsyncIterator[Api]:
+    settings = {**FAST_CALLBACKS, **connector.provisioner_settings()}
+    async with running_api(tmp_path / "data", **settings) as running:
         yield running
 
 
@@ -210,10 +210,11 @@ async def test_a_pending_callback_is_delivered_after_our_service_restarts(
     tmp_path: Path, connector: ConnectorEmulator
 ) -> None:
     connector.down = True
-    async with running_api(tmp_path / "data", **FAST_CALLBACKS) as api:
+    settings = {**FAST_CALLBACKS, **connector.provisioner_settings()}
+    async with running_api(tmp_path / "data", **settings) as api:
         assert (await _provision(api, connector, "tp-restart")).status_code == 200
     connector.down = False
-    async with running_api(tmp_path / "data", **FAST_CALLBACKS):
+    async with running_api(tmp_path / "data", **settings):
         callback = await connector.wait_for_callback("tp-restart")
     assert callback.body["resourceDefinitionId"] == connector.expected_rd["tp-restart"]
 
@@ -247,12 +248,12 @@ async def test_details_refuse_missing_or_wrong_secret_and_unknown_or_deprovision
     assert (await edc_api.http.get(url)).status_code == 401
     assert (await edc_api.http.get(url, headers={"X-Api-Key": "wrong"})).status_code == 401
     unknown = await edc_api.http.get(f"{edc_api.url}/provision/details/nope", headers={"X-Api-Key": "x"})
-    assert unknown.status_code == 404
+    assert unknown.status_code == 401  # alike: tests/security/test_provisioning.py
     await connector.post(
         f"{edc_api.url}/provision/", connector.request_body("dummy-job", "tp-d", kind="deprovision")
     )
     gone = await edc_api.http.get(url, headers={"X-Api-Key": callback.address["authCode"]})
-    assert gone.status_code == 404
+    assert gone.status_code == 401
 
 
 async def test_unknown_asset_gets_a_4xx_with_a_json_error(edc_api: Api, connector: ConnectorEmulator) -> None:
@@ -262,18 +263,20 @@ async def test_unknown_asset_gets_a_4xx_with_a_json_error(edc_api: Api, connecto
     assert resp.json()["error"]["code"] == "NOT_FOUND"
 
 
-async def test_a_malformed_request_gets_400_not_a_crash(edc_api: Api) -> None:
-    resp = await edc_api.http.post("/provision/", content=b"{not json")
+async def test_a_malformed_request_gets_400_not_a_crash(edc_api: Api, connector: ConnectorEmulator) -> None:
+    secret = {"X-Provision-Secret": connector.provision_secret}
+    resp = await edc_api.http.post("/provision/", content=b"{not json", headers=secret)
     assert resp.status_code == 400
-    resp = await edc_api.http.post("/provision/", json={"assetId": "dummy-job"})
+    resp = await edc_api.http.post("/provision/", json={"assetId": "dummy-job"}, headers=secret)
     assert resp.status_code == 400
     assert "transferProcessId" in resp.json()["error"]["message"]
 
 
-async def test_the_optional_shared_secret_guards_the_endpoint(
+async def test_the_shared_secret_is_taken_from_the_header_or_the_query(
     tmp_path: Path, connector: ConnectorEmulator
 ) -> None:
-    async with running_api(tmp_path / "data", provision_secret="s3cret", **FAST_CALLBACKS) as api:
+    settings = {**connector.provisioner_settings(), "provision_secret": "s3cret"}  # not the connector's
+    async with running_api(tmp_path / "data", **FAST_CALLBACKS, **settings) as api:
         body = connector.request_body("dummy-job", "tp-s", kind="provision")
         assert (await connector.post(f"{api.url}/provision/", body)).status_code == 401
         assert (await connector.post(f"{api.url}/provision/?secret=s3cret", body)).status_code == 200

@@ -44,6 +44,7 @@ class Callback:
 @dataclass
 class ConnectorEmulator:
     api_key: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    provision_secret: str = field(default_factory=lambda: secrets.token_urlsafe(16))  # sent to /provision
     participant_id: str = "consumer-participant"
     callback_base: str = ""
     accepted: list[Callback] = field(default_factory=list)
@@ -162,7 +163,9 @@ class ConnectorEmulator:
         async with httpx.AsyncClient(timeout=30) as http:
             for _ in range(retries + 1):
                 try:
-                    resp = await http.post(endpoint, json=body)
+                    resp = await http.post(
+                        endpoint, json=body, headers={"X-Provision-Secret": self.provision_secret}
+                    )
                 except httpx.TransportError as e:
                     last = e
                 else:
@@ -171,6 +174,14 @@ class ConnectorEmulator:
                     last = RuntimeError(f"HTTP {resp.status_code}")
                 await asyncio.sleep(0.2)
         raise RuntimeError(f"provisioner unreachable after retries: {last}")
+
+    def provisioner_settings(self) -> dict[str, Any]:
+        """The settings a provisioner needs to take this connector's requests and call it back."""
+        return {
+            "edc_api_key": self.api_key,
+            "provision_secret": self.provision_secret,
+            "edc_callback_origins": self.callback_base,
+        }
 
     async def pull_details(self, callback: Callback) -> dict[str, Any]:
         """What the provider's data plane does when the consumer pulls: GET baseUrl with authKey/authCode."""
