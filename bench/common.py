@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 PYTHON = sys.executable
-SECRET_KEY = "bench-signing-key"
+SECRET_KEY = "bench-signing-key-of-at-least-32-bytes"
 ADMIN_TOKEN = "bench-admin"
 
 

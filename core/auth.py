@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -58,10 +60,43 @@ def grant_is_usable(grant: Grant, now: datetime | None = None) -> bool:
     return grant.expires_at is None or grant.expires_at > (now or utcnow())
 
 
+RECENT_TTL = 2.0  # seconds a successful connect check is reused
+RECENT_SIZE = 10_000
+
+
 class Authenticator:
     def __init__(self, store: Store, admin_token: str) -> None:
         self._store = store
         self._admin_hash = hash_token(admin_token)
+        # token hash -> (principal, until): recent successful checks, for websocket connects only
+        self._recent: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+
+    async def authenticate_connection(self, token: str | None) -> Principal | None:
+        """:meth:`authenticate` for a websocket's ``connection_init``, remembered for :data:`RECENT_TTL`
+        seconds so that a burst of connects with one token reads its grant once. A revocation still cuts
+        the connection (the event bus tells it at once, and streams recheck their grant), and a token
+        revoked in that window is refused from the next connect on at the latest :data:`RECENT_TTL` later.
+        Only successes are kept: unknown tokens cannot push good ones out."""
+        if not token:
+            return None
+        digest = hash_token(token)
+        now = time.monotonic()
+        recent = self._recent.get(digest)
+        if recent is not None and recent[1] > now:
+            return recent[0]
+        principal = await self.authenticate(token)
+        if principal is not None:
+            self._recent[digest] = (principal, now + RECENT_TTL)
+            self._recent.move_to_end(digest)
+            while len(self._recent) > RECENT_SIZE:
+                self._recent.popitem(last=False)
+        else:
+            self._recent.pop(digest, None)
+        return principal
+
+    def connection_key(self, token: str) -> str:
+        """What connections are counted by (per token): its hash, never the token itself."""
+        return hash_token(token)
 
     async def authenticate(self, token: str | None) -> Principal | None:
         """The principal for a token, or None for a missing, unknown, revoked or expired one."""

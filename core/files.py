@@ -322,6 +322,9 @@ class FileService:
         record = await self._store.files.get_file(file_id)
         if record is None or record.status != FileStatus.READY:
             raise NotFoundError("file", file_id)
+        grant = await self._store.grants.get_grant(record.grant_id)
+        if grant is None or not grant_is_usable(grant):  # revoked or ended: the URL stops at once
+            raise NotFoundError("file", file_id)
         start, length = parse_range(range_header, record.size)
         try:
             chunks = self._storage.get(record.storage_key, offset=start, length=length)

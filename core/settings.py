@@ -31,6 +31,7 @@ from pydantic_settings import (
 from backends.storage.base import StorageCredentials
 from core.origins import Origin, parse_origins
 
+MIN_SECRET_KEY = 32  # bytes: the signing key is an HMAC-SHA256 key
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -310,8 +311,8 @@ class Settings(BaseSettings):
     )
     secret_key: SecretStr | None = Field(
         default=None,
-        description="Key that signs download/upload URLs; when unset, one is generated into "
-        "DATA_DIR/secret.key.",
+        description="Key that signs download/upload URLs and derives provisioned tokens, at least 32 "
+        "bytes; when unset, one is generated into DATA_DIR/secret.key.",
     )
     database_url: str | None = Field(
         default=None,
@@ -363,6 +364,13 @@ class Settings(BaseSettings):
         default=86400, gt=0, description="Seconds an announced upload (createUpload) may stay incomplete."
     )
     log_tail_lines: int = Field(default=50, gt=0, description="Lines of worker log kept on the job.")
+    max_request_body: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="Largest GraphQL request body (JSON), in bytes; a larger one, announced or streamed, is "
+        "answered 413 as soon as the limit is crossed, before authentication and without buffering it. "
+        "Uploads have their own limit (WML_MAX_UPLOAD_SIZE).",
+    )
     max_query_depth: int = Field(default=10, gt=0, description="Deepest GraphQL query accepted.")
     max_query_tokens: int = Field(
         default=2000, gt=0, description="Largest GraphQL document accepted, in tokens."
@@ -385,6 +393,12 @@ class Settings(BaseSettings):
         default=5.0,
         gt=0,
         description="Seconds between checks, on a quiet subscription, that the caller's grant still holds.",
+    )
+    max_connections_per_token: int = Field(
+        default=64,
+        gt=0,
+        description="Websocket connections one token may hold open at once; the next is refused at "
+        "connection_init (4403, TOO_MANY_CONNECTIONS).",
     )
     token: SecretStr | None = Field(
         default=None, description="Consumer token the client commands (wml watch) send to the API."
@@ -412,6 +426,13 @@ class Settings(BaseSettings):
         if self.s3.access_key_id is None or self.s3.secret_access_key is None:
             return None
         return StorageCredentials(self.s3.access_key_id, self.s3.secret_access_key.get_secret_value())
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_KEY:
+            raise ValueError(f"must be at least {MIN_SECRET_KEY} bytes (e.g. openssl rand -base64 32)")
+        return value
 
     @model_validator(mode="before")
     @classmethod

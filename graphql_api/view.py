@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -42,11 +43,17 @@ from graphql_api.graphiql import assets_dir, offline_page
 from graphql_api.schema import build_schema
 from graphql_api.wsprotocol import SEND_TEXT_NOW
 
+log = structlog.get_logger("wml.api")
 # The code in ``extensions`` of a request refused before it reached the schema, by HTTP status.
 HTTP_ERROR_CODES = {401: "UNAUTHENTICATED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 WS_CLEANUP = "wml.ws_cleanup"  # scope key: what to undo when a websocket connection ends
+PRINCIPAL = "wml.principal"  # scope key: the caller of an upload, authenticated before its body
 SPOOLED = "wml.spooled_uploads"  # scope key: spooled file parts to close once the answer is sent
 REJECTED: dict[str, object] = {"message": "invalid, expired or revoked token", "code": "UNAUTHENTICATED"}
+TOO_MANY: dict[str, object] = {
+    "message": "too many open connections for this token (WML_MAX_CONNECTIONS_PER_TOKEN)",
+    "code": "TOO_MANY_CONNECTIONS",
+}
 
 
 class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
@@ -90,6 +97,8 @@ class GraphQLView(GraphQL[Context, None]):
         )
         self.services = services
         self._ide_page = offline_page(self.graphql_ide_html, assets_dir(settings))
+        self._max_connections = settings.max_connections_per_token
+        self._connections: dict[str, int] = {}  # token hash -> open websocket connections
 
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(self._ide_page)
@@ -112,6 +121,13 @@ class GraphQLView(GraphQL[Context, None]):
             return
         request = Request(scope, receive=receive)
         try:
+            if request.method == "POST" and request.headers.get("content-type", "").startswith("multipart/"):
+                # An upload is authenticated before a byte of it is read: an anonymous or bad token
+                # must not get the server to spool a file.
+                principal = await self._principal(request.headers)
+                if principal is None:
+                    raise HTTPException(401, "authentication required: send 'Authorization: Bearer <token>'")
+                scope[PRINCIPAL] = principal
             response = await self.run(request)
         except HTTPException as e:
             code = HTTP_ERROR_CODES.get(e.status_code, "BAD_REQUEST")
@@ -160,7 +176,7 @@ class GraphQLView(GraphQL[Context, None]):
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         if isinstance(request, WebSocket):
             return Context(services=self.services, principal=None, request=request, response=response)
-        principal = await self._principal(request.headers)
+        principal = request.scope.get(PRINCIPAL) or await self._principal(request.headers)
         return Context(services=self.services, principal=principal, request=request, response=response)
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
@@ -171,9 +187,15 @@ class GraphQLView(GraphQL[Context, None]):
         token = _token_from_params(context.connection_params) or bearer_token(
             headers.get("authorization"), headers.get("access-token")
         )
-        principal = await self.services.auth.authenticate(token)
-        if principal is None:
+        principal = await self.services.auth.authenticate_connection(token)
+        if principal is None or token is None:
             raise ConnectionRejectionError(REJECTED)
+        key = self.services.auth.connection_key(token)
+        if self._connections.get(key, 0) >= self._max_connections:
+            log.info("websocket refused", reason="TOO_MANY_CONNECTIONS", consumer_id=principal.consumer_id)
+            raise ConnectionRejectionError(TOO_MANY)
+        self._connections[key] = self._connections.get(key, 0) + 1
+        context.request.scope.get(WS_CLEANUP, []).append(lambda: self._release(key))
         context.principal = principal
         if not principal.is_operator:
 
@@ -183,6 +205,13 @@ class GraphQLView(GraphQL[Context, None]):
             unregister = self.services.bus.on_revocation(principal.grant_ids, revoke)
             context.request.scope.get(WS_CLEANUP, []).append(unregister)
         return UNSET  # type: ignore[no-any-return]
+
+    def _release(self, key: str) -> None:
+        left = self._connections.get(key, 0) - 1
+        if left > 0:
+            self._connections[key] = left
+        else:
+            self._connections.pop(key, None)
 
 
 def _token_from_params(params: dict[str, Any] | None) -> str | None:
