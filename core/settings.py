@@ -407,7 +407,17 @@ class Settings(BaseSettings):
     graphiql_assets_dir: Path | None = Field(
         default=None,
         description="Directory with GraphiQL's browser files (scripts/get-graphiql); default: "
-        "<python prefix>/share/wml-graphiql. Without them the GraphiQL page loads them from a public CDN.",
+        "<python prefix>/share/wml-graphiql. Without them GraphiQL is off (never loaded from a CDN).",
+    )
+    graphiql: bool = Field(
+        default=True,
+        description="Serve the GraphiQL IDE on GET /graphql (development; the chart's production values "
+        "turn it off).",
+    )
+    introspection: bool = Field(
+        default=True,
+        description="Answer GraphQL introspection queries (__schema, __type); off, the schema is not "
+        "disclosed to callers (schema.graphql documents it).",
     )
 
     # -- derived values -------------------------------------------------------------------------------

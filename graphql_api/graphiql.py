@@ -3,7 +3,8 @@
 Strawberry's GraphiQL page loads React, GraphiQL and the explorer plugin from unpkg.com.
 ``scripts/get-graphiql`` installs exactly those files (same versions; their integrity hashes match)
 into ``<prefix>/share/wml-graphiql``; when they are there, the page is rewritten to load them from
-``/graphiql/vendor/`` and the browser needs nothing but this service.
+``/graphiql/vendor/`` and the browser needs nothing but this service. Without them (or with
+``WML_GRAPHIQL=false``) GraphiQL is off: the page is never pointed at a CDN.
 """
 
 from __future__ import annotations
@@ -28,18 +29,22 @@ def assets_dir(settings: Settings) -> Path | None:
     return directory if (directory / "graphiql@3.8.3").is_dir() else None
 
 
-def offline_page(html: str, directory: Path | None) -> str:
-    if directory is None:
-        log.warning(
-            "GraphiQL files not installed; the page will load them from a public CDN "
-            "(run scripts/get-graphiql)"
-        )
-        return html
+def graphiql_enabled(settings: Settings) -> bool:
+    """Whether to serve GraphiQL: asked for, and its files installed (no CDN is ever used)."""
+    if not settings.graphiql:
+        return False
+    if assets_dir(settings) is None:
+        log.warning("GraphiQL is off: its files are not installed (run scripts/get-graphiql)")
+        return False
+    return True
+
+
+def offline_page(html: str, directory: Path) -> str:
     return html.replace(CDN, VENDOR_PATH + "/")
 
 
 def graphiql_routes(settings: Settings) -> list[BaseRoute]:
     directory = assets_dir(settings)
-    if directory is None:
+    if not settings.graphiql or directory is None:
         return []
     return [Mount(VENDOR_PATH, app=StaticFiles(directory=directory), name="graphiql-vendor")]

@@ -39,7 +39,7 @@ from core.services import Services
 from graphql_api import multipart
 from graphql_api.context import Context
 from graphql_api.fanout import DIRECT_NEXT, DIRECT_NEXT_NOW, next_sender, next_sender_now
-from graphql_api.graphiql import assets_dir, offline_page
+from graphql_api.graphiql import assets_dir, graphiql_enabled, offline_page
 from graphql_api.schema import build_schema
 from graphql_api.wsprotocol import SEND_TEXT_NOW
 
@@ -90,13 +90,19 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 class GraphQLView(GraphQL[Context, None]):
     def __init__(self, services: Services) -> None:
         settings = services.settings
+        ide = graphiql_enabled(settings)
         super().__init__(
-            build_schema(max_depth=settings.max_query_depth, max_tokens=settings.max_query_tokens),
+            build_schema(
+                max_depth=settings.max_query_depth,
+                max_tokens=settings.max_query_tokens,
+                introspection=settings.introspection,
+            ),
             multipart_uploads_enabled=True,
-            graphql_ide="graphiql",
+            graphql_ide="graphiql" if ide else None,
         )
         self.services = services
-        self._ide_page = offline_page(self.graphql_ide_html, assets_dir(settings))
+        directory = assets_dir(settings)
+        self._ide_page = offline_page(self.graphql_ide_html, directory) if ide and directory else ""
         self._max_connections = settings.max_connections_per_token
         self._connections: dict[str, int] = {}  # token hash -> open websocket connections
 

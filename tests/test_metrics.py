@@ -21,7 +21,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def _scrape(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    resp = await api.http.get("/metrics")
+    resp = await api.http.get("/metrics", headers={"Authorization": "Bearer test-admin-token"})
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
     return _samples(resp.text)

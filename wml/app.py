@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from backends.storage.registry import create_storage
 from backends.workflow.registry import create_workflow_backend
+from core.auth import bearer_token
 from core.services import Services, open_services
 from core.settings import Settings
 from core.states import JobState
@@ -80,9 +81,20 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse({"status": "ready"})
 
     async def metrics(request: Request) -> Response:
+        """Prometheus metrics, for the operator only: scrape with ``Authorization: Bearer`` and the
+        operator token (WML_ADMIN_TOKEN). The chart's Ingress does not route /metrics at all."""
         services: Services | None = getattr(request.app.state, "services", None)
         if services is None:
             return PlainTextResponse("starting\n", status_code=503)
+        token = bearer_token(request.headers.get("authorization"))
+        caller = await services.auth.authenticate(token)
+        if caller is None or not caller.is_operator:
+            log.info("request refused", path="/metrics", status=401, reason="operator token required")
+            return PlainTextResponse(
+                "the operator token is required (Authorization: Bearer <WML_ADMIN_TOKEN>)\n",
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         m = services.metrics
         counts = await services.store.jobs.count_by_state()
         for state in JobState:

@@ -33,6 +33,7 @@ def _uvicorn_config(app: Starlette, log_level: str) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         log_level=log_level.lower(),
+        log_config=None,  # uvicorn's records go to the handler wml.logs sets up (JSON when asked)
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,

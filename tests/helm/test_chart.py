@@ -194,3 +194,15 @@ def test_the_provision_secret_is_generated_once_and_the_callback_origins_come_fr
     assert env["WML_EDC_CALLBACK_ORIGINS"]["value"] == "http://edc:8181"
     template = (CHART / "templates" / "secret.yaml").read_text()
     assert 'get $data "provisionSecret"' in template  # kept across upgrades by lookup, not re-generated
+
+
+def test_production_values_turn_graphiql_and_introspection_off() -> None:
+    def env(*args: str) -> dict[str, str]:
+        [deployment] = [d for d in render(*args) if d["kind"] == "Deployment"]
+        return {
+            e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+
+    production = env("-f", str(CHART / "ci" / "production-values.yaml"))
+    assert production["WML_GRAPHIQL"] == "false" and production["WML_INTROSPECTION"] == "false"
+    assert env()["WML_GRAPHIQL"] == "true"  # on by default, for trying it out
