@@ -9,6 +9,14 @@ and is renamed into place at the end: on any refusal nothing is left behind.
 The default limit is ``max(MAX_EXTRACT_RATIO * archive size, MIN_EXTRACT_ALLOWANCE)``: ordinary data
 rarely compresses more than 20-50 times, bombs compress thousands of times, and the floor keeps small
 archives of very repetitive text usable.
+
+Headers are read through caps before anything is allocated for them: a GNU long name or a PAX record
+larger than :data:`MAX_HEADER_SIZE` is refused from its size field (``tarfile`` would read it whole: a
+200 KiB ``.tar.gz`` can carry a 200 MiB name), GNU sparse members are refused, the tar members already seen
+are not kept, and a zip's central directory is walked entry by entry (its size, its member count and each
+entry's name, extra field and comment capped) before ``zipfile`` reads it. Member names in messages are
+cut to :data:`SHOWN_NAME` characters. Extraction is meant to run in a child process with an address-space
+limit (:mod:`sidecar.extractor`), so even what these caps miss cannot take the server down.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import tarfile
 import tempfile
 import zipfile
@@ -34,6 +43,10 @@ CHUNK_SIZE = 1024 * 1024
 MAX_EXTRACT_RATIO = 100
 MIN_EXTRACT_ALLOWANCE = 64 * 1024 * 1024
 MAX_MEMBERS = 100_000
+MAX_HEADER_SIZE = 8 * 1024  # bytes of one GNU long name or PAX record, or one zip entry's variable fields
+MAX_NAME_BYTES = 4096  # PATH_MAX: no longer name could be created anyway
+MAX_CENTRAL_DIRECTORY = 32 * 1024 * 1024
+SHOWN_NAME = 200  # characters of a member name quoted in a message
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 _BROKEN_ARCHIVE = (
@@ -68,8 +81,16 @@ class _Budget:
         self.bytes += count
         if self.bytes > self.max_bytes:
             raise InputStagingError(
-                f"archive member {name!r} takes the extracted size over the limit of {self.max_bytes} bytes"
+                f"archive member {shown(name)} takes the extracted size over the limit of "
+                f"{self.max_bytes} bytes"
             )
+
+
+def shown(name: str) -> str:
+    """A member name as messages quote it: repr, at most SHOWN_NAME characters of it."""
+    if len(name) <= SHOWN_NAME:
+        return repr(name)
+    return f"{name[:SHOWN_NAME]!r}... ({len(name)} characters)"
 
 
 def extract_archive(
@@ -103,9 +124,37 @@ def extract_archive(
         raise
 
 
+class _CappedTarInfo(tarfile.TarInfo):
+    """tarfile's header reader with a size cap on the headers it would otherwise read whole."""
+
+    def _proc_gnulong(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        _check_header_size(self, "GNU long name")
+        return super()._proc_gnulong(tarfile)  # type: ignore[misc, no-any-return]
+
+    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        _check_header_size(self, "PAX")
+        return super()._proc_pax(tarfile)  # type: ignore[misc, no-any-return]
+
+    def _proc_sparse(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        raise _refused(self.name, "sparse file")
+
+    def _proc_gnusparse_00(self, *args: object) -> None:
+        raise _refused(self.name, "sparse file")
+
+    _proc_gnusparse_01 = _proc_gnusparse_00
+    _proc_gnusparse_10 = _proc_gnusparse_00
+
+
+def _check_header_size(info: tarfile.TarInfo, kind: str) -> None:
+    if info.size > MAX_HEADER_SIZE:
+        raise InputStagingError(
+            f"archive has a {kind} header of {info.size} bytes; headers of at most {MAX_HEADER_SIZE} are read"
+        )
+
+
 def _open_tar(archive: Path) -> tarfile.TarFile:
     try:
-        return tarfile.open(archive, mode="r:*")
+        return tarfile.open(archive, mode="r:*", tarinfo=_CappedTarInfo)
     except tarfile.ReadError:
         raise InputStagingError(
             "not a zip or tar archive (tar may be gzip, bzip2 or xz compressed)"
@@ -114,7 +163,8 @@ def _open_tar(archive: Path) -> tarfile.TarFile:
 
 def _extract_tar(archive: Path, scratch: Path, budget: _Budget) -> None:
     with _open_tar(archive) as tar:
-        for member in tar:
+        while (member := tar.next()) is not None:
+            tar.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every header it read
             budget.add_member()
             parts = _safe_parts(member.name)
             if member.isdir():
@@ -124,12 +174,13 @@ def _extract_tar(archive: Path, scratch: Path, budget: _Budget) -> None:
             else:
                 source = tar.extractfile(member)
                 if source is None:  # pragma: no cover - extractfile returns None only for non-files
-                    raise InputStagingError(f"archive member {member.name!r} cannot be read")
+                    raise InputStagingError(f"archive member {shown(member.name)} cannot be read")
                 with source:
                     _write_member(source, scratch, parts, member.mode, member.name, budget)
 
 
 def _extract_zip(archive: Path, scratch: Path, budget: _Budget) -> None:
+    check_zip_directory(archive, budget.max_members)
     with zipfile.ZipFile(archive) as bundle:
         for info in bundle.infolist():
             budget.add_member()
@@ -146,18 +197,81 @@ def _extract_zip(archive: Path, scratch: Path, budget: _Budget) -> None:
                     _write_member(source, scratch, parts, mode, info.filename, budget)
 
 
+# zip's records (APPNOTE 4.3): end of central directory, the zip64 locator and record, a central entry.
+_EOCD = struct.Struct("<4s4H2LH")
+_EOCD64_LOCATOR = struct.Struct("<4sLQL")
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
+
+
+def check_zip_directory(archive: Path, max_members: int) -> None:
+    """Walk the zip's central directory entry by entry (nothing kept) and refuse it when it is larger than
+    MAX_CENTRAL_DIRECTORY, has more than ``max_members`` entries, or an entry with oversized fields:
+    zipfile reads the whole directory and makes an object per entry before anyone can count them."""
+    with archive.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        tail_start = max(0, size - (1 << 16) - _EOCD.size)
+        f.seek(tail_start)
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < _EOCD.size:
+            raise InputStagingError("the zip archive is corrupt: no end of central directory record")
+        _, _, _, _, entries, directory_size, _, _ = _EOCD.unpack_from(tail, at)
+        end = tail_start + at
+        record_at = end - _EOCD64_LOCATOR.size - _EOCD64.size
+        if at >= _EOCD64_LOCATOR.size and tail[at - _EOCD64_LOCATOR.size : at].startswith(b"PK\x06\x07"):
+            f.seek(max(0, record_at))
+            record = f.read(_EOCD64.size)
+            if len(record) == _EOCD64.size and record.startswith(b"PK\x06\x06"):
+                entries, directory_size = _EOCD64.unpack(record)[7:9]
+                end = record_at
+        if entries > max_members:
+            raise InputStagingError(f"archive has more than {max_members} members")
+        if directory_size > MAX_CENTRAL_DIRECTORY:
+            raise InputStagingError(
+                f"the zip archive's central directory is {directory_size} bytes; at most "
+                f"{MAX_CENTRAL_DIRECTORY} are read"
+            )
+        if directory_size > end:
+            raise InputStagingError("the zip archive is corrupt: bad central directory offset")
+        f.seek(end - directory_size)
+        _walk_central_directory(f, directory_size, max_members)
+
+
+def _walk_central_directory(f: IO[bytes], directory_size: int, max_members: int) -> None:
+    count = walked = 0
+    while walked < directory_size:
+        head = f.read(_CENTRAL.size)
+        if len(head) < _CENTRAL.size or not head.startswith(b"PK\x01\x02"):
+            raise InputStagingError("the zip archive is corrupt: bad central directory entry")
+        name_length, extra_length, comment_length = _CENTRAL.unpack(head)[12:15]
+        count += 1
+        if count > max_members:
+            raise InputStagingError(f"archive has more than {max_members} members")
+        variable = name_length + extra_length + comment_length
+        if name_length > MAX_NAME_BYTES or variable > MAX_HEADER_SIZE:
+            raise InputStagingError(
+                f"the zip archive has a central directory entry of {variable} bytes of name, extra field "
+                f"and comment; at most {MAX_HEADER_SIZE} are read"
+            )
+        f.seek(variable, os.SEEK_CUR)
+        walked += _CENTRAL.size + variable
+
+
 def _safe_parts(name: str) -> list[str]:
+    if len(name.encode("utf-8", errors="surrogateescape")) > MAX_NAME_BYTES:
+        raise InputStagingError(f"archive member {shown(name)} has a name longer than {MAX_NAME_BYTES} bytes")
     if "\x00" in name:
-        raise InputStagingError(f"archive member {name!r} has a NUL character in its name")
+        raise InputStagingError(f"archive member {shown(name)} has a NUL character in its name")
     if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
-        raise InputStagingError(f"archive member {name!r} has an absolute path")
+        raise InputStagingError(f"archive member {shown(name)} has an absolute path")
     if ".." in re.split(r"[/\\]", name):
-        raise InputStagingError(f"archive member {name!r} has a '..' component")
+        raise InputStagingError(f"archive member {shown(name)} has a '..' component")
     return [part for part in name.split("/") if part not in ("", ".")]
 
 
 def _refused(name: str, kind: str) -> InputStagingError:
-    return InputStagingError(f"archive member {name!r} is a {kind}; links and special files are refused")
+    return InputStagingError(f"archive member {shown(name)} is a {kind}; links and special files are refused")
 
 
 def _tar_kind(member: tarfile.TarInfo) -> str:
@@ -176,14 +290,14 @@ def _make_directory(scratch: Path, parts: list[str], name: str) -> None:
     try:
         scratch.joinpath(*parts).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise InputStagingError(f"cannot extract archive member {name!r}: {e.strerror}") from e
+        raise InputStagingError(f"cannot extract archive member {shown(name)}: {e.strerror}") from e
 
 
 def _write_member(
     source: IO[bytes], scratch: Path, parts: list[str], mode: int, name: str, budget: _Budget
 ) -> None:
     if not parts:
-        raise InputStagingError(f"archive member {name!r} has no file name")
+        raise InputStagingError(f"archive member {shown(name)} has no file name")
     target = scratch.joinpath(*parts)
     permissions = 0o755 if mode & 0o111 else 0o644  # keep "executable", drop setuid and friends
     try:
@@ -191,7 +305,7 @@ def _write_member(
         # Nothing in scratch can be a link (none are ever created); O_NOFOLLOW is belt and braces.
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, permissions)
     except OSError as e:
-        raise InputStagingError(f"cannot extract archive member {name!r}: {e.strerror}") from e
+        raise InputStagingError(f"cannot extract archive member {shown(name)}: {e.strerror}") from e
     with os.fdopen(fd, "wb") as sink:
         while block := source.read(CHUNK_SIZE):
             budget.add_bytes(len(block), name)

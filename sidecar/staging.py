@@ -28,9 +28,10 @@ from backends.storage.base import (
     StorageUnavailableError,
     made_in_thread,
 )
-from sidecar.archives import default_extraction_limit, extract_archive, tar_directory_stream
+from sidecar.archives import default_extraction_limit, tar_directory_stream
 from sidecar.dotenv import read_dotenv
 from sidecar.errors import InputStagingError, OutputUploadError
+from sidecar.extractor import extract_in_child
 from sidecar.manifest import (
     InputEntry,
     OutputEntry,
@@ -118,8 +119,13 @@ async def stage_in(
             raise InputStagingError(f"input {entry.slot!r}: cannot create its directory: {e.strerror}") from e
         temp = await _download(storage, entry, target.parent, retry)
         try:
-            limit = default_extraction_limit(entry.size) if max_extracted_size is None else max_extracted_size
-            await asyncio.to_thread(_place, entry, temp, target, limit)
+            if entry.kind == "archive":  # parsed in a child process: see sidecar.extractor
+                limit = (
+                    default_extraction_limit(entry.size) if max_extracted_size is None else max_extracted_size
+                )
+                await extract_in_child(temp, target, max_extracted_size=limit)
+            else:
+                await asyncio.to_thread(_place, entry, temp, target)
         finally:
             await asyncio.to_thread(temp.unlink, missing_ok=True)
         log.info("input_staged", slot=entry.slot, kind=entry.kind, size=entry.size)
@@ -191,11 +197,8 @@ def _write_block(handle: IO[bytes], update: Callable[[bytes], object], block: by
     handle.write(block)
 
 
-def _place(entry: InputEntry, temp: Path, target: Path, max_extracted_size: int) -> None:
-    """Blocking: put the verified download where the worker expects it (a file, or an extracted dir)."""
-    if entry.kind == "archive":
-        extract_archive(temp, target, max_extracted_size=max_extracted_size)
-        return
+def _place(entry: InputEntry, temp: Path, target: Path) -> None:
+    """Blocking: put the verified download (a file, not an archive) where the worker expects it."""
     if entry.kind == "env":
         try:
             read_dotenv(temp)

@@ -36,6 +36,8 @@ ACTIVE_STATES = [JobState.INITIALIZING.value, JobState.RUNNING.value, JobState.C
 _JOB: Table = JobRow.__table__  # type: ignore[attr-defined]
 _EVENT: Table = JobEventRow.__table__  # type: ignore[attr-defined]
 _FILE: Table = FileRow.__table__  # type: ignore[attr-defined]
+MAX_MESSAGE_BYTES = 4096
+_CUT = b" [...]"
 _EVENT_FIELDS = ("job_id", "consumer_id", "grant_id", "reason", "message", "exit_code", "created_at")
 
 
@@ -50,11 +52,23 @@ class Change:
     fields: Mapping[str, Any] = field(default_factory=dict)
 
 
+def bounded_message(message: str | None) -> str | None:
+    """A message as stored on a job and its event: at most MAX_MESSAGE_BYTES of UTF-8 (a backend's message
+    may quote what a consumer sent, an archive member's name for one; every subscriber gets a copy)."""
+    if message is None or len(message) <= MAX_MESSAGE_BYTES // 4:
+        return message
+    encoded = message.encode("utf-8", errors="replace")
+    if len(encoded) <= MAX_MESSAGE_BYTES:
+        return message
+    cut = encoded[: MAX_MESSAGE_BYTES - len(_CUT)].decode("utf-8", errors="ignore")
+    return cut + _CUT.decode()
+
+
 def _transition_values(target: JobState, now: datetime, change: Change) -> dict[str, Any]:
     values: dict[str, Any] = {
         "state": target.value,
         "reason": change.reason,
-        "message": change.message,
+        "message": bounded_message(change.message),
         "updated_at": now,
         **change.fields,
     }
