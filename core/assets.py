@@ -18,6 +18,15 @@ from core.units import parse_cpu, parse_size
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,62}$"
 ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+ENV_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# Variables that configure a runtime (loader, shell, interpreter) rather than the job: an env slot may not
+# accept them, whatever the provider lists. The backends set PATH, HOME, LANG and the WML_* contract.
+RESERVED_ENV_KEYS = frozenset(
+    {"PATH", "HOME", "LANG", "IFS", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4", "GCONV_PATH"}
+    | {"NODE_OPTIONS", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS"}
+    | {"PERL5OPT", "PERL5LIB", "PERLLIB", "RUBYOPT", "RUBYLIB"}
+)
+RESERVED_ENV_PREFIXES = ("WML_", "LD_", "PYTHON")
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 Cpu = Annotated[float, BeforeValidator(parse_cpu)]
@@ -58,10 +67,26 @@ class InputSlot(_Model):
     path: str | None = None  # relative to the inputs directory; defaults to the slot name
     required: bool = True
     max_size: Size | None = Field(default=None, alias="maxSize")
+    # env slots: the keys an env file may set (any other key is refused); required in an asset file.
+    keys: list[Annotated[str, Field(pattern=ENV_KEY_PATTERN)]] | None = None
 
     @property
     def target(self) -> str:
         return self.path or self.name
+
+    @model_validator(mode="after")
+    def _keys_fit_the_kind(self) -> InputSlot:
+        if self.keys is None:
+            return self
+        if self.kind != InputSlotKind.ENV:
+            raise ValueError(f"slot {self.name!r}: only env slots take keys")
+        reserved = sorted(k for k in self.keys if is_reserved_env_key(k))
+        if reserved:
+            raise ValueError(
+                f"slot {self.name!r}: keys {reserved} configure the runtime (WML_*, LD_*, PYTHON*, PATH, "
+                "BASH_ENV, ...) and cannot come from an env file"
+            )
+        return self
 
 
 class OutputSlot(_Model):
@@ -86,6 +111,8 @@ class Timeouts(_Model):
 
 class LocalSpec(_Model):
     command: list[str] = Field(min_length=1)
+    # The sandboxed local worker gets a network namespace of its own (loopback only) unless this is set.
+    network: bool = False
 
 
 class Asset(_Model):
@@ -118,6 +145,12 @@ class Asset(_Model):
         for name, path in paths:
             if not _is_safe_relative(path):
                 raise ValueError(f"slot {name!r}: path must be relative and stay inside its directory")
+        # An env file never overrides what the provider set or what was validated as a parameter.
+        taken = set(self.env) | {p.name for p in self.parameters}
+        for slot in self.inputs:
+            clash = sorted(taken.intersection(slot.keys or ()))
+            if clash:
+                raise ValueError(f"slot {slot.name!r}: keys {clash} are the asset's env or parameters")
         return self
 
     def input_slot(self, name: str) -> InputSlot | None:
@@ -128,6 +161,10 @@ class Asset(_Model):
 
     def frozen(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
+
+
+def is_reserved_env_key(key: str) -> bool:
+    return key in RESERVED_ENV_KEYS or key.startswith(RESERVED_ENV_PREFIXES)
 
 
 def _is_safe_relative(path: str) -> bool:
@@ -153,12 +190,20 @@ def load_asset_file(path: Path) -> Asset:
         # works from any directory the server is started in.
         local["command"] = [_resolve_local(path.parent, str(part)) for part in local["command"]]
     try:
-        return Asset.model_validate(raw)
+        asset = Asset.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(
             f"field '{'.'.join(str(p) for p in err['loc']) or '<root>'}': {err['msg']}" for err in e.errors()
         )
         raise CatalogError(f"{path}: invalid asset: {problems}") from None
+    for slot in asset.inputs:
+        if slot.kind == InputSlotKind.ENV and slot.keys is None:
+            # (Jobs' frozen copies of older assets may lack keys: they then accept none.)
+            raise CatalogError(
+                f"{path}: invalid asset: field 'inputs.{slot.name}.keys': an env slot must list the keys "
+                "it accepts"
+            )
+    return asset
 
 
 def _resolve_local(base: Path, part: str) -> str:

@@ -67,6 +67,7 @@ def build_run(job: Job, files: Mapping[str, FileRecord]) -> JobRun:
                 key=record.storage_key,
                 size=record.size,
                 sha256=record.sha256,
+                keys=tuple(slot.keys or ()),
             )
         )
     # Output and log file ids are fixed now, so a backend that restarts uploads to the same keys.
@@ -99,6 +100,7 @@ def build_run(job: Job, files: Mapping[str, FileRecord]) -> JobRun:
         log_key=storage_key(job.consumer_id, derived_file_id(job.id, "log")),
         run_timeout=asset.timeouts.run,
         local_command=asset.local.command if asset.local else None,
+        local_network=asset.local.network if asset.local else False,
         labels={"wml/job-id": job.id, "wml/consumer-id": job.consumer_id, "wml/asset-id": asset.id},
     )
 

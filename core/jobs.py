@@ -8,15 +8,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from core.assets import Asset
+from backends.storage.base import StorageBackend, StorageError
+from core.assets import Asset, InputSlot, InputSlotKind
 from core.auth import Principal
-from core.errors import ConflictError, NotFoundError, QuotaExceededError, ValidationError
+from core.errors import ConflictError, NotFoundError, QuotaExceededError, UnavailableError, ValidationError
 from core.live.bus import EventBus
 from core.metrics import Metrics
 from core.models import FileStatus, InputBinding, Job, Page, new_id
 from core.parameters import resolve_parameters
 from core.states import JobState
 from core.store import LIVE_STATES, Store
+from sidecar.dotenv import MAX_DOTENV_BYTES, accepted, parse_dotenv
 
 if TYPE_CHECKING:
     from core.supervisor import Supervisor
@@ -28,12 +30,14 @@ class JobService:
         store: Store,
         bus: EventBus,
         supervisor: Supervisor,
+        storage: StorageBackend,
         *,
         max_queued_per_consumer: int,
         metrics: Metrics | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
         self._store = store
+        self._storage = storage
         self._bus = bus
         self._supervisor = supervisor
         self._max_queued = max_queued_per_consumer
@@ -94,11 +98,42 @@ class JobService:
                     f"the slot takes at most {slot.max_size}",
                     field="inputs",
                 )
+            if slot.kind == InputSlotKind.ENV:
+                await self._check_env_file(slot, record.size, record.storage_key)
             bindings.append(InputBinding(slot=slot_name, file_id=file_id))
         missing = [s.name for s in asset.inputs if s.required and s.name not in seen]
         if missing:
             raise ValidationError(f"required input slots missing: {', '.join(missing)}", field="inputs")
         return tuple(bindings)
+
+    async def _check_env_file(self, slot: InputSlot, size: int, key: str) -> None:
+        """An env file is data for the job: only the keys its slot lists, values checked (no NUL, bounded).
+
+        Read here, at most MAX_DOTENV_BYTES of it, so a bad file is refused before a job exists; the
+        backends check the staged file again before it reaches a worker.
+        """
+        if size > MAX_DOTENV_BYTES:
+            raise ValidationError(
+                f"env file for slot {slot.name!r} is {size} bytes; env files take at most {MAX_DOTENV_BYTES}",
+                field="inputs",
+            )
+        data = bytearray()
+        stream = self._storage.get(key)
+        try:
+            async for chunk in stream:
+                data += chunk
+                if len(data) > MAX_DOTENV_BYTES:
+                    break
+        except StorageError as e:
+            raise UnavailableError(f"cannot read the env file for slot {slot.name!r}") from e
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        try:
+            accepted(parse_dotenv(bytes(data)), slot.keys or ())
+        except ValueError as e:
+            raise ValidationError(f"env file for slot {slot.name!r}: {e}", field="inputs") from None
 
     async def get(self, principal: Principal, job_id: str) -> Job:
         job = await self._store.jobs.get_job(job_id)

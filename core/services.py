@@ -94,7 +94,12 @@ async def open_services(settings: Settings, storage: StorageBackend, backend: Wo
         metrics=metrics,
     )
     jobs = JobService(
-        store, bus, supervisor, max_queued_per_consumer=settings.max_queued_jobs_per_consumer, metrics=metrics
+        store,
+        bus,
+        supervisor,
+        storage,
+        max_queued_per_consumer=settings.max_queued_jobs_per_consumer,
+        metrics=metrics,
     )
     auth = Authenticator(store, settings.resolved_admin_token())
     provisioning = ProvisioningService(

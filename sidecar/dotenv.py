@@ -1,15 +1,25 @@
-"""Read dotenv files (``env`` inputs): ``KEY=VALUE`` lines merged into the worker's environment.
+"""Read dotenv files (``env`` inputs): ``KEY=VALUE`` lines that become variables of the worker's environment.
 
 Accepted: blank lines and ``#`` comments, an optional ``export`` prefix, spaces around ``=``, unquoted
 values (a `` #`` starts a trailing comment), single-quoted values (taken literally) and double-quoted values
 (``\\n``, ``\\t``, ``\\r``, ``\\"`` and ``\\\\`` escapes). Not accepted: values spanning lines and variable
 expansion. Errors name the line number only: the content may be a secret.
+
+An env input is data for the job, never configuration of its runtime: the asset's slot lists the keys it
+accepts (``keys: [...]``) and :func:`accepted` refuses any other key by name, so ``BASH_ENV``,
+``PYTHONPATH``, ``LD_PRELOAD`` or a parameter's name cannot reach the worker this way. The same checks run
+when the job is created (``core.jobs``) and again wherever a backend reads the file.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping
 from pathlib import Path
+
+MAX_DOTENV_BYTES = 64 * 1024  # an env input is a handful of settings, never bulk data
+MAX_KEY_LENGTH = 128
+MAX_VALUE_LENGTH = 4096  # characters, as for string parameters
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _EXPORT = re.compile(r"export\s+")
@@ -18,8 +28,15 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """Parse the dotenv file at ``path``; raise ValueError naming the first bad line's number."""
-    data = path.read_bytes()
+    """Parse the dotenv file at ``path`` (reading at most :data:`MAX_DOTENV_BYTES` + 1 bytes of it)."""
+    with path.open("rb") as f:
+        return parse_dotenv(f.read(MAX_DOTENV_BYTES + 1))
+
+
+def parse_dotenv(data: bytes) -> dict[str, str]:
+    """Parse a dotenv document; raise ValueError naming the first bad line's number (or the size)."""
+    if len(data) > MAX_DOTENV_BYTES:
+        raise ValueError(f"larger than {MAX_DOTENV_BYTES} bytes")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -37,6 +54,16 @@ def read_dotenv(path: Path) -> dict[str, str]:
     return values
 
 
+def accepted(values: Mapping[str, str], keys: Collection[str]) -> dict[str, str]:
+    """``values`` if every key is one of ``keys``; else ValueError naming the keys refused."""
+    refused = sorted(set(values) - set(keys))
+    if refused:
+        shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+        allowed = ", ".join(sorted(keys)) or "none"
+        raise ValueError(f"keys not accepted by this slot: {shown} (it accepts: {allowed})")
+    return dict(values)
+
+
 def parse_dotenv_line(line: str) -> tuple[str, str] | None:
     """(key, value) for an assignment, None for a blank or comment line; ValueError says what is wrong."""
     stripped = line.strip()
@@ -50,9 +77,13 @@ def parse_dotenv_line(line: str) -> tuple[str, str] | None:
         raise ValueError("expected KEY=VALUE")
     if not _KEY.fullmatch(key):
         raise ValueError("invalid variable name (letters, digits and _, not starting with a digit)")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ValueError(f"variable name longer than {MAX_KEY_LENGTH} characters")
     value = _parse_value(raw.strip())
     if "\x00" in value:
         raise ValueError("the value contains a NUL character")
+    if len(value) > MAX_VALUE_LENGTH:
+        raise ValueError(f"the value is longer than {MAX_VALUE_LENGTH} characters")
     return key, value
 
 

@@ -27,6 +27,7 @@ class StagedInput:
     key: str  # storage key
     size: int
     sha256: str
+    keys: tuple[str, ...] = ()  # env inputs: the only keys the file may set (any other is refused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,7 @@ class JobRun:
     log_key: str  # storage key for the full worker log
     run_timeout: int  # seconds the worker may run
     local_command: Sequence[str] | None = None  # for the local-process backend
+    local_network: bool = False  # the local backend's sandbox keeps the network (else loopback only)
     labels: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -15,8 +15,9 @@ import structlog
 from backends.storage.base import StorageBackend
 from backends.workflow.base import BackendUpdate, InputKind, JobRun, RunPhase, WorkflowBackendError
 from backends.workflow.host.jobdir import JobDir, valid_job_id
+from sidecar.dotenv import accepted, read_dotenv
 from sidecar.manifest import InputEntry, StageInManifest
-from sidecar.staging import read_dotenv, stage_in
+from sidecar.staging import stage_in
 
 
 async def stage_inputs(storage: StorageBackend, run: JobRun, job: JobDir) -> dict[str, str]:
@@ -32,10 +33,19 @@ async def stage_inputs(storage: StorageBackend, run: JobRun, job: JobDir) -> dic
     )
     await asyncio.to_thread(job.clear_inputs)  # a re-run after a restart starts afresh
     await stage_in(storage, manifest, job.inputs)
-    dotenv: dict[str, str] = {}
+    return await asyncio.to_thread(env_input_values, run, job.inputs)
+
+
+def env_input_values(run: JobRun, inputs: Path) -> dict[str, str]:
+    """The values of the run's staged ``env`` inputs; ValueError when one sets a key its slot does not
+    accept (createJob refused such a file already: this is the backend's own check of what it runs)."""
+    values: dict[str, str] = {}
     for staged in (i for i in run.inputs if i.kind == InputKind.ENV):
-        dotenv.update(await asyncio.to_thread(read_dotenv, job.inputs / staged.path))
-    return dotenv
+        try:
+            values.update(accepted(read_dotenv(inputs / staged.path), staged.keys))
+        except ValueError as e:
+            raise ValueError(f"input {staged.slot!r}: {e}") from None
+    return values
 
 
 class HostJobs(abc.ABC):

@@ -61,11 +61,10 @@ from backends.workflow.kubernetes.outcome import RunInfo, save_worker_log
 from backends.workflow.kubernetes.status import classify_gone, classify_pod, container_statuses, started
 from backends.workflow.kubernetes.tracker import RunTracker, ref_of, split_ref
 from backends.workflow.kubernetes.watch import PodWatcher
-from sidecar.dotenv import parse_dotenv_line
+from sidecar.dotenv import MAX_DOTENV_BYTES, accepted, parse_dotenv
 
 log = structlog.get_logger("wml.workflow.kubernetes")
 
-_MAX_ENV_INPUT = 256 * 1024  # a Secret holds at most 1 MiB, whatever the slot allows
 # Seconds a deletion is remembered for sweeps whose lists predate it (far longer than one reconcile pass).
 _REMOVED_MEMORY = 600.0
 
@@ -362,36 +361,39 @@ class KubernetesWorkflowBackend:
 
 
 async def read_env_inputs(storage: StorageBackend, run: JobRun) -> dict[str, str]:
-    """The values of the run's ``env`` inputs, checked like stage-in does; ValueError says what is wrong."""
+    """The values of the run's ``env`` inputs, checked like stage-in does (syntax, size, and only the keys
+    each slot accepts); ValueError says what is wrong. The run's own env is never overridden by a file."""
     values: dict[str, str] = {}
     for staged in (i for i in run.inputs if i.kind == InputKind.ENV):
-        if staged.size > _MAX_ENV_INPUT:
-            raise ValueError(f"input {staged.slot!r}: env files are limited to {_MAX_ENV_INPUT} bytes here")
+        if staged.size > MAX_DOTENV_BYTES:
+            raise ValueError(f"input {staged.slot!r}: env files are limited to {MAX_DOTENV_BYTES} bytes")
         try:
-            data = b"".join([chunk async for chunk in storage.get(staged.key)])
+            data = await _read_bounded(storage, staged.key, staged.size)
         except StorageError as e:
             raise ValueError(f"input {staged.slot!r}: cannot fetch it from storage: {e}") from e
         if len(data) != staged.size or hashlib.sha256(data).hexdigest() != staged.sha256.lower():
             raise ValueError(f"input {staged.slot!r}: size or sha256 does not match; the object is corrupt")
         try:
-            text = data.decode("utf-8").removeprefix("\ufeff")
-        except UnicodeDecodeError:
-            raise ValueError(f"input {staged.slot!r}: not a valid dotenv file: not UTF-8 text") from None
-        for number, line in enumerate(text.split("\n"), start=1):
-            try:
-                parsed = parse_dotenv_line(line.removesuffix("\r"))
-            except ValueError as e:
-                raise ValueError(
-                    f"input {staged.slot!r}: not a valid dotenv file: line {number}: {e}"
-                ) from None
-            if parsed is not None and _allowed_env(parsed[0]):
-                values[parsed[0]] = parsed[1]
-    return values
+            values.update(accepted(parse_dotenv(data), staged.keys))
+        except ValueError as e:
+            raise ValueError(f"input {staged.slot!r}: not a valid dotenv file: {e}") from None
+    return {k: v for k, v in values.items() if k not in run.env}
 
 
-def _allowed_env(key: str) -> bool:
-    # Like the local backend: an env file may not redirect the worker's programs or the slot contract.
-    return not key.startswith(("WML_", "LD_")) and key not in {"PATH", "HOME"}
+async def _read_bounded(storage: StorageBackend, key: str, size: int) -> bytes:
+    """The object at ``key``, read no further than one byte past ``size``."""
+    data = bytearray()
+    stream = storage.get(key)
+    try:
+        async for chunk in stream:
+            data += chunk
+            if len(data) > size:
+                break
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    return bytes(data)
 
 
 def _log_key(pod: dict[str, Any]) -> str | None:

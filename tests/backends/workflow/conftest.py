@@ -226,19 +226,28 @@ def local_backend_factory(
     return lambda: make_local_backend(local_work_dir, storage)
 
 
-Upload = Callable[[str, bytes, str, InputKind, str], Awaitable[StagedInput]]
+Upload = Callable[..., Awaitable[StagedInput]]
 
 
 @pytest.fixture
 def upload(storage: FileStorageBackend) -> Upload:
-    """Store ``data`` under ``key`` and describe it as the input of ``slot`` (kind, path)."""
+    """Store ``data`` under ``key`` and describe it as the input of ``slot`` (kind, path; ``keys``: what an
+    env input may set, by default the dummy job's)."""
 
-    async def put(key: str, data: bytes, slot: str, kind: InputKind, path: str) -> StagedInput:
+    async def put(
+        key: str,
+        data: bytes,
+        slot: str,
+        kind: InputKind,
+        path: str,
+        keys: tuple[str, ...] = ("SOURCE", "DESTINATION"),
+    ) -> StagedInput:
         async def chunks() -> AsyncIterator[bytes]:
             yield data
 
         info = await storage.put(key, chunks())
-        return StagedInput(slot, kind, path, key, info.size, hashlib.sha256(data).hexdigest())
+        keys = keys if kind == InputKind.ENV else ()
+        return StagedInput(slot, kind, path, key, info.size, hashlib.sha256(data).hexdigest(), keys)
 
     return put
 

@@ -14,7 +14,7 @@ from tests.support.kube_backend import fake_kube
 async def test_env_input_values_reach_the_worker_environment(
     tmp_path: Path, storage: FileStorageBackend, make_run, upload, read_object
 ) -> None:
-    dotenv = b"# an example\nSOURCE=s3://in/data\nexport DESTINATION='out dir'\nWML_INPUTS_DIR=/etc\n"
+    dotenv = b"# an example\nSOURCE=s3://in/data\nexport DESTINATION='out dir'\n"
     # The worker reads nothing but its environment.
     show = 'echo "SOURCE=$SOURCE DESTINATION=$DESTINATION INPUTS=$WML_INPUTS_DIR" > "$WML_OUTPUT_RESULT"'
     config = await upload("consumers/c1/files/env-1", dotenv, "config", InputKind.ENV, "config.env")
@@ -39,7 +39,7 @@ async def test_env_input_values_reach_the_worker_environment(
             [job] = kube.api.state.created("jobs")
             worker = job["spec"]["template"]["spec"]["initContainers"][1]
             from_secret = {e["name"] for e in worker["env"] if "valueFrom" in e}
-            assert from_secret == {"SOURCE", "DESTINATION"}  # WML_* may not be set by a consumer's file
+            assert from_secret == {"SOURCE", "DESTINATION"}
             assert {e["value"] for e in worker["env"] if e["name"] == "WML_INPUTS_DIR"} == {"/wml/inputs"}
             assert ref.startswith("wml-jobs/")
         finally:
@@ -52,14 +52,18 @@ async def test_an_invalid_env_input_fails_staging_without_creating_anything(
     config = await upload(
         "consumers/c1/files/env-2", b"GOOD=1\nnot a dotenv line\n", "config", InputKind.ENV, "c.env"
     )
-    corrupt = await upload("consumers/c1/files/env-3", b"A=1\n", "config", InputKind.ENV, "c.env")
+    corrupt = await upload("consumers/c1/files/env-3", b"SOURCE=1\n", "config", InputKind.ENV, "c.env")
     corrupt = type(corrupt)(corrupt.slot, corrupt.kind, corrupt.path, corrupt.key, corrupt.size, "0" * 64)
+    # A key the slot does not accept (the contract's own, here) is refused before anything is created.
+    refused = await upload(
+        "consumers/c1/files/env-4", b"SOURCE=1\nWML_INPUTS_DIR=/etc\n", "config", InputKind.ENV, "c.env"
+    )
     async with fake_kube(tmp_path, f"file://{tmp_path / 'files'}") as kube:
         backend = kube.backend(storage)
         await backend.start()
         try:
             stream = backend.updates()
-            for staged, expected in ((config, "line 2"), (corrupt, "sha256")):
+            for staged, expected in ((config, "line 2"), (corrupt, "sha256"), (refused, "WML_INPUTS_DIR")):
                 ref = await backend.submit(make_run(inputs=(staged,)))
                 assert (await anext(stream)).phase == RunPhase.INITIALIZING
                 final = await anext(stream)

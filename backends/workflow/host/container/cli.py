@@ -227,9 +227,9 @@ def gpu_args(resources: Resources, *, gpus: Sequence[str], gpu_type: str | None)
 
 
 def container_env(run: JobRun, dotenv: Mapping[str, str]) -> dict[str, str]:
-    """The worker's environment inside the container: run env, env-file inputs, then the slot paths."""
-    env: dict[str, Any] = dict(run.env)
-    env.update({k: v for k, v in dotenv.items() if not k.startswith(("WML_", "LD_")) and k != "PATH"})
+    """The worker's environment inside the container: env-file inputs (only the keys their slots accept,
+    checked at stage-in), the run's env over them (never overridden by a file), then the slot paths."""
+    env: dict[str, Any] = {**dotenv, **run.env}
     env["WML_INPUTS_DIR"] = INPUTS_MOUNT
     env["WML_OUTPUTS_DIR"] = OUTPUTS_MOUNT
     for staged in run.inputs:

@@ -32,10 +32,10 @@ from urllib.parse import unquote, urlsplit
 import structlog
 from pydantic import ValidationError
 
-from backends.workflow.base import InputKind, JobRun
+from backends.workflow.base import JobRun
 from backends.workflow.host.container.cli import SIDECAR_JOB_MOUNT, Engine, sidecar_args
 from backends.workflow.host.jobdir import JobDir
-from sidecar.dotenv import read_dotenv
+from backends.workflow.host.jobs import env_input_values
 from sidecar.errors import InputStagingError, OutputUploadError
 from sidecar.manifest import InputEntry, OutputManifest, StageInManifest, StageOutManifest
 
@@ -115,10 +115,7 @@ class SidecarSteps:
         code, err = await self._step("stage-in", run, job, name, STAGE_IN_MANIFEST)
         if code != 0:
             raise InputStagingError(err)
-        dotenv: dict[str, str] = {}
-        for staged in (i for i in run.inputs if i.kind == InputKind.ENV):
-            dotenv.update(await asyncio.to_thread(read_dotenv, job.inputs / staged.path))
-        return dotenv
+        return await asyncio.to_thread(env_input_values, run, job.inputs)
 
     async def stage_out(
         self, run: JobRun, job: JobDir, name: str, manifest: StageOutManifest
