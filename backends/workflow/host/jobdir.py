@@ -65,7 +65,6 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Names of job directories moved aside for removal; a job id never starts with a dot.
 REMOVING_PREFIX = ".removing-"
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def valid_job_id(ref: str) -> bool:
@@ -353,10 +352,12 @@ def spawn_runner(job: JobDir, spec: Mapping[str, Any]) -> int:
 
 
 def worker_env(run: JobRun, job: JobDir, dotenv: Mapping[str, str]) -> dict[str, str]:
-    """The worker's environment: a clean base, the run's env, env-file inputs, then the slot paths."""
+    """The worker's environment: a clean base, the env-file inputs (only the keys their slots accept,
+    checked at stage-in), the run's env over them (a file never overrides the asset's env or a
+    parameter), then the slot paths."""
     env = {"PATH": DEFAULT_PATH, "HOME": str(job.root), "LANG": "C.UTF-8"}
+    env.update({k: v for k, v in dotenv.items() if "\0" not in v})
     env.update(run.env)
-    env.update({k: v for k, v in dotenv.items() if _allowed_from_env_file(k) and "\0" not in v})
     env["WML_INPUTS_DIR"] = str(job.inputs)
     env["WML_OUTPUTS_DIR"] = str(job.outputs)
     for staged in run.inputs:
@@ -364,15 +365,6 @@ def worker_env(run: JobRun, job: JobDir, dotenv: Mapping[str, str]) -> dict[str,
     for output in run.outputs:
         env[f"WML_OUTPUT_{output.name.upper()}"] = str(job.outputs / output.path)
     return env
-
-
-def _allowed_from_env_file(key: str) -> bool:
-    # A consumer's env file may not redirect the worker's programs, libraries or the slot contract.
-    return (
-        _ENV_NAME.fullmatch(key) is not None
-        and not key.startswith(("WML_", "LD_"))
-        and key not in {"PATH", "HOME"}
-    )
 
 
 def run_to_json(run: JobRun) -> dict[str, Any]:

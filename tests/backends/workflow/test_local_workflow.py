@@ -42,8 +42,10 @@ async def test_worker_sees_a_clean_environment_with_the_slot_paths(
     backend, local_work_dir: Path, updates_of, make_run, upload, read_object, monkeypatch
 ) -> None:
     monkeypatch.setenv("WML_SERVER_SECRET", "must-not-leak")
-    env_file = b"SOURCE=s3://in\nPATH=/evil\nLD_PRELOAD=/evil.so\nWML_OUTPUTS_DIR=/elsewhere\nHOME=/evil\n"
-    config = await upload("consumers/c1/files/cfg", env_file, "config", InputKind.ENV, "config.env")
+    # GREETING is the run's own (the asset's env or a parameter): a file never overrides it.
+    env_file = b"SOURCE=s3://in\nGREETING=from-the-file\n"
+    keys = ("SOURCE", "GREETING")
+    config = await upload("consumers/c1/files/cfg", env_file, "config", InputKind.ENV, "config.env", keys)
     data = await upload("consumers/c1/files/data", b"x", "data", InputKind.FILE, "data")
     run = make_run(inputs=(config, data), env={"GREETING": "hi"}, **shell(PRINT_ENV))
 
@@ -61,8 +63,35 @@ async def test_worker_sees_a_clean_environment_with_the_slot_paths(
     assert env["WML_INPUT_CONFIG"] == str(job_dir / "inputs" / "config.env")
     assert env["WML_INPUT_DATA"] == str(job_dir / "inputs" / "data")
     assert env["WML_OUTPUT_RESULT"] == str(job_dir / "outputs" / "result.txt")
-    assert "LD_PRELOAD" not in env
     assert "WML_SERVER_SECRET" not in env
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"BASH_ENV=/wml/inputs/config.env",
+        b"PYTHONPATH=/tmp/evil",
+        b"LD_PRELOAD=/tmp/evil.so",
+        b"NODE_OPTIONS=--require=/tmp/evil.js",
+        b"PATH=/tmp",
+        b"WML_OUTPUTS_DIR=/elsewhere",
+        b"SLEEPTIME=999999",
+    ],
+)
+async def test_an_env_file_setting_a_key_its_slot_does_not_accept_never_reaches_a_worker(
+    backend, local_work_dir, updates_of, make_run, upload, line
+) -> None:
+    env_file = b"SOURCE=s3://in\n" + line + b"\n"
+    config = await upload("consumers/c1/files/cfg", env_file, "config", InputKind.ENV, "config.env")
+
+    final = await run_to_end(backend, updates_of, make_run(inputs=(config,)))
+
+    assert (final.phase, final.reason) == (RunPhase.ERROR, "INPUT_STAGING_FAILED")
+    assert final.message is not None
+    key = line.split(b"=")[0].decode()
+    assert f"keys not accepted by this slot: {key} " in final.message
+    assert line.split(b"=", 1)[1].decode() not in final.message  # names the key, never the value
+    assert not (local_work_dir / final.ref / "runner.pid").exists()
 
 
 async def test_dummy_job_reads_source_and_destination_from_an_env_file(
