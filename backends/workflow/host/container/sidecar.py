@@ -65,15 +65,14 @@ class SidecarStorage:
     @classmethod
     def from_settings(cls, settings: Any) -> SidecarStorage | None:
         """From the service's settings (``resolved_storage_url``, the S3 keys); None without them."""
-        resolve = getattr(settings, "resolved_storage_url", None)
-        if not callable(resolve):
+        if settings is None:
             return None
         env = {}
-        credentials = getattr(settings, "storage_credentials", lambda: None)()
+        credentials = settings.storage_credentials()
         if credentials is not None:
             env["WML_S3_ACCESS_KEY_ID"] = credentials.access_key_id
             env["WML_S3_SECRET_ACCESS_KEY"] = credentials.secret_access_key
-        return cls(str(resolve()), env)
+        return cls(str(settings.resolved_storage_url()), env)
 
     @property
     def root(self) -> str | None:
