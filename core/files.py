@@ -48,12 +48,13 @@ def check_name(name: str) -> str:
     name = unicodedata.normalize("NFC", name.strip())
     if not name:
         raise ValidationError("file name must not be empty", field="name")
+    # First: a lone surrogate (JSON can carry "\ud800") has no UTF-8 encoding to count the bytes of.
+    if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs"} for ch in name):
+        raise ValidationError("file name must not contain control characters (such as NUL)", field="name")
     if len(name.encode()) > MAX_NAME_BYTES:
         raise ValidationError(f"file name longer than {MAX_NAME_BYTES} bytes", field="name")
     if any(ch in name for ch in "/\\") or name in {".", ".."}:
         raise ValidationError("file name must not contain a path (/, \\, . or ..)", field="name")
-    if any(unicodedata.category(ch) in {"Cc", "Cf"} for ch in name):
-        raise ValidationError("file name must not contain control characters (such as NUL)", field="name")
     return name
 
 

@@ -38,13 +38,19 @@ def _check(param: Parameter, value: Any) -> Any:
     if kind == ParameterType.STRING:
         if not isinstance(value, str) or len(value) > MAX_STRING or "\x00" in value:
             raise ValidationError(f"{param.name} must be a string of at most {MAX_STRING} characters", field)
+        if not _is_text(value):  # JSON can carry a lone surrogate; no environment can
+            raise ValidationError(f"{param.name} must be Unicode text (it has a lone surrogate)", field)
         _check_choice(param, value, field)
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(f"{param.name} must be a number", field=field)
-    if kind == ParameterType.INTEGER and not (isinstance(value, int) or float(value).is_integer()):
+    try:
+        as_float = float(value)
+    except OverflowError:  # an int past any float (JSON numbers have no limit)
+        raise ValidationError(f"{param.name} is out of range", field=field) from None
+    if kind == ParameterType.INTEGER and not (isinstance(value, int) or as_float.is_integer()):
         raise ValidationError(f"{param.name} must be an integer", field=field)
-    if not math.isfinite(value):
+    if not math.isfinite(as_float):
         raise ValidationError(f"{param.name} must be finite", field=field)
     if param.min is not None and value < param.min:
         raise ValidationError(f"{param.name} must be at least {_num(param.min)}", field=field)
@@ -57,6 +63,14 @@ def _check(param: Parameter, value: Any) -> Any:
 def _check_choice(param: Parameter, value: Any, field: str) -> None:
     if param.choices is not None and value not in param.choices:
         raise ValidationError(f"{param.name} must be one of {param.choices}", field=field)
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _num(value: float) -> str:

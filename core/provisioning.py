@@ -54,6 +54,8 @@ class ProvisionRequest:
             value = body.get(name)
             if not isinstance(value, str) or not value.strip():
                 raise ValidationError(f"{name} is required and must be a non-empty string", field=name)
+            if not _is_storable_text(value):
+                raise ValidationError(f"{name} must not contain NUL or lone surrogates", field=name)
             fields[name] = value.strip()
         kind = body.get("type")
         if kind is not None and kind not in ("provision", "deprovision"):
@@ -82,6 +84,15 @@ class CallbackOutcome:
     give_up: bool = False
     unknown_transfer: bool = False
     error: str | None = None
+
+
+def _is_storable_text(value: str) -> bool:
+    """No NUL (PostgreSQL text cannot hold it) and no lone surrogate (JSON's "\\ud800"; no UTF-8 for it)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
 
 
 def resource_name(transfer_process_id: str) -> str:

@@ -33,6 +33,7 @@ from core.files import (
         "nul\x00byte",
         "bell\x07",
         "rtl\u202etxt.exe",
+        "lone\ud800surrogate",
         "x" * (MAX_NAME_BYTES + 1),
         "é" * (MAX_NAME_BYTES // 2 + 1),
     ],

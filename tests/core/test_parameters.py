@@ -101,3 +101,14 @@ def test_parameters_reach_the_worker_as_text() -> None:
         "RATIO": "0.5",
         "MODE": "fast",
     }
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400)])
+def test_an_integer_past_any_float_is_refused_not_a_crash(value: int) -> None:
+    assert _refused(SLEEP, {"SLEEPTIME": value}).field == "parameters.SLEEPTIME"
+    assert _refused(RATIO, {"RATIO": value}).field == "parameters.RATIO"
+
+
+def test_a_string_with_a_lone_surrogate_is_refused_not_a_crash() -> None:
+    free = _asset({"name": "NOTE", "type": "string"})
+    assert _refused(free, {"NOTE": "a\ud800b"}).field == "parameters.NOTE"

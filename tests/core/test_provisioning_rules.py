@@ -138,3 +138,12 @@ async def test_failed_callbacks_back_off_within_the_cap_then_are_abandoned(servi
     abandoned = await services.store.grants.get_grant(grant.id)
     assert abandoned is not None
     assert abandoned.callback_state == CallbackState.GAVE_UP and abandoned.state == GrantState.FAILED_CALLBACK
+
+
+@pytest.mark.parametrize("field", REQUIRED)
+@pytest.mark.parametrize("value", ["tp\x00x", "tp\ud800x"])
+def test_a_request_field_with_nul_or_a_lone_surrogate_is_refused_naming_it(field: str, value: str) -> None:
+    """Neither can be stored (PostgreSQL text refuses NUL, UTF-8 has no lone surrogate): 400, not 500."""
+    with pytest.raises(ValidationError) as raised:
+        ProvisionRequest.parse(_body(**{field: value}))
+    assert raised.value.field == field
