@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -60,23 +60,34 @@ def grant_is_usable(grant: Grant, now: datetime | None = None) -> bool:
     return grant.expires_at is None or grant.expires_at > (now or utcnow())
 
 
-RECENT_TTL = 2.0  # seconds a successful connect check is reused
+RECENT_TTL = 2.0  # seconds a successful connect check is reused (at most; see Authenticator)
 RECENT_SIZE = 10_000
+REVOKED_KEPT = 1024  # recent revocations remembered, to tell whether one came during a read
 
 
 class Authenticator:
-    def __init__(self, store: Store, admin_token: str) -> None:
+    def __init__(self, store: Store, admin_token: str, *, remember_for: float = RECENT_TTL) -> None:
         self._store = store
         self._admin_hash = hash_token(admin_token)
+        self._remember_for = remember_for
         # token hash -> (principal, until): recent successful checks, for websocket connects only
         self._recent: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._revocations = 0  # revocations seen so far; the last REVOKED_KEPT grant ids are kept
+        self._revoked: deque[str] = deque(maxlen=REVOKED_KEPT)
+
+    def forget_grant(self, grant_id: str) -> None:
+        """A grant was revoked (the event bus calls this): its tokens' remembered checks go at once."""
+        self._revocations += 1
+        self._revoked.append(grant_id)
+        for digest in [d for d, (principal, _) in self._recent.items() if grant_id in principal.grant_ids]:
+            del self._recent[digest]
 
     async def authenticate_connection(self, token: str | None) -> Principal | None:
-        """:meth:`authenticate` for a websocket's ``connection_init``, remembered for :data:`RECENT_TTL`
-        seconds so that a burst of connects with one token reads its grant once. A revocation still cuts
-        the connection (the event bus tells it at once, and streams recheck their grant), and a token
-        revoked in that window is refused from the next connect on at the latest :data:`RECENT_TTL` later.
-        Only successes are kept: unknown tokens cannot push good ones out."""
+        """:meth:`authenticate` for a websocket's ``connection_init``, remembered for a moment
+        (``remember_for`` seconds) so that a burst of connects with one token reads its grant once. A
+        revocation drops the remembered check at once (:meth:`forget_grant`), and one that lands while the
+        grant is being read refuses the token, so the caller can register for revocations with nothing
+        missed in between. Only successes are kept: unknown tokens cannot push good ones out."""
         if not token:
             return None
         digest = hash_token(token)
@@ -84,15 +95,26 @@ class Authenticator:
         recent = self._recent.get(digest)
         if recent is not None and recent[1] > now:
             return recent[0]
+        seen = self._revocations
         principal = await self.authenticate(token)
+        if principal is not None and self._revoked_since(seen, principal.grant_ids):
+            principal = None
         if principal is not None:
-            self._recent[digest] = (principal, now + RECENT_TTL)
+            self._recent[digest] = (principal, now + self._remember_for)
             self._recent.move_to_end(digest)
             while len(self._recent) > RECENT_SIZE:
                 self._recent.popitem(last=False)
         else:
             self._recent.pop(digest, None)
         return principal
+
+    def _revoked_since(self, seen: int, grant_ids: frozenset[str]) -> bool:
+        """Whether one of ``grant_ids`` was revoked after the ``seen``-th revocation (when more came than
+        are kept, assume so: the caller connects again)."""
+        count = self._revocations - seen
+        if count > len(self._revoked):
+            return True
+        return any(grant_id in grant_ids for grant_id in list(self._revoked)[len(self._revoked) - count :])
 
     def connection_key(self, token: str) -> str:
         """What connections are counted by (per token): its hash, never the token itself."""

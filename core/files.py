@@ -237,11 +237,8 @@ class FileService:
             raise NotFoundError("file", file_id)
         if record.status != FileStatus.PENDING:
             raise ConflictError("this upload was already completed")
-        grant = next(
-            (g for g in await self._store.grants.list_grants(record.consumer_id) if g.id == record.grant_id),
-            None,
-        )
-        if grant is None or not grant_is_usable(grant):
+        grant = await self._store.grants.get_grant(record.grant_id)
+        if grant is None or not grant_is_usable(grant):  # revoked or ended: the URL stops at once
             raise NotFoundError("file", file_id)
         # The same limit as for an upload through the API: the URL carries no principal, the grant does.
         limit = await self._limit_for_assets([grant.asset_id])

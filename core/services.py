@@ -13,7 +13,7 @@ import structlog
 from backends.storage.base import StorageBackend
 from backends.workflow.base import WorkflowBackend
 from core.assets import load_catalog
-from core.auth import Authenticator
+from core.auth import RECENT_TTL, Authenticator
 from core.files import FileService
 from core.jobs import JobService
 from core.live.bus import EventBus, OrderedEventBus
@@ -101,7 +101,11 @@ async def open_services(settings: Settings, storage: StorageBackend, backend: Wo
         max_queued_per_consumer=settings.max_queued_jobs_per_consumer,
         metrics=metrics,
     )
-    auth = Authenticator(store, settings.resolved_admin_token())
+    # A remembered connect check never outlives the interval at which open streams recheck their grant.
+    auth = Authenticator(
+        store, settings.resolved_admin_token(), remember_for=min(RECENT_TTL, settings.stream_recheck_interval)
+    )
+    bus.on_any_revocation(auth.forget_grant)
     provisioning = ProvisioningService(
         store,
         supervisor,

@@ -3,8 +3,9 @@
 HTTP requests carry their token in a header. Websockets (``graphql-transport-ws`` and the legacy
 ``graphql-ws``) authenticate once, at ``connection_init``: the token comes from its payload
 (``{"authorization": "Bearer ..."}`` or ``{"access-token": "..."}``) or else from the handshake's
-headers, and a missing or bad one closes the connection with 4403 in both protocols. The principal
-then serves every operation of the connection until the token's grant is revoked.
+headers, and a missing or bad one, or one already holding ``WML_MAX_CONNECTIONS_PER_TOKEN`` connections,
+closes the connection with 4403 in both protocols, the close reason saying which. The principal then
+serves every operation of the connection until the token's grant is revoked.
 
 A ``graphql-transport-ws`` operation's shared event results are sent as pre-serialised text, and written
 by the event bus's fan-out itself where the server's websocket protocol allows: the handler only sets up
@@ -29,6 +30,9 @@ from strawberry.file_uploads.utils import replace_placeholders_with_files
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage as TransportInitMessage,
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
@@ -68,13 +72,29 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
                 await self.view.on_ws_connect(self.context)
             except ConnectionRejectionError as e:
                 await self.send_message({"type": "connection_error", "payload": e.payload})
-                await self.websocket.close(code=4403, reason="Forbidden")
+                await self.websocket.close(code=4403, reason=_close_reason(e))
                 return
         await super().handle_connection_init(message)
 
 
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
-    """``graphql-transport-ws``, with shared event results sent as text made once for all subscribers."""
+    """``graphql-transport-ws``, with shared event results sent as text made once for all subscribers,
+    and a refusal (4403) that says why in its close reason (Strawberry's says "Forbidden" whatever the
+    cause: a bad token and too many connections must be told apart)."""
+
+    async def handle_connection_init(self, message: TransportInitMessage) -> None:
+        payload = message.get("payload", {})
+        if isinstance(payload, dict) and not self.connection_init_received and not self.connection_timed_out:
+            # As Strawberry's own, run first: once the principal is set its on_ws_connect call is a no-op.
+            self.context.connection_params = payload
+            try:
+                await self.view.on_ws_connect(self.context)
+            except ConnectionRejectionError as e:
+                if self.connection_init_timeout_task:
+                    self.connection_init_timeout_task.cancel()
+                await self.websocket.close(code=4403, reason=_close_reason(e))
+                return
+        await super().handle_connection_init(message)
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         socket = getattr(self.websocket, "ws", None)
@@ -218,6 +238,12 @@ class GraphQLView(GraphQL[Context, None]):
             self._connections[key] = left
         else:
             self._connections.pop(key, None)
+
+
+def _close_reason(e: ConnectionRejectionError) -> str:
+    """The refusal's message as a close reason (at most 123 bytes by the websocket protocol)."""
+    message = e.payload.get("message") if isinstance(e.payload, dict) else None
+    return str(message or "Forbidden").encode()[:123].decode(errors="ignore")
 
 
 def _token_from_params(params: dict[str, Any] | None) -> str | None:

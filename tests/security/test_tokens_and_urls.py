@@ -17,7 +17,7 @@ import websockets
 
 from core.auth import hash_token
 from tests.support.api import Api, running_api
-from tests.support.ws import TRANSPORT_WS, connect, ws_url
+from tests.support.ws import LEGACY_WS, TRANSPORT_WS, connect, ws_url
 
 CAP = 3
 UPLOAD = """mutation($input: CreateUploadInput!) { createUpload(input: $input) {
@@ -30,22 +30,48 @@ async def _revoke(api: Api, token: str) -> None:
     await api.services.provisioning.deprovision_grant(grant.id, "revoked by the test")
 
 
+async def _refusal(url: str, token: str, protocol: str = TRANSPORT_WS) -> tuple[int | None, str]:
+    """Connect with ``token``: the close code and what the server said, or (None, "accepted")."""
+    async with websockets.connect(ws_url(url), subprotocols=[protocol]) as ws:  # type: ignore[list-item]
+        init = {"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}
+        await ws.send(json.dumps(init))
+        said = []
+        try:
+            while True:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                if message["type"] == "connection_ack":
+                    return None, "accepted"
+                said.append(json.dumps(message))
+        except websockets.ConnectionClosed:
+            pass
+    return ws.close_code, " ".join([ws.close_reason or "", *said])
+
+
 async def test_a_token_holds_only_its_share_of_websocket_connections(tmp_path: Path) -> None:
     async with running_api(tmp_path / "data", max_connections_per_token=CAP) as api:
         alice, bob = await api.consumer("alice"), await api.consumer("bob")
         async with contextlib.AsyncExitStack() as stack:
-            for _ in range(CAP):
-                await stack.enter_async_context(connect(api.url, alice))
-            async with websockets.connect(ws_url(api.url), subprotocols=[TRANSPORT_WS]) as ws:  # type: ignore[list-item]
-                init = {"type": "connection_init", "payload": {"authorization": f"Bearer {alice}"}}
-                await ws.send(json.dumps(init))
-                with pytest.raises(websockets.ConnectionClosed):
-                    await asyncio.wait_for(ws.recv(), 10)
-            assert ws.close_code == 4403
+            for protocol in [TRANSPORT_WS, LEGACY_WS, TRANSPORT_WS][:CAP]:  # counted across both protocols
+                await stack.enter_async_context(connect(api.url, alice, protocol))
+            for protocol in (TRANSPORT_WS, LEGACY_WS):
+                code, said = await _refusal(api.url, alice, protocol)
+                assert code == 4403
+                assert "too many open connections" in said, said
             async with connect(api.url, bob):  # another token is not affected
                 pass
         async with connect(api.url, alice):  # closed connections give their place back
             pass
+
+
+async def test_a_revoked_token_is_refused_at_its_next_connect_at_once(api: Api) -> None:
+    """Connect checks are remembered for a moment; a revocation must not be hidden by that memory."""
+    token = await api.consumer("alice")
+    async with connect(api.url, token):  # its check is now remembered
+        pass
+    await _revoke(api, token)
+    code, said = await _refusal(api.url, token)
+    assert code == 4403
+    assert "revoked" in said, said
 
 
 @pytest.fixture

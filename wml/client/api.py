@@ -128,6 +128,8 @@ class Client:
                         yield message["payload"]["data"]
         except websockets.ConnectionClosed as e:
             if e.rcvd is not None and e.rcvd.code == 4403:
+                if "connections" in e.rcvd.reason:  # the token is good but holds too many connections
+                    raise ApiError(f"the server refused the connection: {e.rcvd.reason}") from None
                 raise ApiError("the server refused the token (invalid, expired or revoked)") from None
             raise ApiError(f"the subscription's connection closed: {e}") from None
         raise ApiError("the subscription's connection closed before the stream completed")
