@@ -9,28 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from backends.storage.file import FileStorageBackend
-from backends.workflow.host.local.backend import LocalWorkflowBackend
 from core.auth import OPERATOR, Principal
 from core.errors import ConflictError, NotFoundError, QuotaExceededError, ValidationError
 from core.models import FileOrigin, FileRecord, FileStatus, new_id, utcnow
-from core.services import Services, open_services
+from core.services import Services
 from core.states import JobState
-from tests.support.api import kill_leftover_workers, make_settings
+from tests.support.services import running_services
 
 MAX_QUEUED = 3
 
 
 @pytest.fixture
 async def services(tmp_path: Path) -> AsyncIterator[Services]:
-    settings = make_settings(tmp_path, max_queued_jobs_per_consumer=MAX_QUEUED)
-    storage = FileStorageBackend(tmp_path / "files")
-    opened = await open_services(settings, storage, LocalWorkflowBackend(tmp_path / "jobs", storage))
-    try:
+    async with running_services(tmp_path, max_queued_jobs_per_consumer=MAX_QUEUED) as opened:
         yield opened
-    finally:
-        await opened.close()
-        kill_leftover_workers(settings.jobs_dir())  # local workers outlive the service on purpose
 
 
 async def _consumer(services: Services, name: str, *assets: str) -> Principal:

@@ -14,14 +14,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backends.storage.file import FileStorageBackend
-from backends.workflow.host.local.backend import LocalWorkflowBackend
 from core.auth import hash_token
 from core.errors import NotFoundError, PermissionDeniedError, ValidationError
 from core.models import CallbackState, GrantState, utcnow
 from core.provisioning import CallbackOutcome, ProvisionRequest, resource_name
-from core.services import Services, open_services
-from tests.support.api import make_settings
+from core.services import Services
+from tests.support.services import running_services
 
 REQUIRED = ("assetId", "transferProcessId", "callbackAddress", "resourceDefinitionId")
 
@@ -39,13 +37,8 @@ def _body(transfer: str = "tp-1", **changes: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def services(tmp_path: Path) -> AsyncIterator[Services]:
-    settings = make_settings(tmp_path)
-    storage = FileStorageBackend(tmp_path / "files")
-    opened = await open_services(settings, storage, LocalWorkflowBackend(tmp_path / "jobs", storage))
-    try:
+    async with running_services(tmp_path) as opened:
         yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.mark.parametrize("missing", REQUIRED)

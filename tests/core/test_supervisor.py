@@ -84,7 +84,11 @@ async def _setup(tmp_path: Path, url: str) -> tuple[Store, ScriptedBackend, Supe
     consumer = await store.grants.create_consumer(new_id("c"), "c")
     await store.grants.create_grant("g_1", consumer.id, "a", "hash", None)
     backend = ScriptedBackend()
-    supervisor = Supervisor(
+    return store, backend, _supervisor(store, backend, tmp_path)
+
+
+def _supervisor(store: Store, backend: ScriptedBackend, tmp_path: Path) -> Supervisor:
+    return Supervisor(
         store,
         backend,
         FileStorageBackend(tmp_path / "files"),
@@ -95,7 +99,6 @@ async def _setup(tmp_path: Path, url: str) -> tuple[Store, ScriptedBackend, Supe
         tick_interval=0.05,
         reconcile_interval=3600,
     )
-    return store, backend, supervisor
 
 
 async def _job(store: Store, consumer_id: str, state: JobState = JobState.QUEUED) -> Job:
@@ -249,10 +252,10 @@ async def test_a_job_interrupted_mid_submit_is_adopted_by_the_next_start_not_los
 ) -> None:
     """The reference is stored with INITIALIZING, before submit: after a restart the job is reconciled
     with what the backend started (RUNNING), where it used to be reported BACKEND_LOST."""
-    store, _, supervisor = await _setup(tmp_path, database_url)
+    store, _, _ = await _setup(tmp_path, database_url)
     backend = InterruptedSubmitBackend()
     backend.store = store
-    supervisor._backend = backend
+    supervisor = _supervisor(store, backend, tmp_path)
     consumer = (await store.grants.list_grants())[0].consumer_id
     job = await _job(store, consumer)
     await supervisor.start()
@@ -264,17 +267,7 @@ async def test_a_job_interrupted_mid_submit_is_adopted_by_the_next_start_not_los
         assert backend.row_while_submitting.backend_ref == f"ref-{job.id}"
     finally:
         await supervisor.stop()  # the submit is cut off, as by a restart
-    restarted = Supervisor(
-        store,
-        backend,
-        FileStorageBackend(tmp_path / "files"),
-        EventBus(),
-        capacity=2,
-        max_running_per_consumer=2,
-        cancel_timeout=1,
-        tick_interval=0.05,
-        reconcile_interval=3600,
-    )
+    restarted = _supervisor(store, backend, tmp_path)
     await restarted.start()
     try:
         adopted = await _wait_state(store, job.id, JobState.RUNNING)
