@@ -305,9 +305,16 @@ class Supervisor:
                 await self._backend.cleanup(job.backend_ref)
 
     async def reconcile(self, *, startup: bool = False) -> None:
-        """Ask the backend about every live job; at start-up, jobs never handed over are lost."""
+        """Ask the backend about every live job; at start-up, jobs never handed over are lost.
+
+        An INITIALIZING job holds its reference from before its submit reached the backend. At start-up
+        no submit of this process is under way, so one the backend does not know is lost; later, a
+        submit (of this replica or another) may still be on its way, so "not known" is no verdict on an
+        INITIALIZING job: its start deadline ends it if the backend never gets it.
+        """
         live = [j for j in await self._store.jobs.live_jobs() if j.state in LIVE_BACKEND_STATES]
         with_ref = [j for j in live if j.backend_ref]
+        starting = {j.backend_ref for j in with_ref if j.state == JobState.INITIALIZING}
         if startup:
             for job in live:
                 if not job.backend_ref:
@@ -320,4 +327,6 @@ class Supervisor:
         # Called even with nothing live: the backend also sweeps what it holds for jobs that are not.
         updates = await self._backend.reconcile([j.backend_ref for j in with_ref if j.backend_ref])
         for update in updates:
+            if not startup and update.reason == Reason.BACKEND_LOST and update.ref in starting:
+                continue
             await self.apply(update)

@@ -39,6 +39,7 @@ from core.errors import DomainError, NotFoundError
 from core.live.bus import AccessRevoked, EventBus, SubscriberTooSlow, Subscription
 from core.live.shared_reads import DatabaseBusyError, GrantWatch, SharedReads, busy_is_typed
 from core.models import Job, JobEvent
+from core.states import JobState
 from core.store import Store
 
 __all__ = ["AccessRevokedError", "DatabaseBusyError", "JobStreams", "SubscriberTooSlowError"]
@@ -265,11 +266,14 @@ class JobStreams:
 
     async def logs(self, principal: Principal, job_id: str, *, follow: bool) -> AsyncIterator[str]:
         """The job's log lines: the saved log once it ended; while it runs, the backend's log so far and
-        (with ``follow``) its new lines until the run ends. A queued job is waited for."""
+        (with ``follow``) its new lines until the run ends. Following a job whose worker has not started
+        (QUEUED, INITIALIZING) waits for it."""
         await self.check_access(principal)
         job = await self._job(principal, job_id)
         with self._subscribe(principal, lambda e: e.job_id == job_id) as sub:
-            while not job.state.terminal and job.backend_ref is None and follow:
+            # No worker line exists before the worker runs, and an INITIALIZING job's reference may
+            # name a run its backend does not have yet: a follower waits for RUNNING (or the end).
+            while follow and job.state in (JobState.QUEUED, JobState.INITIALIZING):
                 await self._wait_for_change(principal, sub)
                 job = await self._job(principal, job_id)
             if job.state.terminal:

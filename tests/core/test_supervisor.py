@@ -179,6 +179,29 @@ async def test_startup_reconcile_marks_forgotten_and_unsubmitted_jobs_backend_lo
         await store.engine.dispose()
 
 
+async def test_a_periodic_reconcile_leaves_a_job_whose_submit_may_be_under_way_to_its_start_deadline(
+    tmp_path: Path, database_url: str
+) -> None:
+    store, backend, supervisor = await _setup(tmp_path, database_url)
+    consumer = (await store.grants.list_grants())[0].consumer_id
+    # INITIALIZING with its reference while a submit (here or on another replica) has not reached the
+    # backend yet: "not known" is no verdict. A running job the backend does not know is lost.
+    starting = await _job(store, consumer)
+    await store.jobs.transition(starting.id, JobState.INITIALIZING, backend_ref=f"ref-{starting.id}")
+    running = await _job(store, consumer)
+    await store.jobs.transition(running.id, JobState.INITIALIZING, backend_ref=f"ref-{running.id}")
+    await store.jobs.transition(running.id, JobState.RUNNING)
+
+    await supervisor.reconcile()
+
+    still = await store.jobs.get_job(starting.id)
+    assert still is not None and still.state == JobState.INITIALIZING
+    lost = await store.jobs.get_job(running.id)
+    assert lost is not None and (lost.state, lost.reason) == (JobState.SYSTEM_ERROR, "BACKEND_LOST")
+    assert backend.cleaned == [f"ref-{running.id}"]
+    await store.engine.dispose()
+
+
 async def test_an_update_for_an_already_ended_job_changes_nothing(tmp_path: Path, database_url: str) -> None:
     store, backend, supervisor = await _setup(tmp_path, database_url)
     consumer = (await store.grants.list_grants())[0].consumer_id

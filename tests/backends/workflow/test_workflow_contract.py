@@ -123,6 +123,20 @@ async def test_reconcile_of_an_unknown_ref_reports_it_lost(workflow_backend: Wor
     assert (update.ref, update.phase, update.reason) == ("never-submitted", RunPhase.ERROR, "BACKEND_LOST")
 
 
+async def test_the_reference_is_named_before_submit_and_unknown_until_the_run_is_submitted(
+    workflow_backend: WorkflowBackend, updates, make_run
+) -> None:
+    run = make_run()
+    ref = workflow_backend.reference(run.job_id, run.consumer_id)
+    # What a restart finds when the service stopped after storing the reference, before submit.
+    [before] = await workflow_backend.reconcile([ref])
+    assert (before.ref, before.phase, before.reason) == (ref, RunPhase.ERROR, "BACKEND_LOST")
+
+    assert await workflow_backend.submit(run) == ref
+    final = await updates.terminal(ref)
+    assert final.phase == RunPhase.SUCCEEDED
+
+
 async def test_reconcile_of_a_finished_run_repeats_its_terminal_update(
     workflow_backend: WorkflowBackend, updates, make_run
 ) -> None:
