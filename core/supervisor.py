@@ -234,27 +234,35 @@ class Supervisor:
     # -- cancel and delete -----------------------------------------------------------------------------
 
     async def cancel(self, job: Job, *, reason: str, message: str) -> Job:
-        if job.state.terminal or job.state == JobState.CANCELING:
-            return job
-        if job.state == JobState.QUEUED:
-            done = await self._transition(
-                job.id, JobState.CANCELED, reason=reason, message=message, only_from=[JobState.QUEUED]
-            )
-        else:
-            deadline = utcnow() + timedelta(seconds=self._cancel_timeout)
-            done = await self._transition(
-                job.id,
-                JobState.CANCELING,
-                reason=reason,
-                message=message,
-                deadline_at=deadline,
-                only_from=[JobState.INITIALIZING, JobState.RUNNING],
-            )
-            if done is not None and done.backend_ref:
-                await self._backend.cancel(done.backend_ref)
-        if done is None:  # it moved meanwhile; answer with what it is now
-            return await self._store.jobs.get_job(job.id) or job
-        return done
+        """Cancel ``job`` from the state it is in now: the caller's copy may be stale (a job seen QUEUED may
+        have started since, here or on another replica), so a cancel that finds the job moved tries again
+        from its new state. States only move forward, so this ends."""
+        for _ in JobState:
+            if job.state.terminal or job.state == JobState.CANCELING:
+                return job
+            if job.state == JobState.QUEUED:
+                done = await self._transition(
+                    job.id, JobState.CANCELED, reason=reason, message=message, only_from=[JobState.QUEUED]
+                )
+            else:
+                deadline = utcnow() + timedelta(seconds=self._cancel_timeout)
+                done = await self._transition(
+                    job.id,
+                    JobState.CANCELING,
+                    reason=reason,
+                    message=message,
+                    deadline_at=deadline,
+                    only_from=[JobState.INITIALIZING, JobState.RUNNING],
+                )
+                if done is not None and done.backend_ref:
+                    await self._backend.cancel(done.backend_ref)
+            if done is not None:
+                return done
+            now = await self._store.jobs.get_job(job.id)
+            if now is None:
+                return job
+            job = now
+        return job
 
     async def forget(self, job: Job) -> None:
         """Delete a terminal job with its outputs and log."""

@@ -159,6 +159,23 @@ async def test_a_cancel_the_backend_never_confirms_is_forced_after_the_cancel_ti
         await store.engine.dispose()
 
 
+async def test_a_cancel_that_races_the_start_cancels_the_job_it_finds(
+    tmp_path: Path, database_url: str
+) -> None:
+    store, backend, supervisor = await _setup(tmp_path, database_url)
+    consumer = (await store.grants.list_grants())[0].consumer_id
+    seen_queued = await _job(store, consumer)
+    # Between the caller's read (QUEUED) and its cancel, the job was started (here or on another replica).
+    await store.jobs.transition(seen_queued.id, JobState.INITIALIZING, backend_ref=f"ref-{seen_queued.id}")
+    try:
+        answer = await supervisor.cancel(seen_queued, reason="CANCELED_BY_USER", message="stop")
+
+        assert answer.state == JobState.CANCELING
+        assert backend.canceled == [f"ref-{seen_queued.id}"]
+    finally:
+        await store.engine.dispose()
+
+
 async def test_startup_reconcile_marks_forgotten_and_unsubmitted_jobs_backend_lost(
     tmp_path: Path, database_url: str
 ) -> None:
