@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12
 # GraphiQL's browser files, served by the app so the page works without a public CDN.
 GRAPHIQL := $(VENV)/share/wml-graphiql/.installed
 
-.PHONY: demo test check serve system-deps podman-setup clean
+.PHONY: demo test check serve system-deps demo-deps podman-setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,14 +17,18 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-demo: $(STAMP)
+demo: $(STAMP) demo-deps
 	$(BIN)/wml demo
 
-serve: $(STAMP) $(GRAPHIQL)
+serve: $(STAMP) $(GRAPHIQL) demo-deps
 	$(BIN)/wml serve
 
 system-deps:
 	scripts/system-deps
+
+# bubblewrap: local workers run in its sandbox, and local:// refuses to start without it.
+demo-deps:
+	scripts/system-deps --demo
 
 # podman + runc, a containers.conf, the busybox base image, the dummy-job image and the side-car image
 # (container backend; the side-car image's wheels come from the virtual environment's pip).

@@ -111,6 +111,8 @@ class Timeouts(_Model):
 
 class LocalSpec(_Model):
     command: list[str] = Field(min_length=1)
+    # The sandboxed local worker gets a network namespace of its own (loopback only) unless this is set.
+    network: bool = False
 
 
 class Asset(_Model):

@@ -100,6 +100,7 @@ def build_run(job: Job, files: Mapping[str, FileRecord]) -> JobRun:
         log_key=storage_key(job.consumer_id, derived_file_id(job.id, "log")),
         run_timeout=asset.timeouts.run,
         local_command=asset.local.command if asset.local else None,
+        local_network=asset.local.network if asset.local else False,
         labels={"wml/job-id": job.id, "wml/consumer-id": job.consumer_id, "wml/asset-id": asset.id},
     )
 

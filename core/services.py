@@ -6,6 +6,7 @@ core never chooses an implementation itself.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import structlog
@@ -56,7 +57,9 @@ class Services:
 
 
 async def open_store(settings: Settings) -> Store:
-    """Migrate the database to the newest schema and sync the asset catalogue into it."""
+    """Migrate the database to the newest schema and sync the asset catalogue into it (the data directory
+    made the server's alone first)."""
+    await asyncio.to_thread(settings.secure_data_dir)
     url = settings.resolved_database_url()
     assets = load_catalog(settings.catalog_dir)  # fail before touching anything on a bad catalogue
     await migrate(url)

@@ -4,7 +4,8 @@ Built once by the entry point and passed down; nothing else reads the environmen
 (SQLite + local disk + local processes, everything under ``WML_DATA_DIR``) needs no variable at all.
 
 The settings of one concern form a nested model: ``settings.kubernetes`` (the Kubernetes workflow
-backend), ``settings.edc`` (provisioning through the connector), ``settings.s3`` (S3 credentials). Each
+backend), ``settings.edc`` (provisioning through the connector), ``settings.s3`` (S3 credentials),
+``settings.local`` (the local backend's sandbox). Each
 nested setting is read from ``WML_<CONCERN>__<NAME>`` (``WML_KUBERNETES__API_URL``) and from the flat name
 deployments have always set (``WML_K8S_API_URL``), listed once in :data:`FLAT_NAMES`; when both are set
 the nested form wins. Keyword arguments take both forms too (``Settings(k8s_api_url=...)``).
@@ -15,10 +16,11 @@ table is checked against it); split up, that list would have to be read in sever
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -32,6 +34,7 @@ from backends.storage.base import StorageCredentials
 from core.origins import Origin, parse_origins
 
 MIN_SECRET_KEY = 32  # bytes: the signing key is an HMAC-SHA256 key
+_SECRET_FILES = ("secret.key", "admin-token")  # generated into the data directory when not set
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -241,6 +244,41 @@ class S3Settings(BaseModel):
         return self
 
 
+class LocalSettings(BaseModel):
+    """The local workflow backend's sandbox (``WML_LOCAL_*``; :mod:`backends.workflow.host.local.sandbox`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sandbox: Literal["on", "off"] = Field(
+        default="on",
+        description="Run each local worker in a bubblewrap sandbox (on; local:// refuses to start without "
+        "bwrap) or unconfined as the server's user (off: development only, logged as a warning at start).",
+    )
+    sandbox_uid: int = Field(
+        default=1_000_000_000,
+        ge=1,
+        le=2**32 - 65536 - 2,
+        description="First of the 65536 uids (and gids) sandboxed local workers run as when the server runs "
+        "as root: each job gets its own, this plus a hash of its id.",
+    )
+    max_processes: int = Field(
+        default=1024,
+        gt=0,
+        description="RLIMIT_NPROC of a sandboxed local worker (processes and threads of its uid; applied "
+        "only when the server runs as root, where each job has a uid of its own).",
+    )
+    max_file_size: int = Field(
+        default=16 * 1024**3,
+        gt=0,
+        description="RLIMIT_FSIZE of a local worker: the largest file it may write.",
+    )
+    max_log_size: int = Field(
+        default=64 * 1024**2,
+        gt=0,
+        description="Bytes of a local worker's output kept in its log; the rest is dropped (a line says so).",
+    )
+
+
 _EDC_FLAT = {
     "api_key": "edc_api_key",
     "callback_origins": "edc_callback_origins",
@@ -251,6 +289,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     **{f"k8s_{name}": ("kubernetes", name) for name in KubernetesSettings.model_fields},
     **{_EDC_FLAT.get(name, name): ("edc", name) for name in EdcSettings.model_fields},
     **{f"s3_{name}": ("s3", name) for name in S3Settings.model_fields},
+    **{f"local_{name}": ("local", name) for name in LocalSettings.model_fields},
 }
 
 
@@ -280,7 +319,7 @@ def setting_name(loc: tuple[int | str, ...]) -> str:
     return "WML_" + "__".join(path).upper() if path[0] in NESTED else "WML_" + path[0].upper()
 
 
-NESTED = ("kubernetes", "edc", "s3")
+NESTED = ("kubernetes", "edc", "s3", "local")
 
 
 class Settings(BaseSettings):
@@ -293,6 +332,9 @@ class Settings(BaseSettings):
         default_factory=EdcSettings, description="Provisioning through an EDC connector (WML_EDC_*, ...)."
     )
     s3: S3Settings = Field(default_factory=S3Settings, description="Credentials for s3:// storage.")
+    local: LocalSettings = Field(
+        default_factory=LocalSettings, description="The local backend's sandbox (WML_LOCAL_*)."
+    )
 
     data_dir: Path = Field(
         default=Path.home() / ".local" / "share" / "wml",
@@ -484,15 +526,29 @@ class Settings(BaseSettings):
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
 
+    def secure_data_dir(self) -> None:
+        """Make the data directory the server's alone (0700): it holds the database, the signing key, the
+        admin token, the file store and the job directories. The embedded SQLite database is created 0600
+        (SQLite gives its journal and WAL files the database file's mode). Blocking; idempotent."""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        if self.database_url is None:
+            database = self.data_dir / "wml.db"
+            database.touch(mode=0o600)
+            os.chmod(database, 0o600)
+        for secret in _SECRET_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(self.data_dir / secret, 0o600)
+
     def resolved_admin_token(self) -> str:
         if self.admin_token is not None:
             return self.admin_token.get_secret_value()
-        return _generated_secret(self.data_dir / "admin-token", prefix="wmladm_")
+        return _generated_secret(self.data_dir / _SECRET_FILES[1], prefix="wmladm_")
 
     def resolved_secret_key(self) -> bytes:
         if self.secret_key is not None:
             return self.secret_key.get_secret_value().encode()
-        return _generated_secret(self.data_dir / "secret.key").encode()
+        return _generated_secret(self.data_dir / _SECRET_FILES[0]).encode()
 
 
 def _generated_secret(path: Path, prefix: str = "") -> str:

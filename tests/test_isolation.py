@@ -1,8 +1,13 @@
 """A consumer's job cannot hurt the server, against a real ``wml serve`` process (issue 15).
 
+- A local worker looks for the server's secrets: the data directory (database, signing key, admin token),
+  every ``/proc/<pid>/environ`` (the server's holds WML_ADMIN_TOKEN), and finds none of them.
 - Hostile archives (a 200 KiB ``.tar.gz`` carrying a 200 MiB GNU long name; a zip whose central directory
   holds 400 000 entries while its end record claims one) fail staging while the server's peak memory
   (VmHWM) stays where it was, and the message stored on the job stays short.
+
+The data directory lives under /var/tmp, which the sandbox shows (unlike /tmp), so only its hiding and
+its permissions keep a worker out.
 """
 
 from __future__ import annotations
@@ -22,9 +27,15 @@ import pytest
 
 from tests.support.api import JOB_FIELDS, TERMINAL, kill_leftover_workers
 from tests.support.bombs import long_name_tar_gz, zip_with_directory
-from tests.support.processes import ServerProcess, token_from
+from tests.support.catalog import standard_assets, write_catalog
+from tests.support.processes import ADMIN, ServerProcess, token_from
 
 MiB = 1024 * 1024
+PROBE = """
+for f in "$DATA_DIR/secret.key" "$DATA_DIR/admin-token" "$DATA_DIR/wml.db"; do cat "$f"; done
+ls -A "$DATA_DIR" "$DATA_DIR/files" "$DATA_DIR/jobs"
+for e in /proc/[0-9]*/environ; do tr '\\0' '\\n' < "$e"; done
+""".strip()
 
 
 @pytest.fixture
@@ -39,7 +50,16 @@ def data_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def server(data_dir: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(data_dir)
+    prober = {
+        "id": "prober",
+        "name": "Looks for the server's secrets",
+        "image": "localhost/none",
+        "env": {"DATA_DIR": str(data_dir)},
+        "local": {"command": ["sh", "-c", f'{{ {PROBE}; }} 2>/dev/null | tee "$WML_OUTPUT_RESULT"; true']},
+        "outputs": [{"name": "result", "path": "result.txt"}],
+    }
+    catalog = write_catalog(data_dir.parent / "catalog", [*standard_assets(), prober])
+    proc = ServerProcess(data_dir, catalog_dir=str(catalog))
     proc.start()
     try:
         yield proc
@@ -117,6 +137,26 @@ def peak_kib(server: ServerProcess) -> int:
     assert server.proc is not None
     status = Path(f"/proc/{server.proc.pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
+def test_a_local_worker_finds_nothing_of_the_servers_secrets(server: ServerProcess, data_dir: Path) -> None:
+    token = token_from(server.cli("consumers", "create", "mallory", "--asset", "prober"))
+    signing_key = (data_dir / "secret.key").read_text().strip()
+
+    job = run_job(server, token, "prober", {})
+
+    assert job["state"] == "COMPLETE", job
+    found = httpx.get(job["outputs"][0]["downloadUrl"], timeout=30).text + (job["logTail"] or "")
+    assert ADMIN not in found  # the server's environment (WML_ADMIN_TOKEN) is in no environ it sees
+    assert signing_key not in found
+    assert "SQLite format" not in found and "wml.db" not in found and "secret.key" not in found
+    assert "WML_DATA_DIR" not in found  # no environ but its own job's
+    # The data directory and its secrets are the server's alone, sandbox or not.
+    assert (data_dir.stat().st_mode & 0o777, (data_dir / "secret.key").stat().st_mode & 0o777) == (
+        0o700,
+        0o600,
+    )
+    assert (data_dir / "wml.db").stat().st_mode & 0o777 == 0o600
 
 
 def test_archive_bombs_fail_staging_while_the_servers_memory_stays_flat(server: ServerProcess) -> None:

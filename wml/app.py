@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -30,7 +31,7 @@ log = structlog.get_logger("wml.app")
 
 
 async def build_services(settings: Settings) -> Services:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(settings.secure_data_dir)
     storage = create_storage(settings.resolved_storage_url(), credentials=settings.storage_credentials())
     backend = create_workflow_backend(
         settings.workflow, storage=storage, work_dir=settings.jobs_dir(), settings=settings

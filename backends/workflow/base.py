@@ -63,6 +63,7 @@ class JobRun:
     log_key: str  # storage key for the full worker log
     run_timeout: int  # seconds the worker may run
     local_command: Sequence[str] | None = None  # for the local-process backend
+    local_network: bool = False  # the local backend's sandbox keeps the network (else loopback only)
     labels: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -19,6 +19,7 @@ SAMPLES = {
     "image_pull_policy": "Never",
     "deprovision_retention": "keep",
     "callback_origins": "https://connector.example:8443",
+    "sandbox": "off",
 }
 PAIRED = {"s3_access_key_id": "s3_secret_access_key", "s3_secret_access_key": "s3_access_key_id"}
 
@@ -26,7 +27,7 @@ PAIRED = {"s3_access_key_id": "s3_secret_access_key", "s3_secret_access_key": "s
 def _sample(concern: str, name: str) -> tuple[str, Any]:
     """A value for the setting, as its variable's text and as the parsed value it must become."""
     if name in SAMPLES:
-        return SAMPLES[name], SAMPLES[name]
+        return str(SAMPLES[name]), SAMPLES[name]
     field = Settings.model_fields[concern].annotation.model_fields[name]  # type: ignore[union-attr]
     kind = next(t for t in (get_args(field.annotation) or (field.annotation,)) if t is not type(None))
     if kind is bool:

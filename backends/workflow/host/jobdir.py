@@ -4,6 +4,7 @@ Layout of ``<work dir>/<job id>/`` (mode 0700)::
 
     run.json              the JobRun, written at submit
     inputs/ outputs/      the slot directories the worker sees
+    tmp/                  the worker's scratch directory (its /tmp and HOME in the local sandbox)
     launch.json           what the runner starts (argv, env, limits, timeouts), written after stage-in;
                           the runner gets the same on its stdin
     runner.pid worker.pid written as the processes appear (runner.pid: pid and start time)
@@ -91,6 +92,7 @@ class JobDir:
         self.root = root
         self.inputs = root / "inputs"
         self.outputs = root / "outputs"
+        self.tmp = root / "tmp"
         self.worker_log = root / local_runner.WORKER_LOG_FILE
         self.output_manifest = root / "output-manifest.json"
         self._run = root / "run.json"
@@ -107,6 +109,7 @@ class JobDir:
         self.root.mkdir(mode=0o700, parents=True)
         self.inputs.mkdir(mode=0o700)
         self.outputs.mkdir(mode=0o700)
+        self.tmp.mkdir(mode=0o700)
         self.worker_log.touch(mode=0o600)
         write_atomic(self._run, json.dumps(run_to_json(run)), durable=False)
 
@@ -351,19 +354,32 @@ def spawn_runner(job: JobDir, spec: Mapping[str, Any]) -> int:
     return pid
 
 
-def worker_env(run: JobRun, job: JobDir, dotenv: Mapping[str, str]) -> dict[str, str]:
+@dataclass(frozen=True, slots=True)
+class WorkerPaths:
+    """Where the worker finds its job's directories: the real ones, or their places in the sandbox."""
+
+    inputs: str
+    outputs: str
+    home: str
+
+    @classmethod
+    def of(cls, job: JobDir) -> WorkerPaths:
+        return cls(str(job.inputs), str(job.outputs), str(job.root))
+
+
+def worker_env(run: JobRun, paths: WorkerPaths, dotenv: Mapping[str, str]) -> dict[str, str]:
     """The worker's environment: a clean base, the env-file inputs (only the keys their slots accept,
     checked at stage-in), the run's env over them (a file never overrides the asset's env or a
     parameter), then the slot paths."""
-    env = {"PATH": DEFAULT_PATH, "HOME": str(job.root), "LANG": "C.UTF-8"}
+    env = {"PATH": DEFAULT_PATH, "HOME": paths.home, "LANG": "C.UTF-8"}
     env.update({k: v for k, v in dotenv.items() if "\0" not in v})
     env.update(run.env)
-    env["WML_INPUTS_DIR"] = str(job.inputs)
-    env["WML_OUTPUTS_DIR"] = str(job.outputs)
+    env["WML_INPUTS_DIR"] = paths.inputs
+    env["WML_OUTPUTS_DIR"] = paths.outputs
     for staged in run.inputs:
-        env[f"WML_INPUT_{staged.slot.upper()}"] = str(job.inputs / staged.path)
+        env[f"WML_INPUT_{staged.slot.upper()}"] = f"{paths.inputs}/{staged.path}"
     for output in run.outputs:
-        env[f"WML_OUTPUT_{output.name.upper()}"] = str(job.outputs / output.path)
+        env[f"WML_OUTPUT_{output.name.upper()}"] = f"{paths.outputs}/{output.path}"
     return env
 
 

@@ -38,6 +38,7 @@ from backends.workflow.host.container.cli import Engine
 from backends.workflow.host.container.config import ContainerOptions
 from backends.workflow.host.container.sidecar import SidecarStorage
 from backends.workflow.host.local.backend import LocalWorkflowBackend
+from backends.workflow.host.local.sandbox import SandboxOptions
 from tests.support.docker_service import podman_docker_service
 from tests.support.kube_backend import fake_kube
 
@@ -76,7 +77,9 @@ def local_work_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 def make_local_backend(work_dir: Path, storage: FileStorageBackend) -> LocalWorkflowBackend:
-    return LocalWorkflowBackend(work_dir, storage, poll_interval=0.05, kill_grace=1.0)
+    """The local backend as it runs in production: every worker in the bubblewrap sandbox."""
+    sandbox = SandboxOptions(enabled=True, hidden=(storage.root,))
+    return LocalWorkflowBackend(work_dir, storage, poll_interval=0.05, kill_grace=1.0, sandbox=sandbox)
 
 
 # The containers.conf scripts/podman-setup writes (runc, explicit ulimits); `make test` runs it first.

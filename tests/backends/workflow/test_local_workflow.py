@@ -39,7 +39,7 @@ async def run_to_end(backend: LocalWorkflowBackend, updates_of, run):
 
 
 async def test_worker_sees_a_clean_environment_with_the_slot_paths(
-    backend, local_work_dir: Path, updates_of, make_run, upload, read_object, monkeypatch
+    backend, updates_of, make_run, upload, read_object, monkeypatch
 ) -> None:
     monkeypatch.setenv("WML_SERVER_SECRET", "must-not-leak")
     # GREETING is the run's own (the asset's env or a parameter): a file never overrides it.
@@ -53,16 +53,16 @@ async def test_worker_sees_a_clean_environment_with_the_slot_paths(
 
     assert final.phase == RunPhase.SUCCEEDED
     env = dict(line.split("=", 1) for line in (await read_object(final.outputs[0].key)).decode().splitlines())
-    job_dir = local_work_dir / run.job_id
     assert env["SOURCE"] == "s3://in"
     assert env["GREETING"] == "hi"
     assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    assert env["HOME"] == str(job_dir)
-    assert env["WML_INPUTS_DIR"] == str(job_dir / "inputs")
-    assert env["WML_OUTPUTS_DIR"] == str(job_dir / "outputs")
-    assert env["WML_INPUT_CONFIG"] == str(job_dir / "inputs" / "config.env")
-    assert env["WML_INPUT_DATA"] == str(job_dir / "inputs" / "data")
-    assert env["WML_OUTPUT_RESULT"] == str(job_dir / "outputs" / "result.txt")
+    # The job's directories as the sandbox shows them.
+    assert env["HOME"] == "/tmp"
+    assert env["WML_INPUTS_DIR"] == "/wml/inputs"
+    assert env["WML_OUTPUTS_DIR"] == "/wml/outputs"
+    assert env["WML_INPUT_CONFIG"] == "/wml/inputs/config.env"
+    assert env["WML_INPUT_DATA"] == "/wml/inputs/data"
+    assert env["WML_OUTPUT_RESULT"] == "/wml/outputs/result.txt"
     assert "WML_SERVER_SECRET" not in env
 
 

@@ -1,9 +1,12 @@
 """The local workflow backend: each job is a detached process tree on this machine.
 
-A job runs as stage-in (the side-car's code, in-process) -> worker -> stage-out. The worker is started by a
-small runner (:mod:`backends.workflow.host.local.runner`) in a new session, so it survives a restart of the
-server; the runner records everything in the job directory (:mod:`backends.workflow.host.jobdir`) and a
-new backend instance adopts the job through :meth:`LocalWorkflowBackend.reconcile`.
+A job runs as stage-in (the side-car's code, in-process; archives are extracted in a child process) ->
+worker -> stage-out. The worker is started by a small runner (:mod:`backends.workflow.host.local.runner`)
+in a new session, so it survives a restart of the server; the runner records everything in the job
+directory (:mod:`backends.workflow.host.jobdir`) and a new backend instance adopts the job through
+:meth:`LocalWorkflowBackend.reconcile`. The worker runs in a bubblewrap sandbox
+(:mod:`backends.workflow.host.local.sandbox`); without bwrap the backend does not start, unless the
+sandbox is turned off (``WML_LOCAL_SANDBOX=off``, development only).
 
 How a run's end maps onto a terminal update is in :mod:`backends.workflow.host.outcome`.
 """
@@ -17,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO, Self
+from typing import Any, BinaryIO, Self
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
@@ -34,9 +37,10 @@ from backends.workflow.host.jobdir import (
     signal_runner_group,
     valid_job_id,
     wait_runner_gone,
-    worker_env,
 )
 from backends.workflow.host.jobs import HostJobs, stage_inputs
+from backends.workflow.host.local import sandbox
+from backends.workflow.host.local.sandbox import SandboxOptions
 from backends.workflow.host.outcome import outcome, upload_failed
 from sidecar.errors import InputStagingError, OutputUploadError
 from sidecar.manifest import (
@@ -69,9 +73,13 @@ class LocalWorkflowBackend(HostJobs):
         poll_interval: float = 0.2,
         log_tail_lines: int = 50,
         kill_grace: float = 5.0,
+        sandbox: SandboxOptions = SandboxOptions(),
     ) -> None:
         super().__init__(work_dir)
         self._storage = storage
+        self._sandbox = sandbox
+        # What no worker may see: every job directory, and what the options name (data dir, files).
+        self._hidden = (self._work_dir, *sandbox.hidden)
         self._poll = poll_interval
         self._tail_lines = log_tail_lines
         self._grace = kill_grace
@@ -81,8 +89,9 @@ class LocalWorkflowBackend(HostJobs):
         self._removals: set[asyncio.Task[None]] = set()  # job directories being removed after cleanup
 
     @classmethod
-    def from_url(cls, url: str, *, storage: StorageBackend, work_dir: Path) -> Self:
-        """``local://`` with optional ``?poll_interval=&log_tail_lines=&kill_grace=``."""
+    def from_url(cls, url: str, *, storage: StorageBackend, work_dir: Path, settings: Any = None) -> Self:
+        """``local://`` with optional ``?poll_interval=&log_tail_lines=&kill_grace=``; ``settings`` gives
+        the sandbox's ``WML_LOCAL_*`` values (:meth:`SandboxOptions.from_settings`)."""
         parts = urlsplit(url)
         if parts.netloc or parts.path.strip("/") or parts.fragment:
             raise ValueError("local workflow URLs take no host or path: use local://")
@@ -96,10 +105,19 @@ class LocalWorkflowBackend(HostJobs):
             poll_interval=float(options.get("poll_interval", 0.2)),
             log_tail_lines=int(options.get("log_tail_lines", 50)),
             kill_grace=float(options.get("kill_grace", 5.0)),
+            sandbox=SandboxOptions.from_settings(settings),
         )
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._work_dir.mkdir, parents=True, exist_ok=True)
+        """Refuses to start (SandboxUnavailableError) when the sandbox is on and cannot be made here."""
+        if self._sandbox.enabled:
+            await asyncio.to_thread(sandbox.probe, self._sandbox)
+        else:
+            log.warning(
+                "local_sandbox_off",
+                detail="local workers run unconfined, as the server's user: development only",
+            )
+        await asyncio.to_thread(self._work_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
         for leftover in await asyncio.to_thread(detached, self._work_dir):
             self._remove_later(leftover)
 
@@ -190,17 +208,9 @@ class LocalWorkflowBackend(HostJobs):
         dotenv = await self._stage_in(run, job)
         if dotenv is None:
             return
-        spec = {
-            "argv": list(run.local_command or ()),
-            "env": worker_env(run, job, dotenv),
-            "timeout": run.run_timeout,
-            "grace": self._grace,
-            "limits": {
-                "memory": run.resources.memory,
-                "cpu_seconds": run.run_timeout * run.resources.cpu,
-                "nofile": 1024,
-            },
-        }
+        spec = await asyncio.to_thread(
+            sandbox.launch_spec, self._sandbox, run, job, dotenv, hidden=self._hidden, grace=self._grace
+        )
         pid = await asyncio.to_thread(launch, job, spec)
         if pid is None:  # canceled during stage-in
             await self._complete(run, job, None)
