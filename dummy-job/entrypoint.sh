@@ -6,7 +6,7 @@
 #   WML_INPUT_<SLOT>                  absolute path of each staged input (slot upper-cased)
 #   WML_OUTPUT_<NAME>                 absolute path where each output is expected
 # Parameters: SLEEPTIME (seconds, default 2), FAIL (exit code at the end, default 0).
-# Like the original middle-layer's example, SOURCE / DESTINATION (and SLEEPTIME) may come from an env-file
+# Like the original middle-layer's example, SOURCE / DESTINATION may come from an env-file
 # input: merged into the environment by the backend, or read here from WML_INPUT_CONFIG when it is not.
 set -u
 
@@ -23,7 +23,7 @@ read_config() {
     while IFS= read -r line || [ -n "$line" ]; do
         line=${line#export }
         case "$line" in
-            SOURCE=* | DESTINATION=* | SLEEPTIME=*) ;;
+            SOURCE=* | DESTINATION=*) ;;  # the keys its config slot accepts; parameters never
             *) continue ;;
         esac
         key=${line%%=*}

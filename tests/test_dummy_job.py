@@ -108,7 +108,7 @@ def test_source_and_destination_come_from_the_env_file_input(shell, tmp_path) ->
     assert done.returncode == 0, done.stderr
     assert "SOURCE=s3://bucket/a b" in result.read_text()
     assert "DESTINATION=s3://bucket/out" in result.read_text()
-    assert "progress 1/1" in done.stdout  # SLEEPTIME from the file too
+    assert "progress 1/2" in done.stdout  # a parameter never comes from the file: SLEEPTIME stays 2
 
 
 def test_bad_parameters_are_refused(shell, tmp_path) -> None:
