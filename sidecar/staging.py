@@ -238,9 +238,7 @@ async def stage_out(
     if manifest.log_path and manifest.log_key:
         log_path = Path(manifest.log_path)
         if await asyncio.to_thread(_kind_of, log_path) == "file":
-            result.log = await _upload(
-                storage, "log", manifest.log_key, lambda: _file_chunks(log_path), retry
-            )
+            result.log = await _upload(storage, "log", manifest.log_key, lambda: file_chunks(log_path), retry)
     await asyncio.to_thread(_write_atomically, result_path, result.model_dump_json(indent=2))
     log.info("outputs_staged", uploaded=len(result.outputs), missing=result.missing)
     return result
@@ -256,7 +254,7 @@ async def _upload_output(
     if kind is not None and await asyncio.to_thread(_reaches_through_link, outputs_root, target):
         kind = "link"
     if kind == "file":
-        return await _upload(storage, entry.name, entry.key, lambda: _file_chunks(target), retry)
+        return await _upload(storage, entry.name, entry.key, lambda: file_chunks(target), retry)
     if kind == "directory":
         return await _upload(storage, entry.name, entry.key, lambda: tar_directory_stream(target), retry)
     if kind is not None:
@@ -324,7 +322,8 @@ class _Tally:
         self.sha256 = hasher.hexdigest()
 
 
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+async def file_chunks(path: Path) -> AsyncIterator[bytes]:
+    """The bytes of the file at ``path`` (never through a symbolic link), a chunk at a time."""
     fd = await made_in_thread(lambda: os.open(path, os.O_RDONLY | os.O_NOFOLLOW), os.close)
     with os.fdopen(fd, "rb") as source:
         while chunk := await asyncio.to_thread(source.read, CHUNK_SIZE):

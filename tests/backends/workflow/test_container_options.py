@@ -38,15 +38,17 @@ def test_a_bare_podman_url_keeps_the_secure_defaults() -> None:
     options = parse_container_url("container://podman?conf=/x/containers.conf")
 
     assert (options.engine, options.conf, options.host) == ("podman", "/x/containers.conf", None)
-    assert (options.user, options.network, options.pull) == ("65534:65534", "none", "never")
+    assert (options.user, options.network, options.pull) == ("job", "none", "never")
+    assert (options.pids_limit, options.tmp_size, options.sidecar_memory) == (1024, "1g", "1g")
     assert options.ulimits == DEFAULT_ULIMITS
     assert (options.gpus, options.sidecar_image) == ((), None)
 
 
-def test_a_side_car_image_moves_staging_into_containers_on_the_host_network() -> None:
+def test_a_side_car_image_moves_staging_into_containers_off_the_host_network() -> None:
     options = parse_container_url("container://podman?sidecar_image=localhost/wml/sidecar:0.1.0")
 
-    assert (options.sidecar_image, options.sidecar_network) == ("localhost/wml/sidecar:0.1.0", "host")
+    # None: no network for file:// storage, the engine's default network for S3; never the host's.
+    assert (options.sidecar_image, options.sidecar_network) == ("localhost/wml/sidecar:0.1.0", None)
     assert options.network == "none"  # the worker stays offline
     assert options.sidecar_timeout == 3600  # per step; the run timeout bounds the worker only
     other = parse_container_url("container://podman?sidecar_image=s:1&sidecar_network=wml&sidecar_timeout=60")
@@ -83,7 +85,7 @@ def test_docker_gets_one_entrypoint_executable_and_the_rest_of_the_command_as_ar
     common = {
         "name": "wml-x-j",
         "instance": "x",
-        "env": {},
+        "env_file": "/j/worker.env",
         "inputs": "/i",
         "outputs": "/o",
         "user": None,
@@ -158,23 +160,27 @@ def test_a_side_car_step_container_mounts_the_job_and_gets_storage_settings_by_n
         name="wml-x-job-1",
         instance="x",
         job_id="job-1",
-        job_root="/jobs/job-1",
-        manifest="stage-out.json",
+        mounts=[
+            ("/jobs/job-1/outputs", "/wml/job/outputs", "ro"),
+            ("/jobs/job-1/sidecar", "/wml/job/sidecar", "rw"),
+        ],
+        manifest="sidecar/stage-out.json",
         storage_env=["WML_STORAGE", "WML_S3_SECRET_ACCESS_KEY"],
-        storage_root="/data/files",
         user="65532:65532",
     )
 
     assert args[:3] == ["run", "--rm", "--pull=never"]
     assert args[args.index("--name") + 1] == "wml-x-job-1.stage-out"
     assert {MANAGED_BY, f"{INSTANCE_LABEL}=x", "wml/job-id=job-1", "wml/step=stage-out"} <= set(args)
-    assert "/jobs/job-1:/wml/job:rw" in args and "/data/files:/data/files:rw" in args
+    volumes = [args[i + 1] for i, a in enumerate(args) if a == "--volume"]
+    assert volumes == ["/jobs/job-1/outputs:/wml/job/outputs:ro", "/jobs/job-1/sidecar:/wml/job/sidecar:rw"]
     assert args[args.index("--user") + 1] == "65532:65532"
+    assert {"--read-only", "--pids-limit=1024"} <= set(args) and args[args.index("--memory") + 1] == "1g"
     assert [args[i + 1] for i, a in enumerate(args) if a == "--env"] == [
         "WML_STORAGE",
         "WML_S3_SECRET_ACCESS_KEY",
     ]
-    assert not any("--network" in a for a in args)  # the side-car must reach the storage
+    assert not any("--network" in a for a in args)  # None: the engine's default (not the host's)
     assert {"--cap-drop=all", "--security-opt=no-new-privileges"} <= set(args)
     assert "--cap-add=DAC_OVERRIDE" not in args  # only root inside needs it (no user given)
     image_at = args.index("localhost/wml/sidecar:0.1.0")
@@ -182,7 +188,7 @@ def test_a_side_car_step_container_mounts_the_job_and_gets_storage_settings_by_n
         "localhost/wml/sidecar:0.1.0",
         "stage-out",
         "--manifest",
-        "/wml/job/stage-out.json",
+        "/wml/job/sidecar/stage-out.json",
         "--root",
         "/wml/job/outputs",
     ]
@@ -196,8 +202,7 @@ def test_an_unknown_side_car_step_is_refused() -> None:
             name="n",
             instance="x",
             job_id="j",
-            job_root="/j",
+            mounts=[],
             manifest="m.json",
             storage_env=[],
-            storage_root=None,
         )

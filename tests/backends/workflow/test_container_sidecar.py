@@ -67,7 +67,7 @@ async def test_a_restart_during_the_worker_step_reattaches_and_stages_out_with_t
         assert b"dummy-job: SLEEPTIME=2" in await read_object(output.key)
         assert final.log is not None
         assert b"progress 2/2" in await read_object(final.log.key)
-        assert (container_work_dir / ref / "output-manifest.json").exists()  # written by the side-car
+        assert (container_work_dir / ref / "sidecar" / "output-manifest.json").exists()  # by the side-car
 
         await second.cleanup(ref)
         assert await _container_names(second) == []

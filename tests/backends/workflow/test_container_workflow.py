@@ -18,6 +18,7 @@ import pytest
 from backends.workflow.base import InputKind, JobRun, Resources, RunPhase
 from backends.workflow.host.container.backend import ContainerWorkflowBackend
 from backends.workflow.host.container.cli import INPUTS_MOUNT, run_args
+from backends.workflow.host.uids import job_uid
 from backends.workflow.registry import WorkflowConfigurationError, create_workflow_backend
 from tests.backends.workflow.conftest import PODMAN, make_container_backend, make_docker_backend
 from tests.backends.workflow.test_local_workflow import StalledStorage
@@ -107,17 +108,23 @@ async def test_the_run_timeout_counts_across_a_restart(
 
 
 async def test_the_worker_container_is_labelled_unprivileged_and_offline(
-    container_work_dir: Path, storage, make_run, updates_of
+    container_work_dir: Path, storage, make_run, updates_of, monkeypatch
 ) -> None:
+    monkeypatch.setenv("WML_SERVER_SECRET", "must-not-reach-the-engine")
     backend = make_container_backend(container_work_dir, storage)
     await backend.start()
-    run = make_run(env={"SLEEPTIME": "0"})
+    run = make_run(env={"SLEEPTIME": "0", "TOKEN": "value-not-on-a-command-line"})
     try:
         ref = await backend.submit(run)
         await updates_of(backend).terminal(ref)
         [container] = await _container_ids(backend)
         _, out, _ = await PODMAN.run("container", "inspect", "--format", "json", container)
         [info] = json.loads(out)
+        other = make_run(job_id="job-2", env={"SLEEPTIME": "0"})
+        await updates_of(backend).terminal(await backend.submit(other))
+        [second] = [c for c in await _container_ids(backend) if c != container]
+        _, out, _ = await PODMAN.run("container", "inspect", "--format", "json", second)
+        [info_2] = json.loads(out)
     finally:
         await backend.close()
 
@@ -128,10 +135,25 @@ async def test_the_worker_container_is_labelled_unprivileged_and_offline(
         "c1",
         "dummy-job",
     )
-    assert info["Config"]["User"] == "65534:65534"
-    assert info["HostConfig"]["NetworkMode"] == "none"
-    assert info["HostConfig"]["Memory"] == run.resources.memory
+    host = info["HostConfig"]
+    # A uid of the job's own (the tests run as root), another for another job; never root.
+    uid = job_uid(ref)
+    assert info["Config"]["User"] == f"{uid}:{uid}"
+    assert info_2["Config"]["User"] != info["Config"]["User"]
+    assert host["NetworkMode"] == "none"
+    assert host["Memory"] == run.resources.memory
+    assert host["CapDrop"] and not host["CapAdd"]  # every capability dropped, none added
+    assert not set(info["EffectiveCaps"] or [])
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["PidsLimit"] == 1024
+    assert host["ReadonlyRootfs"] is True
+    assert "/tmp" in host["Tmpfs"]
+    # The environment came from an env file: in the container, on no command line, and nothing of ours.
+    assert "TOKEN=value-not-on-a-command-line" in info["Config"]["Env"]
+    assert not any("value-not-on-a-command-line" in arg for arg in info["Config"]["CreateCommand"])
+    assert not any("WML_SERVER_SECRET" in e for e in info["Config"]["Env"])
     await backend.cleanup(ref)
+    await backend.cleanup("job-2")
     assert await _container_ids(backend) == []
 
 
@@ -141,7 +163,7 @@ def test_run_arguments_never_pull_and_carry_limits_and_ulimits(make_run) -> None
         run,
         name="wml-x-job",
         instance="x",
-        env={"A": "1=2"},
+        env_file="/jobs/j/worker.env",
         inputs="/jobs/j/inputs",
         outputs="/jobs/j/outputs",
         user="1000:1000",
@@ -155,7 +177,8 @@ def test_run_arguments_never_pull_and_carry_limits_and_ulimits(make_run) -> None
     for flag, value in [("--cpus", "1"), ("--memory", str(run.resources.memory)), ("--user", "1000:1000")]:
         assert args[args.index(flag) + 1] == value
     assert args[args.index("--ulimit") + 1] == "nofile=1024:1024"
-    assert "A=1=2" in args
+    assert args[args.index("--env-file") + 1] == "/jobs/j/worker.env"
+    assert "--env" not in args  # no value of the worker's environment on the command line
     assert "team=a" in args
     assert args[args.index("--entrypoint") + 1] == json.dumps(list(run.command))
     assert args[-2:] == [run.image, "--flag"]

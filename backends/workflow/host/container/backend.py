@@ -1,14 +1,15 @@
 """The container workflow backend (``container://podman``, ``container://docker``): workers as containers.
 
-A job runs as stage-in (the side-car's code, into ``<work_dir>/<job id>/inputs``), then the
-worker as a container of the asset's image (``--pull=never`` unless configured; inputs mounted read-only,
-outputs writable, no network, CPU and memory limits, GPU devices when configured, a non-root user,
-ulimits, ownership labels), then stage-out (the outputs and the container's log, saved at the run's
-``log_key``). The side-car steps run in-process, or with ``?sidecar_image=...`` as containers of that
-image (:mod:`backends.workflow.host.container.sidecar`; the storage settings then come from the service's
-settings). The job directory is the same :class:`~backends.workflow.host.jobdir.JobDir` the
-local backend uses, so state survives a restart. Options come from the URL
-(:mod:`backends.workflow.host.container.config`).
+A job runs as stage-in (the side-car's code, into ``<work_dir>/<job id>/inputs``), then the worker as a
+container of the asset's image (``--pull=never`` unless configured; inputs mounted read-only, outputs
+writable, no network, CPU, memory and process limits, GPU devices when configured, a uid of the job's own
+(when the server runs as root), no capabilities, no new privileges, a read-only root with a tmpfs ``/tmp``,
+the environment through an env file, ulimits, ownership labels), then stage-out (the outputs and the
+container's log, saved at the run's ``log_key``). The side-car steps run in-process, or with
+``?sidecar_image=...`` as containers of that image (:mod:`backends.workflow.host.container.sidecar`; the
+storage settings then come from the service's settings). The job directory is the same
+:class:`~backends.workflow.host.jobdir.JobDir` the local backend uses, so state survives a restart. Options
+come from the URL (:mod:`backends.workflow.host.container.config`).
 
 **CLI, not the API socket.** The engine is driven through its command line (asyncio subprocesses): a root
 podman on a host like ours has no service running (``podman system service`` would be one more daemon to
@@ -54,6 +55,7 @@ from backends.workflow.host.container.cli import (
     container_env,
     gpu_args,
     run_args,
+    write_env_file,
 )
 from backends.workflow.host.container.config import ContainerOptions, parse_container_url
 from backends.workflow.host.container.sidecar import SidecarSteps, SidecarStorage
@@ -67,6 +69,7 @@ from sidecar.staging import stage_out
 log = structlog.get_logger("wml.workflow.container")
 
 STARTED_FILE = "container-started"  # in the job directory: its mtime is when the worker container started
+ENV_FILE = "worker.env"  # in the job directory (0600): the worker's environment, for --env-file
 
 
 class ContainerWorkflowBackend(HostJobs):
@@ -98,9 +101,12 @@ class ContainerWorkflowBackend(HostJobs):
                 self._options.sidecar_image,
                 sidecar_storage,
                 self._instance,
+                files=storage,
                 network=self._options.sidecar_network,
                 pull=self._options.pull,
                 timeout=self._options.sidecar_timeout,
+                memory=self._options.sidecar_memory,
+                pids_limit=self._options.pids_limit,
             )
 
     @classmethod
@@ -193,19 +199,27 @@ class ContainerWorkflowBackend(HostJobs):
             await self._complete(job, None)
             return
         options = self._options
+        env_file = str(job.root / ENV_FILE)
+        try:
+            await asyncio.to_thread(write_env_file, env_file, container_env(run, dotenv))
+        except ValueError as e:
+            await self._finish(job, BackendUpdate(run.job_id, RunPhase.ERROR, "SUBMIT_FAILED", str(e)))
+            return
         args = run_args(
             run,
             name=self._name(run.job_id),
             instance=self._instance,
-            env=container_env(run, dotenv),
+            env_file=env_file,
             inputs=str(job.inputs),
             outputs=str(job.outputs),
-            user=options.user,
+            user=options.user_for(run.job_id),
             ulimits=options.ulimits,
             network=options.network,
             pull=options.pull,
             devices=gpu_args(run.resources, gpus=options.gpus, gpu_type=options.gpu_type),
             docker=self._engine.docker,
+            pids_limit=options.pids_limit,
+            tmp_size=options.tmp_size,
         )
         await asyncio.to_thread(job.write_launch, {"args": args})
         code, _, err = await self._engine.run(*args, check=False)
@@ -223,11 +237,13 @@ class ContainerWorkflowBackend(HostJobs):
     async def _stage_in(self, run: JobRun, job: JobDir) -> dict[str, str] | None:
         """Fetch the inputs and parse the env-file ones; None when the run ended here (already reported)."""
         try:
+            user = self._options.user_for(run.job_id)
+            await asyncio.to_thread(_open_for_worker, job, user)  # the side-car step writes as the user
             if self._sidecar is not None:
-                dotenv = await self._sidecar.stage_in(run, job, self._name(run.job_id))
+                dotenv = await self._sidecar.stage_in(run, job, self._name(run.job_id), user)
             else:
                 dotenv = await stage_inputs(self._storage, run, job)
-            await asyncio.to_thread(_open_for_worker, job, self._options.user)
+            await asyncio.to_thread(_open_for_worker, job, user)
         except (InputStagingError, StorageError, OSError, ValueError) as e:
             message = f"staging the inputs failed: {e}"
             await self._finish(
@@ -286,7 +302,8 @@ class ContainerWorkflowBackend(HostJobs):
 
     async def _stage_out(self, run: JobRun, job: JobDir, manifest: StageOutManifest) -> OutputManifest:
         if self._sidecar is not None:
-            return await self._sidecar.stage_out(run, job, self._name(run.job_id), manifest)
+            user = self._options.user_for(run.job_id)
+            return await self._sidecar.stage_out(run, job, self._name(run.job_id), manifest, user)
         return await stage_out(self._storage, manifest, job.outputs)
 
     async def _save_log(self, job: JobDir) -> None:

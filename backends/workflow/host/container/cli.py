@@ -1,11 +1,13 @@
 """The podman and docker command lines, as the container backend uses them: arguments and subprocess calls.
 
 Every call is an ``asyncio`` subprocess of the engine binary (``podman`` or ``docker``), with
-``CONTAINERS_CONF`` set when podman was configured with a containers.conf and ``DOCKER_HOST`` when docker
-was given a socket. The two CLIs differ in a few places, handled here: docker's ``--entrypoint`` takes one
+``CONTAINERS_CONF`` set when podman was configured with a containers.conf and ``DOCKER_HOST`` when docker was
+given a socket. The CLI gets only the variables an engine reads (:data:`ENGINE_ENV`), never the server's own
+(WML_*, AWS_* keys, database URLs); a worker's environment goes through an env file (:func:`write_env_file`),
+never the command line. The two CLIs differ in a few places, handled here: docker's ``--entrypoint`` takes one
 executable (not podman's JSON list), ``docker rm`` has no ``--time``, and ``docker inspect`` prefixes names
-with ``/``. Both print the same ``State`` fields (``Status``, ``ExitCode``, ``OOMKilled``). Nothing here
-knows about jobs' life cycles; see :mod:`backends.workflow.host.container.backend`.
+with ``/``. Both print the same ``State`` fields (``Status``, ``ExitCode``, ``OOMKilled``). Nothing here knows
+about jobs' life cycles; see :mod:`backends.workflow.host.container.backend`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ MANAGED_BY = "app.kubernetes.io/managed-by=workflow-middlelayer"
 INSTANCE_LABEL = "wml/instance"
 INPUTS_MOUNT = "/wml/inputs"
 OUTPUTS_MOUNT = "/wml/outputs"
+# What of the server's environment the engine CLI gets: what podman and docker themselves read.
+ENGINE_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR"})
+ENGINE_ENV_PREFIXES = ("XDG_", "CONTAINERS_", "DOCKER_", "REGISTRY_AUTH_FILE", "LC_")
 
 
 class GpuUnavailableError(WorkflowBackendError):
@@ -55,7 +60,9 @@ class Engine:
         return PurePath(self.binary).name == "docker"
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)  # the CLI's own environment (PATH, HOME), plus what we were configured with
+        """The CLI's own environment: what an engine reads of ours (PATH, HOME, XDG_*, CONTAINERS_*, ...),
+        plus what we were configured with; nothing else of the server's."""
+        env = {k: v for k, v in os.environ.items() if k in ENGINE_ENV or k.startswith(ENGINE_ENV_PREFIXES)}
         if self.conf:
             env["CONTAINERS_CONF"] = self.conf
         if self.host:
@@ -163,7 +170,7 @@ def run_args(
     *,
     name: str,
     instance: str,
-    env: Mapping[str, str],
+    env_file: str,
     inputs: str,
     outputs: str,
     user: str | None,
@@ -172,13 +179,20 @@ def run_args(
     pull: str = "never",
     devices: Sequence[str] = (),
     docker: bool = False,
+    pids_limit: int = 1024,
+    tmp_size: str = "1g",
 ) -> list[str]:
-    """The ``run`` arguments for the worker of ``run`` (detached; ``devices`` from :func:`gpu_args`)."""
+    """The ``run`` arguments for the worker of ``run`` (detached; ``devices`` from :func:`gpu_args`;
+    ``env_file`` from :func:`write_env_file`): no capabilities, no new privileges, a pids limit, the root
+    file system read-only with a tmpfs ``/tmp`` of ``tmp_size``."""
     mem = str(run.resources.memory)
     args = [
         "run", "--detach", f"--pull={pull}", "--name", name, f"--network={network}",
         "--cpus", f"{run.resources.cpu:g}", "--memory", mem, "--memory-swap", mem,
+        "--cap-drop=all", "--security-opt=no-new-privileges", f"--pids-limit={pids_limit}",
+        "--read-only", "--tmpfs", f"/tmp:rw,nosuid,nodev,size={tmp_size},mode=1777",  # noqa: S108
         "--volume", f"{inputs}:{INPUTS_MOUNT}:ro", "--volume", f"{outputs}:{OUTPUTS_MOUNT}:rw",
+        "--env-file", env_file,
         "--label", MANAGED_BY, "--label", f"{INSTANCE_LABEL}={instance}",
         "--label", f"wml/job-id={run.job_id}", "--label", f"wml/consumer-id={run.consumer_id}",
         "--label", f"wml/asset-id={run.asset_id}",
@@ -189,8 +203,6 @@ def run_args(
         args += ["--user", user]
     for limit in ulimits:
         args += ["--ulimit", limit]
-    for key, value in env.items():
-        args += ["--env", f"{key}={value}"]
     args += devices
     command, rest = list(run.command or ()), list(run.args or ())
     if command and docker:  # docker's --entrypoint is one executable: the rest goes before the args
@@ -199,6 +211,21 @@ def run_args(
     if command:
         args += ["--entrypoint", json.dumps(command)]
     return [*args, run.image, *rest]
+
+
+def write_env_file(path: str, env: Mapping[str, str]) -> None:
+    """Write the worker's environment as an env file (``KEY=VALUE`` lines, created 0600) for
+    ``--env-file``. A value with a line break cannot be written so: ValueError naming its key."""
+    broken = sorted(k for k, v in env.items() if "\n" in v or "\r" in v)
+    if broken:
+        raise ValueError(
+            f"the container backend passes the environment through an env file, which cannot hold a line "
+            f"break: the value of {', '.join(broken)} has one"
+        )
+    text = "".join(f"{key}={value}\n" for key, value in env.items())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def gpu_args(resources: Resources, *, gpus: Sequence[str], gpu_type: str | None) -> list[str]:
@@ -250,24 +277,25 @@ def sidecar_args(
     name: str,
     instance: str,
     job_id: str,
-    job_root: str,
+    mounts: Sequence[tuple[str, str, str]],
     manifest: str,
     storage_env: Sequence[str],
-    storage_root: str | None,
     pull: str = "never",
     user: str | None = None,
     network: str | None = None,
+    memory: str = "1g",
+    pids_limit: int = 1024,
 ) -> list[str]:
     """The ``run`` arguments of one side-car step (``wml sidecar stage-in|stage-out``) as a container.
 
-    The job directory is mounted at :data:`SIDECAR_JOB_MOUNT`; ``manifest`` is a path inside it, written
-    with paths as the container sees them. The storage settings are passed by name only (``--env NAME``:
-    the CLI copies the value from its own environment), so no credential appears in a command line. A
-    ``file://`` storage (``storage_root``) is mounted at its own path. ``network`` None: the engine's
-    default; the side-car needs to reach the storage. The name gets ``.<step>`` so the orphan sweep
-    knows the job it belongs to. ``user`` None: root inside the container, with every capability but
-    ``DAC_OVERRIDE`` dropped (it reads the worker's outputs and writes into the job directory).
-    See :mod:`backends.workflow.host.container.sidecar`.
+    ``mounts`` are (host path, container path, ``rw``|``ro``): parts of the job directory, under
+    :data:`SIDECAR_JOB_MOUNT`; ``manifest`` is a path relative to it, written with paths as the container
+    sees them. The storage settings are passed by name only (``--env
+    NAME``: the CLI copies the value from its own environment), so no credential appears in a command
+    line. ``network`` None: the engine's default. The name gets ``.<step>`` so the orphan sweep knows the
+    job it belongs to. ``user``: the job's user (who owns its directory); None: root inside the container,
+    with every capability but ``DAC_OVERRIDE`` dropped. The root file system is read-only, memory and
+    processes are limited. See :mod:`backends.workflow.host.container.sidecar`.
     """
     if step not in SIDECAR_STEPS:
         raise ValueError(f"unknown side-car step {step!r}")
@@ -276,15 +304,16 @@ def sidecar_args(
         "run", "--rm", f"--pull={pull}", "--name", f"{name}.{step}",
         "--label", MANAGED_BY, "--label", f"{INSTANCE_LABEL}={instance}",
         "--label", f"wml/job-id={job_id}", "--label", f"wml/step={step}",
-        "--volume", f"{job_root}:{SIDECAR_JOB_MOUNT}:rw",
+        "--memory", memory, "--memory-swap", memory, f"--pids-limit={pids_limit}",
+        "--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,size=64m,mode=1777",  # noqa: S108
     ]  # fmt: skip
+    for host, inside, mode in mounts:
+        args += ["--volume", f"{host}:{inside}:{mode}"]
     if network:
         args.append(f"--network={network}")
     args += ["--user", user or "0:0", "--cap-drop=all", "--security-opt=no-new-privileges"]
     if not user:
         args.append("--cap-add=DAC_OVERRIDE")
-    if storage_root:
-        args += ["--volume", f"{storage_root}:{storage_root}:rw"]
     for env_name in storage_env:
         args += ["--env", env_name]
     args += [image, step, "--manifest", f"{SIDECAR_JOB_MOUNT}/{manifest}"]

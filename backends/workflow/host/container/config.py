@@ -8,10 +8,12 @@ are refused for the other engine.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 from backends.workflow.host.container.cli import Engine
+from backends.workflow.host.uids import job_uid
 
 DEFAULT_CONF = "/etc/wml/containers.conf"  # written by scripts/podman-setup
 DEFAULT_ULIMITS = ("nofile=1024:1024", "nproc=4096:4096")
@@ -21,8 +23,9 @@ _REPEATABLE = {"ulimit", "gpus"}
 _OPTIONS = {
     "conf", "host", "user", "ulimit", "network", "pull", "stop_timeout", "log_tail_lines",
     "gpus", "gpu_type", "sidecar_image", "sidecar_network",
-    "sidecar_timeout",
+    "sidecar_timeout", "sidecar_memory", "pids_limit", "tmp_size",
 }  # fmt: skip
+JOB_USER = "job"  # the user option's default: each job's containers run as a uid of their own
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +35,9 @@ class ContainerOptions:
     engine: str = "podman"  # the CLI binary: podman or docker
     conf: str | None = None  # podman: a containers.conf, passed as CONTAINERS_CONF
     host: str | None = None  # docker: the daemon (or podman service) socket, passed as DOCKER_HOST
-    user: str | None = "65534:65534"  # None: the image's own user
+    # "job": a uid of the job's own (backends.workflow.host.uids) when the server runs as root, else
+    # 65534 (nobody); "UID[:GID]": that user for every job; None: the image's own user.
+    user: str | None = JOB_USER
     ulimits: tuple[str, ...] = DEFAULT_ULIMITS
     network: str = "none"
     pull: str = "never"
@@ -43,11 +48,25 @@ class ContainerOptions:
     gpus: tuple[str, ...] = ()
     gpu_type: str | None = None  # the GPU product this host has, matched against an asset's gpuType
     sidecar_image: str | None = None  # stage-in/stage-out as containers of this image; None: in-process
-    sidecar_network: str = "host"  # the side-car containers' network: they reach the storage, as we do
+    # The side-car containers' network; None: none for file:// storage (the job's own files are staged
+    # through its directory), else the engine's default network (they reach the storage).
+    sidecar_network: str | None = None
     sidecar_timeout: int = 3600  # seconds one side-car step may take (the run timeout is the worker's)
+    sidecar_memory: str = "1g"  # memory limit of each side-car container
+    pids_limit: int = 1024  # processes (and threads) of each container
+    tmp_size: str = "1g"  # the size of the tmpfs at /tmp (the root file system is read-only)
 
     def make_engine(self, cwd: str | None = None) -> Engine:
         return Engine(self.engine, self.conf, self.host, cwd)
+
+    def user_for(self, job_id: str) -> str | None:
+        """The ``--user`` of job ``job_id``'s containers (see :attr:`user`)."""
+        if self.user != JOB_USER:
+            return self.user
+        if os.geteuid() != 0:  # only root can chown the job's directories to a uid of the job's own
+            return "65534:65534"
+        uid = job_uid(job_id)
+        return f"{uid}:{uid}"
 
     @property
     def docker_gpus(self) -> bool:
@@ -80,7 +99,7 @@ def parse_container_url(url: str) -> ContainerOptions:
         engine=engine,
         conf=conf,
         host=once.get("host") or None,
-        user=once.get("user", "65534:65534") or None,
+        user=once.get("user", JOB_USER) or None,
         ulimits=tuple(v for k, v in pairs if k == "ulimit") or DEFAULT_ULIMITS,
         network=once.get("network") or "none",
         pull=pull,
@@ -89,8 +108,11 @@ def parse_container_url(url: str) -> ContainerOptions:
         gpus=gpus,
         gpu_type=once.get("gpu_type") or None,
         sidecar_image=once.get("sidecar_image") or None,
-        sidecar_network=once.get("sidecar_network") or "host",
+        sidecar_network=once.get("sidecar_network") or None,
         sidecar_timeout=_natural(once, "sidecar_timeout", 3600),
+        sidecar_memory=_size(once, "sidecar_memory", "1g"),
+        pids_limit=_natural(once, "pids_limit", 1024) or 1024,
+        tmp_size=_size(once, "tmp_size", "1g"),
     )
 
 
@@ -101,6 +123,13 @@ def _check_engine_options(engine: str, once: dict[str, str], gpus: tuple[str, ..
         raise ValueError("host is a docker option; run podman on this host, or docker against its socket")
     if "docker" in gpus and (engine != "docker" or len(gpus) > 1):
         raise ValueError("gpus=docker (docker's --gpus) works only alone, with container://docker")
+
+
+def _size(options: dict[str, str], key: str, default: str) -> str:
+    raw = options.get(key) or default
+    if not re.fullmatch(r"[1-9][0-9]*[kmg]?", raw):
+        raise ValueError(f"{key} must be a size such as 512m or 2g")
+    return raw
 
 
 def _natural(options: dict[str, str], key: str, default: int) -> int:

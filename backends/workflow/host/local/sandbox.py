@@ -13,10 +13,10 @@ database, keys and every consumer's files. In the sandbox it gets:
   scratch directory at ``/tmp`` (also ``HOME`` and the working directory): nothing else is writable;
 - the files its command names by absolute path (the asset's script), read-only, where the rest would hide
   them (a checkout under ``/tmp``, say);
-- when the server runs as root, a user of its own (``setpriv``: a uid/gid from a range of
-  :data:`UID_SPAN`, no supplementary groups, no capabilities, no new privileges) so Unix permissions apply
-  to it as to any unprivileged user; under a non-root server, bwrap's user namespace keeps the server's
-  uid (the hidden paths and the PID namespace are then what separates them);
+- when the server runs as root, a user of its own (``setpriv``: the job's uid/gid, see
+  :mod:`backends.workflow.host.uids`; no supplementary groups, no capabilities, no new privileges) so Unix
+  permissions apply to it as to any unprivileged user; under a non-root server, bwrap's user namespace
+  keeps the server's uid (the hidden paths and the PID namespace are then what separates them);
 - RLIMIT_NPROC (per job's uid, so only when the server runs as root), RLIMIT_FSIZE and a cap on the log
   (applied by the runner, :mod:`backends.workflow.host.local.runner`).
 
@@ -29,7 +29,6 @@ as exit status 128 + N; the runner reads it back as that signal.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import shutil
 import subprocess
@@ -41,11 +40,11 @@ from urllib.parse import urlsplit
 
 from backends.workflow.base import JobRun, WorkflowBackendError
 from backends.workflow.host.jobdir import JobDir, WorkerPaths, worker_env
+from backends.workflow.host.uids import DEFAULT_UID_BASE, job_uid
 
 INPUTS = "/wml/inputs"
 OUTPUTS = "/wml/outputs"
 SCRATCH = "/tmp"  # noqa: S108 (the worker's own /tmp: its job's scratch directory)
-UID_SPAN = 65536  # uids of the range; each job takes one by a hash of its id
 SHM_SIZE = 64 * 1024 * 1024
 # Top-level entries of / never bound into the sandbox: made fresh (proc, dev, tmp, run), left out (sys),
 # or ours (wml).
@@ -62,7 +61,7 @@ class SandboxOptions:
     """How local workers are confined (see the module docstring); ``enabled=False`` turns it all off."""
 
     enabled: bool = True
-    uid_base: int = 1_000_000_000  # first uid of the range, used when the server runs as root
+    uid_base: int = DEFAULT_UID_BASE  # first uid of the range, used when the server runs as root
     hidden: tuple[Path, ...] = ()  # besides the job directories: the data directory, the file storage
     max_processes: int = 1024
     max_file_size: int = 16 * 1024**3
@@ -137,8 +136,7 @@ def worker_uid(options: SandboxOptions, job_id: str) -> int | None:
     """The uid (and gid) the job's worker runs as; None: the server's own (not root: nothing to drop)."""
     if not running_as_root():
         return None
-    digest = hashlib.sha256(job_id.encode()).digest()
-    return options.uid_base + int.from_bytes(digest[:4], "big") % UID_SPAN
+    return job_uid(job_id, options.uid_base)
 
 
 def command(
