@@ -289,10 +289,31 @@ def detached(work_dir: Path) -> list[JobDir]:
 
 
 def remove(job: JobDir, wait: float) -> None:
-    """Kill what is left of the job, wait (up to ``wait`` seconds) for its runner to go, remove the dir."""
+    """Kill what is left of the job, wait (up to ``wait`` seconds) for its runner and every process of its
+    group to go (a killed process may take a moment to leave the kernel: a sandbox setting up its mounts
+    on a loaded machine), remove the directory."""
+    group = job.runner_pid() if job.runner_alive() else None
+    deadline = time.monotonic() + wait
     signal_runner_group(job, signal.SIGKILL)
     wait_runner_gone(job, wait)
+    while group is not None and _group_alive(group) and time.monotonic() < deadline:
+        time.sleep(0.02)
     shutil.rmtree(job.root, ignore_errors=True)
+
+
+def _group_alive(pgid: int) -> bool:
+    """A process of group ``pgid`` still runs (zombies do not count: they are dead, waiting to be reaped)."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 
 def spawn(
