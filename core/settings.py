@@ -131,8 +131,14 @@ class KubernetesSettings(BaseModel):
         default=65534, ge=1, description="Non-root user (and group) every container of a job pod runs as."
     )
     worker_read_only_root: bool = Field(
-        default=False,
-        description="Give the worker container a read-only root filesystem (it still gets a writable /tmp).",
+        default=True,
+        description="Give the worker container a read-only root filesystem (it still gets a writable /tmp); "
+        "false only for images that must write elsewhere.",
+    )
+    worker_ephemeral_storage: str = Field(
+        default="2Gi",
+        description="ephemeral-storage request and limit of the worker container (its writable layer and "
+        "logs; the emptyDir volumes have their own sizeLimits).",
     )
     requests_per_second: float = Field(
         default=20.0, gt=0, description="Average Kubernetes API requests per second the service may make."

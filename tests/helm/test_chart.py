@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -11,7 +12,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from backends.workflow.kubernetes.manifests import JOBS_NAMESPACE_RBAC, RBAC_NEEDS
+from backends.workflow.kubernetes.config import options_from
+from backends.workflow.kubernetes.manifests import JOBS_NAMESPACE_RBAC, RBAC_NEEDS, network_policy_manifest
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "workflow-middlelayer"
@@ -206,3 +209,44 @@ def test_production_values_turn_graphiql_and_introspection_off() -> None:
     production = env("-f", str(CHART / "ci" / "production-values.yaml"))
     assert production["WML_GRAPHIQL"] == "false" and production["WML_INTROSPECTION"] == "false"
     assert env()["WML_GRAPHIQL"] == "true"  # on by default, for trying it out
+
+
+def _egress_rules_open_only_dns_to_the_cluster_dns_and_the_cidrs(rules: list[dict[str, Any]]) -> None:
+    assert rules, "no egress rule at all: the side-cars could not even resolve the storage"
+    for rule in rules:
+        assert rule.get("to"), f"an egress rule open to every address: {rule}"
+    [dns] = [r for r in rules if any(p["port"] == 53 for p in r.get("ports", []))]
+    [peer] = dns["to"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
+    assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+
+
+def test_job_pods_may_reach_only_the_cluster_dns_and_the_storage() -> None:
+    docs = render("-f", str(CHART / "ci" / "production-values.yaml"))
+    [policy] = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["ingress"] == [] and set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    rules = policy["spec"]["egress"]
+    _egress_rules_open_only_dns_to_the_cluster_dns_and_the_cidrs(rules)
+    assert {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}]} in rules
+
+
+def test_namespace_per_consumer_gives_the_backend_the_same_egress_rules() -> None:
+    docs = render("-f", str(CHART / "ci" / "namespace-per-consumer-values.yaml"))
+    assert not [d for d in docs if d["kind"] in ("NetworkPolicy", "Namespace")]  # the backend makes them
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    rules = json.loads(env["WML_K8S_EGRESS_ALLOW"])
+    _egress_rules_open_only_dns_to_the_cluster_dns_and_the_cidrs(rules)
+    options = options_from("kubernetes://wml", Settings(k8s_egress_allow=env["WML_K8S_EGRESS_ALLOW"]))
+    assert list(network_policy_manifest("wml-c-1", list(options.egress_allow))["spec"]["egress"]) == rules
+
+
+def test_jobs_run_in_a_namespace_of_their_own_by_default() -> None:
+    docs = render()
+    [namespace] = [d for d in docs if d["kind"] == "Namespace"]
+    assert namespace["metadata"]["name"] == "wml-jobs"  # the release namespace is "wml"
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    [role] = [d for d in docs if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "wml-jobs"
+    done = helm("template", "wml", str(CHART), "--namespace", "wml", "--set", "workflow.jobsNamespace=wml")
+    assert done.returncode != 0 and "must not be the release namespace" in done.stderr

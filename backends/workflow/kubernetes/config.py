@@ -37,6 +37,7 @@ _URL_OPTIONS = (
     "outputs_size_limit",
     "log_tail_lines",
     "worker_read_only_root",
+    "worker_ephemeral_storage",
 )
 
 
@@ -77,7 +78,8 @@ class KubernetesOptions:
     sidecar_cpu: str = "500m"
     sidecar_memory: str = "256Mi"
     run_as_user: int = 65534
-    worker_read_only_root: bool = False
+    worker_read_only_root: bool = True
+    worker_ephemeral_storage: str = "2Gi"
     log_tail_lines: int = 50
     storage_url: str | None = None  # WML_STORAGE as the side-car sees it
     storage_env: dict[str, str] = field(default_factory=dict, repr=False)  # credentials for the side-car

@@ -40,6 +40,7 @@ STAGE_IN, WORKER, STAGE_OUT = "stage-in", "worker", "stage-out"
 INPUTS_DIR, OUTPUTS_DIR, MANIFEST_DIR = "/wml/inputs", "/wml/outputs", "/wml/manifest"
 # Both are emptyDir volumes private to the pod (a read-only root filesystem needs a writable /tmp).
 SIDECAR_TMP = WORKER_TMP = "/tmp"  # noqa: S108
+SIDECAR_EPHEMERAL_STORAGE = "128Mi"  # a side-car writes only into its volumes; this bounds its logs
 OUTPUT_MANIFEST_PATH = f"{SIDECAR_TMP}/output-manifest.json"
 DOTENV_PREFIX = "dotenv."
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
@@ -205,6 +206,7 @@ def _restricted(read_only_root: bool) -> dict[str, Any]:
 def _sidecar(step: str, secret: str, options: KubernetesOptions) -> dict[str, Any]:
     root, data = (INPUTS_DIR, "inputs") if step == STAGE_IN else (OUTPUTS_DIR, "outputs")
     keys = ["WML_STORAGE", *sorted(options.storage_env)] if options.storage_secret is None else []
+    sidecar_resources = {"cpu": options.sidecar_cpu, "memory": options.sidecar_memory}
     container: dict[str, Any] = {
         "name": step,
         "image": options.sidecar_image,
@@ -221,8 +223,8 @@ def _sidecar(step: str, secret: str, options: KubernetesOptions) -> dict[str, An
             {"name": "sidecar-tmp", "mountPath": SIDECAR_TMP},
         ],
         "resources": {
-            "requests": {"cpu": options.sidecar_cpu, "memory": options.sidecar_memory},
-            "limits": {"cpu": options.sidecar_cpu, "memory": options.sidecar_memory},
+            "requests": {**sidecar_resources, "ephemeral-storage": SIDECAR_EPHEMERAL_STORAGE},
+            "limits": {**sidecar_resources, "ephemeral-storage": SIDECAR_EPHEMERAL_STORAGE},
         },
         "securityContext": _restricted(read_only_root=True),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -245,7 +247,11 @@ def _worker(run: JobRun, secret: str, options: KubernetesOptions, dotenv_keys: l
     env["WML_OUTPUTS_DIR"] = {"value": OUTPUTS_DIR}
     env.update({f"WML_INPUT_{i.slot.upper()}": {"value": f"{INPUTS_DIR}/{i.path}"} for i in run.inputs})
     env.update({f"WML_OUTPUT_{o.name.upper()}": {"value": f"{OUTPUTS_DIR}/{o.path}"} for o in run.outputs})
-    limits = {"cpu": _cpu(run.resources.cpu), "memory": str(run.resources.memory)}
+    limits = {
+        "cpu": _cpu(run.resources.cpu),
+        "memory": str(run.resources.memory),
+        "ephemeral-storage": options.worker_ephemeral_storage,
+    }
     if run.resources.gpu:
         limits["nvidia.com/gpu"] = str(run.resources.gpu)
     container: dict[str, Any] = {

@@ -44,7 +44,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "wml.jobsNamespace" -}}
-{{- default .Release.Namespace .Values.workflow.jobsNamespace }}
+{{- default (printf "%s-jobs" .Release.Namespace) .Values.workflow.jobsNamespace }}
+{{- end }}
+
+{{/* The egress rules a job pod keeps: DNS to the cluster's DNS pods only, and the allowed CIDRs. */}}
+{{- define "wml.workerEgress" -}}
+- to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ .Values.workflow.clusterDns.namespace }}
+      podSelector:
+        matchLabels:
+          {{- toYaml .Values.workflow.clusterDns.podLabels | nindent 10 }}
+  ports:
+    - {protocol: UDP, port: 53}
+    - {protocol: TCP, port: 53}
+{{- range .Values.workflow.allowedEgressCidrs }}
+- to:
+    - ipBlock:
+        cidr: {{ . }}
+{{- end }}
 {{- end }}
 
 {{- define "wml.authSecret" -}}

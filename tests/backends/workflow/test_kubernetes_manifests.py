@@ -107,7 +107,11 @@ def test_the_pod_runs_stage_in_then_the_worker_as_init_containers_and_stage_out_
     assert env["SLEEPTIME"] == "2"
     assert env["WML_INPUT_DATA"] == "/wml/inputs/data"
     assert env["WML_OUTPUT_RESULT"] == "/wml/outputs/result.txt"
-    assert worker["resources"]["limits"] == {"cpu": "1500m", "memory": str(256 * 1024 * 1024)}
+    assert worker["resources"]["limits"] == {
+        "cpu": "1500m",
+        "memory": str(256 * 1024 * 1024),
+        "ephemeral-storage": OPTIONS.worker_ephemeral_storage,
+    }
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["inputs"]["emptyDir"]["sizeLimit"] == OPTIONS.inputs_size_limit
     assert volumes["outputs"]["emptyDir"]["sizeLimit"] == OPTIONS.outputs_size_limit
@@ -136,7 +140,14 @@ def test_the_job_is_locked_down_and_labelled() -> None:
         assert container["imagePullPolicy"] == "Always"
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert containers(job)["stage-in"]["securityContext"]["readOnlyRootFilesystem"] is True
+    # Every container: a read-only root (the worker writes /tmp, an emptyDir) and bounded ephemeral storage.
+    for container in containers(job).values():
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        for bound in ("requests", "limits"):
+            assert container["resources"][bound]["ephemeral-storage"], (container["name"], bound)
+    worker = containers(job)["worker"]
+    assert {"name": "worker-tmp", "mountPath": "/tmp"} in worker["volumeMounts"]
+    assert worker["resources"]["limits"]["ephemeral-storage"] == OPTIONS.worker_ephemeral_storage
     labels = {
         "app.kubernetes.io/managed-by": "workflow-middlelayer",
         "wml/job-id": RUN.job_id,
