@@ -22,7 +22,14 @@ from backends.storage.base import (
     StorageError,
 )
 from core.auth import Principal, grant_is_usable
-from core.errors import ConflictError, NotFoundError, PayloadTooLargeError, UnavailableError, ValidationError
+from core.errors import (
+    ConflictError,
+    NotFoundError,
+    PayloadTooLargeError,
+    QuotaExceededError,
+    UnavailableError,
+    ValidationError,
+)
 from core.metrics import Metrics
 from core.models import FileOrigin, FileRecord, FileStatus, Page, new_id, utcnow
 from core.signing import UrlSigner
@@ -95,8 +102,12 @@ class FileService:
         max_upload: int,
         url_ttl: int,
         pending_ttl: int,
+        max_stored: int = 100 * 1024**3,
+        max_pending: int = 16,
         metrics: Metrics | None = None,
     ) -> None:
+        """``max_stored``: bytes a consumer may keep (ready files and announced uploads); ``max_pending``:
+        announced uploads a consumer may have incomplete at once."""
         self._metrics = metrics or Metrics()
         self._store = store
         self._storage = storage
@@ -104,6 +115,8 @@ class FileService:
         self._max_upload = max_upload
         self._url_ttl = url_ttl
         self._pending_ttl = pending_ttl
+        self._max_stored = max_stored
+        self._max_pending = max_pending
 
     async def upload_limit(self, principal: Principal) -> int:
         """The global limit, capped by the largest input slot of the assets this token may use."""
@@ -132,9 +145,10 @@ class FileService:
         name = check_name(name)
         content_type = check_content_type(content_type)
         limit = await self.upload_limit(principal)
+        room, _ = await self._room(consumer_id)
         file_id = new_id("f")
         key = storage_key(consumer_id, file_id)
-        info = await self._put(key, chunks, limit)
+        info = await self._put(key, chunks, limit, room)
         self._metrics.bytes_uploaded.inc(info.size)
         record = FileRecord(
             id=file_id,
@@ -158,10 +172,31 @@ class FileService:
             raise
         return record
 
-    async def _put(self, key: str, chunks: AsyncIterator[bytes], limit: int) -> ObjectInfo:
+    async def _room(self, consumer_id: str, reserved: int = 0) -> tuple[int, int]:
+        """Bytes ``consumer_id`` may still store (counting ``reserved`` of its own as free) and its pending
+        uploads; QuotaExceededError when there is no room at all."""
+        used, pending = await self._store.files.usage(consumer_id)
+        room = self._max_stored - used + reserved
+        if room <= 0:
+            raise QuotaExceededError(self._full())
+        return room, pending
+
+    def _full(self) -> str:
+        return (
+            f"your stored files reached their limit of {self._max_stored} bytes: "
+            "delete files or finished jobs to make room"
+        )
+
+    async def _put(
+        self, key: str, chunks: AsyncIterator[bytes], limit: int, room: int | None = None
+    ) -> ObjectInfo:
+        """Store the bytes, at most ``limit`` of them and no more than the consumer's ``room``."""
+        bound = limit if room is None else min(limit, room)
         try:
-            return await self._storage.put(key, chunks, max_size=limit)
+            return await self._storage.put(key, chunks, max_size=bound)
         except ObjectTooLargeError:
+            if bound < limit:
+                raise QuotaExceededError(self._full()) from None
             raise PayloadTooLargeError(limit) from None
         except StorageError as e:
             raise UnavailableError(f"storage failed: {e}") from e
@@ -183,6 +218,14 @@ class FileService:
             raise ValidationError("size must not be negative", field="size")
         if size is not None and size > limit:
             raise PayloadTooLargeError(limit)
+        room, pending = await self._room(consumer_id)
+        if pending >= self._max_pending:
+            raise QuotaExceededError(
+                f"at most {self._max_pending} announced uploads may be incomplete at once: "
+                "complete or delete one first"
+            )
+        if size is not None and size > room:
+            raise QuotaExceededError(self._full())
         file_id = new_id("f")
         now = utcnow()
         record = FileRecord(
@@ -203,7 +246,7 @@ class FileService:
             expected_sha256=sha256,
         )
         url, expires = await upload_url(
-            self._storage, self._signer, file_id, record.storage_key, self._url_ttl
+            self._storage, self._signer, file_id, record.storage_key, self._url_ttl, size
         )
         await self._store.files.insert_file(record)
         return record, url, expires
@@ -220,7 +263,8 @@ class FileService:
             return record
         if record.expires_at is not None and record.expires_at <= utcnow():
             raise NotFoundError("file", file_id)  # expired: the sweeper is about to remove it
-        info = await verify_upload(self._storage, record, await self.upload_limit(principal))
+        room, _ = await self._room(record.consumer_id, reserved=record.expected_size or 0)
+        info = await verify_upload(self._storage, record, min(await self.upload_limit(principal), room))
         await self._store.files.update_file(
             file_id, size=info.size, sha256=info.sha256, status=FileStatus.READY.value, expires_at=None
         )
@@ -243,9 +287,10 @@ class FileService:
         # The same limit as for an upload through the API: the URL carries no principal, the grant does.
         limit = await self._limit_for_assets([grant.asset_id])
         announced = record.expected_size
+        room, _ = await self._room(record.consumer_id, reserved=announced or 0)
         try:
             info = await self._put(
-                record.storage_key, chunks, limit if announced is None else min(announced, limit)
+                record.storage_key, chunks, limit if announced is None else min(announced, limit), room
             )
             self._metrics.bytes_uploaded.inc(info.size)
         except PayloadTooLargeError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 
@@ -81,6 +82,8 @@ async def open_services(settings: Settings, storage: StorageBackend, backend: Wo
         max_upload=settings.max_upload_size,
         url_ttl=settings.url_ttl,
         pending_ttl=settings.pending_upload_ttl,
+        max_stored=settings.max_stored_bytes_per_consumer,
+        max_pending=settings.max_pending_uploads_per_consumer,
         metrics=metrics,
     )
     supervisor = Supervisor(
@@ -94,6 +97,7 @@ async def open_services(settings: Settings, storage: StorageBackend, backend: Wo
         tick_interval=settings.tick_interval,
         reconcile_interval=settings.reconcile_interval,
         sweep=files.sweep_expired,
+        retention=timedelta(days=settings.retention_days) if settings.retention_days else None,
         metrics=metrics,
     )
     jobs = JobService(

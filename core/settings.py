@@ -411,6 +411,23 @@ class Settings(BaseSettings):
     pending_upload_ttl: int = Field(
         default=86400, gt=0, description="Seconds an announced upload (createUpload) may stay incomplete."
     )
+    max_stored_bytes_per_consumer: int = Field(
+        default=100 * 1024**3,
+        gt=0,
+        description="Bytes a consumer may keep stored: its uploads, the outputs and logs of its jobs, and "
+        "the announced size of its pending uploads; an upload beyond it is refused (QUOTA_EXCEEDED).",
+    )
+    max_pending_uploads_per_consumer: int = Field(
+        default=16,
+        gt=0,
+        description="Announced uploads (createUpload) a consumer may have incomplete at once.",
+    )
+    retention_days: int = Field(
+        default=30,
+        ge=0,
+        description="Days a finished job (with its outputs, log and events) is kept after it ended; then it "
+        "is deleted. 0 keeps finished jobs until the consumer deletes them or the contract ends.",
+    )
     log_tail_lines: int = Field(default=50, gt=0, description="Lines of worker log kept on the job.")
     max_request_body: int = Field(
         default=1024 * 1024,

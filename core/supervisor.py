@@ -45,8 +45,10 @@ class Supervisor:
         tick_interval: float,
         reconcile_interval: float,
         sweep: Callable[[], Awaitable[int]] | None = None,
+        retention: timedelta | None = None,
         metrics: Metrics | None = None,
     ) -> None:
+        """``retention``: how long a finished job is kept after it ended (None: until deleted)."""
         self._metrics = metrics or Metrics()
         self._store = store
         self._backend = backend
@@ -61,6 +63,7 @@ class Supervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._schedule_lock = asyncio.Lock()
         self._sweep = sweep  # periodic housekeeping run with reconciliation (expired uploads)
+        self._retention = retention
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -100,6 +103,7 @@ class Supervisor:
                     await self.reconcile()
                     if self._sweep is not None:
                         await self._sweep()
+                    await self.prune_finished()
             except Exception:
                 log.exception("supervisor pass failed; retrying on the next tick")
 
@@ -263,6 +267,18 @@ class Supervisor:
                 return job
             job = now
         return job
+
+    async def prune_finished(self, batch: int = 100) -> int:
+        """Delete the jobs that ended longer than the retention period ago, with their outputs, log and
+        events (a batch per pass, so a large backlog never holds a pass up); how many."""
+        if self._retention is None:
+            return 0
+        jobs = await self._store.jobs.finished_before(utcnow() - self._retention, batch)
+        for job in jobs:
+            await self.forget(job)
+        if jobs:
+            log.info("finished jobs past their retention deleted", count=len(jobs))
+        return len(jobs)
 
     async def forget(self, job: Job) -> None:
         """Delete a terminal job with its outputs and log."""

@@ -22,14 +22,18 @@ from core.signing import UrlSigner
 
 
 async def upload_url(
-    storage: StorageBackend, signer: UrlSigner, file_id: str, key: str, ttl: int
+    storage: StorageBackend, signer: UrlSigner, file_id: str, key: str, ttl: int, size: int | None
 ) -> tuple[str, int]:
-    """Where the client PUTs the bytes: a presigned storage URL when the backend offers one, else ours.
+    """Where the client PUTs the bytes: a presigned storage URL bound to the announced ``size`` when the
+    backend offers one, else ours (always ours when no size was announced: a storage URL would accept any
+    number of bytes, ours stops at the limit).
 
     Returns the URL and its expiry (Unix seconds).
     """
+    if size is None:
+        return signer.url("PUT", file_id, ttl)
     try:
-        presigned = await storage.presign_put(key, ttl)
+        presigned = await storage.presign_put(key, ttl, size=size)
     except StorageError as e:
         raise UnavailableError(f"storage failed: {e}") from e
     if presigned is None:

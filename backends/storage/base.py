@@ -88,8 +88,9 @@ class StorageBackend(Protocol):
         """A URL that serves the object for ``ttl`` seconds, or None: serve it through the API."""
         ...
 
-    async def presign_put(self, key: str, ttl: int) -> str | None:
-        """A URL that accepts the object's bytes for ``ttl`` seconds, or None: upload through the API."""
+    async def presign_put(self, key: str, ttl: int, *, size: int | None = None) -> str | None:
+        """A URL that accepts the object's bytes for ``ttl`` seconds (exactly ``size`` bytes when given: the
+        length is part of what is signed), or None: upload through the API."""
         ...
 
     async def close(self) -> None: ...

@@ -141,7 +141,7 @@ class FileStorageBackend:
     async def presign_get(self, key: str, ttl: int) -> str | None:
         return None
 
-    async def presign_put(self, key: str, ttl: int) -> str | None:
+    async def presign_put(self, key: str, ttl: int, *, size: int | None = None) -> str | None:
         return None
 
     async def close(self) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, false, update
+from sqlalchemy import case, delete, false, func, update
 from sqlmodel import col, select
 
 from core.models import FileRecord, FileStatus, Page
@@ -29,6 +29,24 @@ class FileRepository(Repository):
         async with self.session() as s:
             row = await s.get(FileRow, file_id)
             return file_record(row) if row else None
+
+    async def usage(self, consumer_id: str) -> tuple[int, int]:
+        """What ``consumer_id`` keeps stored: bytes (ready files, plus the announced size of pending
+        uploads) and how many uploads are pending."""
+        status, pending_value = col(FileRow.status), FileStatus.PENDING.value
+        held = func.coalesce(
+            func.sum(
+                case(
+                    (status == pending_value, func.coalesce(col(FileRow.expected_size), 0)),
+                    else_=col(FileRow.size),
+                )
+            ),
+            0,
+        )
+        pending = func.coalesce(func.sum(case((status == pending_value, 1), else_=0)), 0)
+        async with self.session() as s:
+            row = (await s.exec(select(held, pending).where(FileRow.consumer_id == consumer_id))).one()
+            return int(row[0]), int(row[1])
 
     async def files_by_ids(self, ids: Sequence[str]) -> dict[str, FileRecord]:
         ids = [i for i in ids if storable(i)]

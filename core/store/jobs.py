@@ -141,6 +141,15 @@ class JobRepository(Repository):
         )
         return [job_record(r) for r in await self._rows(q.order_by(_JOB.c.created_at))]
 
+    async def finished_before(self, cutoff: datetime, limit: int) -> list[Job]:
+        """At most ``limit`` terminal jobs that ended before ``cutoff``, oldest first (for retention)."""
+        q = core_select(_JOB).where(
+            _JOB.c.state.in_([s.value for s in TERMINAL_STATES]),
+            _JOB.c.finished_at.is_not(None),
+            _JOB.c.finished_at < cutoff,
+        )
+        return [job_record(r) for r in await self._rows(q.order_by(_JOB.c.finished_at).limit(limit))]
+
     async def queued_jobs(self, excluded_consumers: Iterable[str] = ()) -> list[Job]:
         """QUEUED jobs, oldest first, leaving out those of the given consumers (at their running limit)."""
         q = core_select(_JOB).where(_JOB.c.state == JobState.QUEUED.value)

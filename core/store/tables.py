@@ -103,7 +103,7 @@ class JobRow(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
     started_at: datetime | None = _ts(nullable=True)
-    finished_at: datetime | None = _ts(nullable=True)
+    finished_at: datetime | None = _ts(nullable=True, index=True)  # the retention sweep's lookup
 
 
 class JobEventRow(SQLModel, table=True):
@@ -114,7 +114,7 @@ class JobEventRow(SQLModel, table=True):
     seq: int | None = Field(default=None, sa_column=Column(BigIntPK, primary_key=True, autoincrement=True))
     job_id: str = Field(index=True, max_length=40)
     consumer_id: str = Field(index=True, max_length=40)
-    grant_id: str = Field(max_length=40)
+    grant_id: str = Field(index=True, max_length=40)
     state: str = Field(max_length=20)
     reason: str | None = Field(default=None, max_length=40)
     message: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from backends.storage.file import FileStorageBackend
 from backends.workflow.base import BackendUpdate, JobRun, RunPhase
 from core.assets import Asset
 from core.live.bus import EventBus
-from core.models import Job, new_id
+from core.models import FileOrigin, FileRecord, FileStatus, Job, new_id
 from core.states import JobState
 from core.store import Store
 from core.store.engine import create_engine, migrate
@@ -87,7 +88,7 @@ async def _setup(tmp_path: Path, url: str) -> tuple[Store, ScriptedBackend, Supe
     return store, backend, _supervisor(store, backend, tmp_path)
 
 
-def _supervisor(store: Store, backend: ScriptedBackend, tmp_path: Path) -> Supervisor:
+def _supervisor(store: Store, backend: ScriptedBackend, tmp_path: Path, **options: Any) -> Supervisor:
     return Supervisor(
         store,
         backend,
@@ -98,6 +99,7 @@ def _supervisor(store: Store, backend: ScriptedBackend, tmp_path: Path) -> Super
         cancel_timeout=1,
         tick_interval=0.05,
         reconcile_interval=3600,
+        **options,
     )
 
 
@@ -314,4 +316,55 @@ async def test_a_job_interrupted_mid_submit_is_adopted_by_the_next_start_not_los
         assert adopted.backend_ref == f"ref-{job.id}"
     finally:
         await restarted.stop()
+        await store.engine.dispose()
+
+
+async def test_finished_jobs_past_the_retention_period_are_deleted_with_their_files_and_events(
+    tmp_path: Path, database_url: str
+) -> None:
+    store, backend, _ = await _setup(tmp_path, database_url)
+    storage = FileStorageBackend(tmp_path / "files")
+    supervisor = _supervisor(store, backend, tmp_path, retention=timedelta(days=30))
+    consumer = (await store.grants.list_grants())[0].consumer_id
+    old, recent, live = [await _job(store, consumer) for _ in range(3)]
+    for job in (old, recent):
+        await store.jobs.transition(job.id, JobState.CANCELED, reason="CANCELED_BY_USER")
+    now = datetime.now(UTC)
+    await store.jobs.update_job(old.id, finished_at=now - timedelta(days=31))
+    await store.jobs.update_job(recent.id, finished_at=now - timedelta(days=29))
+    await store.jobs.update_job(live.id, created_at=now - timedelta(days=40))  # queued long: not finished
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"result"
+
+    key = f"consumers/{consumer}/files/f_old_log"
+    await storage.put(key, chunks())
+    await store.files.insert_file(
+        FileRecord(
+            id="f_old_log",
+            consumer_id=consumer,
+            grant_id="g_1",
+            job_id=old.id,
+            name="log.txt",
+            size=6,
+            sha256=None,
+            content_type="text/plain",
+            origin=FileOrigin.JOB_LOG,
+            status=FileStatus.READY,
+            storage_key=key,
+            created_at=now - timedelta(days=31),
+            expires_at=None,
+        )
+    )
+    try:
+        assert await supervisor.prune_finished() == 1
+
+        assert await store.jobs.get_job(old.id) is None
+        assert await store.events.events(old.id) == []
+        assert await store.files.get_file("f_old_log") is None
+        assert not (tmp_path / "files" / key).exists()
+        for kept in (recent, live):
+            assert await store.jobs.get_job(kept.id) is not None
+        assert await supervisor.prune_finished() == 0
+    finally:
         await store.engine.dispose()

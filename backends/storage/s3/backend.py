@@ -347,16 +347,17 @@ class S3StorageBackend:
     async def presign_get(self, key: str, ttl: int) -> str | None:
         return await self._presign("get_object", key, ttl)
 
-    async def presign_put(self, key: str, ttl: int) -> str | None:
-        return await self._presign("put_object", key, ttl)
+    async def presign_put(self, key: str, ttl: int, *, size: int | None = None) -> str | None:
+        """With ``size``, Content-Length is a signed header: S3 refuses a PUT of any other length."""
+        return await self._presign("put_object", key, ttl, {} if size is None else {"ContentLength": size})
 
-    async def _presign(self, operation: str, key: str, ttl: int) -> str:
+    async def _presign(self, operation: str, key: str, ttl: int, extra: dict[str, int] | None = None) -> str:
         object_key = self._object_key(key)
         if not 1 <= ttl <= 7 * 24 * 3600:  # the limits of a v4 signature
             raise ValueError(f"a presigned URL lives between 1 second and 7 days, not {ttl} seconds")
         client = await self._presign_client()
         with self._translated(key):
             url: str = await client.generate_presigned_url(
-                operation, Params={"Bucket": self.bucket, "Key": object_key}, ExpiresIn=ttl
+                operation, Params={"Bucket": self.bucket, "Key": object_key, **(extra or {})}, ExpiresIn=ttl
             )
         return url

@@ -287,6 +287,23 @@ async def test_presigned_urls_read_and_write_the_object(s3: S3Server) -> None:
         await storage.close()
 
 
+async def test_a_presigned_put_for_an_announced_size_signs_its_length(s3: S3Server) -> None:
+    # moto does not check presigned signatures (TESTING.md), so the refusal of another length is S3's
+    # own; asserted here is that the length is one of the signed headers, which is what makes S3 refuse.
+    storage = backend(s3)
+    try:
+        bound = await storage.presign_put("consumers/c/files/f", 300, size=4096)
+        free = await storage.presign_put("consumers/c/files/g", 300)
+        assert bound is not None and free is not None
+        signed = parse_qs(urlsplit(bound).query)["X-Amz-SignedHeaders"][0].split(";")
+        assert "content-length" in signed
+        assert "content-length" not in parse_qs(urlsplit(free).query)["X-Amz-SignedHeaders"][0].split(";")
+        async with httpx.AsyncClient() as http:
+            assert (await http.put(bound, content=os.urandom(4096))).status_code == 200
+    finally:
+        await storage.close()
+
+
 async def test_presigned_urls_outside_v4_limits_are_refused(s3: S3Server) -> None:
     storage = backend(s3)
     try:
