@@ -21,6 +21,7 @@ STATUS = {
     domain.NotFoundError: 404,
     RangeNotSatisfiableError: 416,
     domain.PayloadTooLargeError: 413,
+    domain.QuotaExceededError: 413,  # the consumer's stored bytes: this body does not fit
     domain.ValidationError: 400,
     domain.ConflictError: 409,
     domain.UnavailableError: 503,

@@ -59,13 +59,14 @@ MAX_PAGE = 100
 UPLOAD_CHUNK = 1024 * 1024
 
 UploadFilePayload = Annotated[
-    File | ValidationError | UnavailableError, strawberry.union("UploadFilePayload")
+    File | ValidationError | QuotaExceededError | UnavailableError, strawberry.union("UploadFilePayload")
 ]
 CreateUploadPayload = Annotated[
-    UploadTicket | ValidationError | UnavailableError, strawberry.union("CreateUploadPayload")
+    UploadTicket | ValidationError | QuotaExceededError | UnavailableError,
+    strawberry.union("CreateUploadPayload"),
 ]
 CompleteUploadPayload = Annotated[
-    File | NotFoundError | ValidationError | ConflictError | UnavailableError,
+    File | NotFoundError | ValidationError | ConflictError | QuotaExceededError | UnavailableError,
     strawberry.union("CompleteUploadPayload"),
 ]
 DeleteFilePayload = Annotated[
