@@ -1,13 +1,16 @@
 """The side-car as a program: ``wml sidecar stage-in|stage-out --manifest FILE --root DIR``.
 
 In a pod it runs from the side-car image (``sidecar/Containerfile``): ``stage-in`` as an init container
-before the worker, ``stage-out`` after it. The local backend runs the same staging code in-process. The
+before the worker, ``stage-out`` after it. The local backend runs the same staging code in-process. A
+manifest may carry presigned URLs for its objects (``urls``: key -> URL; the Kubernetes backend mints them
+per job): the side-car then uses those and nothing else (:mod:`sidecar.urlstorage`). Otherwise the
 storage comes from the settings in the environment, read by the ``wml`` entry point and handed in here:
-``WML_STORAGE`` (required: ``s3://bucket?endpoint=...&region=...`` or ``file:///path``) and, for S3,
+``WML_STORAGE`` (``s3://bucket?endpoint=...&region=...`` or ``file:///path``) and, for S3,
 ``WML_S3_ACCESS_KEY_ID`` / ``WML_S3_SECRET_ACCESS_KEY`` or the standard AWS variables and roles.
 
 Manifests are JSON documents (see :mod:`sidecar.manifest`):
 
+- both may carry ``"urls": {key: presigned URL}`` (GET for stage-in, PUT for stage-out): see above.
 - stage-in: ``{"inputs": [{"slot", "kind": "file|archive|env", "path", "key", "size", "sha256"}]}``;
   each object is streamed from ``key``, checked against ``size`` and ``sha256`` and placed at ``path``
   under ``--root`` (archives extracted safely).
@@ -54,6 +57,7 @@ from sidecar.errors import InputStagingError, OutputUploadError
 from sidecar.manifest import StageInManifest, StageOutManifest
 from sidecar.staging import RetryPolicy, stage_in, stage_out
 from sidecar.termination import TerminationMessage, publish_output_manifest
+from sidecar.urlstorage import UrlStorage
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -94,16 +98,28 @@ def run_step(
             raise UsageError(f"--root {str(root)!r} is not a directory")
         if attempts < 1:
             raise UsageError("--attempts must be at least 1")
-        if not storage_url:
-            raise UsageError("WML_STORAGE is not set: the side-car needs the storage URL")
-        try:
-            storage = create_storage(storage_url, credentials=credentials)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+        storage = storage_for(manifest, storage_url, credentials)
     except UsageError as e:
         return _fail(EXIT_USAGE, str(e))
     termination = TerminationMessage.from_setting(termination_message)
     return asyncio.run(_stage(action, manifest, root, storage, RetryPolicy(attempts=attempts), termination))
+
+
+def storage_for(
+    manifest: StageInManifest | StageOutManifest,
+    storage_url: str | None,
+    credentials: StorageCredentials | None = None,
+) -> StorageBackend:
+    """The manifest's presigned URLs when it carries them (no storage settings needed), else the storage
+    ``WML_STORAGE`` names; UsageError when there is neither."""
+    if manifest.urls is not None:
+        return UrlStorage(manifest.urls)
+    if not storage_url:
+        raise UsageError("WML_STORAGE is not set: the side-car needs the storage URL (or presigned URLs)")
+    try:
+        return create_storage(storage_url, credentials=credentials)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _load_manifest(action: str, path: Path) -> StageInManifest | StageOutManifest:

@@ -16,6 +16,9 @@ class InputEntry(BaseModel):
 
 class StageInManifest(BaseModel):
     inputs: list[InputEntry] = []
+    # key -> presigned GET URL: when given (even empty), the inputs are fetched through these and nothing
+    # else (sidecar.urlstorage); the side-car then needs no storage settings at all.
+    urls: dict[str, str] | None = None
 
 
 class OutputEntry(BaseModel):
@@ -27,6 +30,7 @@ class OutputEntry(BaseModel):
 
 class StageOutManifest(BaseModel):
     outputs: list[OutputEntry] = []
+    urls: dict[str, str] | None = None  # key -> presigned PUT URL, as for stage-in
     log_path: str | None = None  # absolute path of the worker log to upload, when the side-car saves it
     log_key: str | None = None
     result_path: str  # where the output manifest is written, as the last act

@@ -40,6 +40,7 @@ from sidecar.manifest import (
     StageOutManifest,
     UploadedObject,
 )
+from sidecar.urlstorage import UrlStorage
 
 __all__ = ["DEFAULT_RETRY", "RetryPolicy", "read_dotenv", "stage_in", "stage_out"]
 
@@ -254,7 +255,8 @@ async def _upload_output(
     if kind is not None and await asyncio.to_thread(_reaches_through_link, outputs_root, target):
         kind = "link"
     if kind == "file":
-        return await _upload(storage, entry.name, entry.key, lambda: file_chunks(target), retry)
+        size = lambda: asyncio.to_thread(lambda: target.lstat().st_size)  # noqa: E731
+        return await _upload(storage, entry.name, entry.key, lambda: file_chunks(target), retry, size)
     if kind == "directory":
         return await _upload(storage, entry.name, entry.key, lambda: tar_directory_stream(target), retry)
     if kind is not None:
@@ -281,13 +283,23 @@ async def _upload(
     key: str,
     chunks: Callable[[], AsyncIterator[bytes]],
     retry: RetryPolicy,
+    size_of: Callable[[], Awaitable[int]] | None = None,
 ) -> UploadedObject:
-    """Upload a fresh stream from ``chunks()`` per attempt; size and sha256 are checked end to end."""
+    """Upload a fresh stream from ``chunks()`` per attempt; size and sha256 are checked end to end.
+
+    Through presigned URLs (:class:`~sidecar.urlstorage.UrlStorage`) the size goes first: ``size_of()``,
+    else the stream is read once to count it (a directory's tar), then again to send it.
+    """
     tally = _Tally()
+    size = None
+    if isinstance(storage, UrlStorage):
+        size = await (size_of() if size_of is not None else _length(chunks))
 
     async def attempt() -> ObjectInfo:
         stream = tally.counting(chunks())
         try:
+            if isinstance(storage, UrlStorage):
+                return await storage.put(key, stream, size=size)
             return await storage.put(key, stream)
         finally:
             await _aclose(stream)
@@ -301,6 +313,18 @@ async def _upload(
     if info.size != tally.size or (info.sha256 is not None and info.sha256 != tally.sha256):
         raise OutputUploadError(f"output {name!r}: storage recorded different bytes than were sent")
     return UploadedObject(name=name, key=key, size=tally.size, sha256=tally.sha256)
+
+
+async def _length(chunks: Callable[[], AsyncIterator[bytes]]) -> int:
+    """The number of bytes a fresh stream from ``chunks()`` yields."""
+    total = 0
+    stream = chunks()
+    try:
+        async for chunk in stream:
+            total += len(chunk)
+    finally:
+        await _aclose(stream)
+    return total
 
 
 class _Tally:

@@ -5,8 +5,9 @@ through :class:`tests.support.kube_cluster.FakeCluster` (so the backend sees it 
 
 - volumes are host directories (emptyDirs; the Secret's items written as files), mounted by rewriting
   the container paths in the command, args and environment;
-- ``stage-in`` / ``stage-out`` (the side-car image) run the side-car's staging code in-process against the
-  storage named by ``WML_STORAGE`` in their environment (resolved from the job's Secret), with the
+- ``stage-in`` / ``stage-out`` (the side-car image) run the side-car's staging code in-process through the
+  presigned URLs of their manifest, or else against the storage named by ``WML_STORAGE`` in their
+  environment (resolved from the job's Secret), with the
   side-car program's exit codes, error text as the last log line and the output manifest printed last and
   written to the termination message file, as ``wml sidecar`` does;
 - each container gets its own termination message file (a host file standing for its
@@ -30,9 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from backends.storage.base import StorageError
-from backends.storage.registry import create_storage
 from sidecar.errors import InputStagingError, OutputUploadError
-from sidecar.main import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_OUTPUT_MISSING, EXIT_STORAGE
+from sidecar.main import (
+    EXIT_FAILURE,
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_OUTPUT_MISSING,
+    EXIT_STORAGE,
+    storage_for,
+)
 from sidecar.manifest import StageInManifest, StageOutManifest
 from sidecar.staging import RetryPolicy, stage_in, stage_out
 from sidecar.termination import (
@@ -188,14 +195,19 @@ class ProcessKubelet:
             self.state.append_log(namespace, pod, step, text + "\n")
 
         manifest_dir = mounts["/wml/manifest"]
-        storage = create_storage(env["WML_STORAGE"])
+        manifest: StageInManifest | StageOutManifest
+        if step == STAGE_IN:
+            manifest = StageInManifest.model_validate_json((manifest_dir / "stage-in.json").read_text())
+        else:
+            manifest = StageOutManifest.model_validate_json((manifest_dir / "stage-out.json").read_text())
+        # As `wml sidecar` does: the manifest's presigned URLs, else the storage WML_STORAGE names.
+        storage = storage_for(manifest, env.get("WML_STORAGE"))
         try:
-            if step == STAGE_IN:
-                manifest = StageInManifest.model_validate_json((manifest_dir / "stage-in.json").read_text())
+            if isinstance(manifest, StageInManifest):
                 await stage_in(storage, manifest, mounts["/wml/inputs"], retry=RetryPolicy(attempts=1))
                 say('{"event": "inputs_staged"}')
                 return EXIT_OK
-            out = StageOutManifest.model_validate_json((manifest_dir / "stage-out.json").read_text())
+            out = manifest
             out.result_path = str(_rewrite(out.result_path, mounts))
             result = await stage_out(storage, out, mounts["/wml/outputs"], retry=RetryPolicy(attempts=1))
             publish_output_manifest(result, TerminationMessage(message_file), say)

@@ -50,6 +50,7 @@ from backends.workflow.kubernetes.manifests import (
     JOB_LABEL,
     SELECTOR,
     WORKER,
+    PresignedUrls,
     job_manifest,
     job_name,
     label_value,
@@ -67,6 +68,8 @@ log = structlog.get_logger("wml.workflow.kubernetes")
 
 # Seconds a deletion is remembered for sweeps whose lists predate it (far longer than one reconcile pass).
 _REMOVED_MEMORY = 600.0
+MAX_PRESIGN_TTL = 7 * 24 * 3600  # the longest a v4 signature lives
+PRESIGN_MARGIN = 600  # seconds a job's URLs outlive its deadline (the stage-out after a timeout)
 
 
 class KubernetesWorkflowBackend:
@@ -151,7 +154,8 @@ class KubernetesWorkflowBackend:
             message = f"staging the inputs failed: {e}"
             self._tracker.report_final(BackendUpdate(ref, RunPhase.ERROR, "INPUT_STAGING_FAILED", message))
             return ref
-        manifest = job_manifest(run, name, namespace, self.options, sorted(dotenv))
+        urls = await self._presigned_urls(run)
+        manifest = job_manifest(run, name, namespace, self.options, sorted(dotenv), urls is not None)
         try:
             job = await api.create("Job", namespace, manifest)
         except KubeConflictError:
@@ -160,7 +164,7 @@ class KubernetesWorkflowBackend:
             if existing is None or labels.get(JOB_LABEL) != label_value(run.job_id):
                 raise WorkflowBackendError(f"a Job named {namespace}/{name} exists for another job") from None
             job = existing
-        secret = secret_manifest(run, name, namespace, self.options, dotenv)
+        secret = secret_manifest(run, name, namespace, self.options, dotenv, urls)
         secret["metadata"]["ownerReferences"] = [owner_reference(job)]
         try:
             await self._create_secret(namespace, name, secret)
@@ -170,6 +174,23 @@ class KubernetesWorkflowBackend:
         self._tracker.report_phase(ref, RunPhase.INITIALIZING)
         log.info("kubernetes_job_submitted", job_id=run.job_id, ref=ref)
         return ref
+
+    async def _presigned_urls(self, run: JobRun) -> PresignedUrls | None:
+        """The job's own storage URLs, living until its deadline (at most the 7 days of a v4 signature), or
+        None when the storage offers none (the side-cars then get the storage settings)."""
+        ttl = min(MAX_PRESIGN_TTL, run.run_timeout + self.options.deadline_allowance + PRESIGN_MARGIN)
+        try:
+            if await self._storage.presign_put(run.log_key, ttl) is None:
+                return None
+            gets = {i.key: await self._storage.presign_get(i.key, ttl) for i in run.inputs}
+            puts = {o.key: await self._storage.presign_put(o.key, ttl) for o in run.outputs}
+        except StorageError as e:
+            raise WorkflowBackendError(f"cannot mint the job's storage URLs: {e}") from e
+        if None in gets.values() or None in puts.values():
+            return None
+        return PresignedUrls(
+            {k: v for k, v in gets.items() if v is not None}, {k: v for k, v in puts.items() if v is not None}
+        )
 
     async def _create_secret(self, namespace: str, name: str, secret: dict[str, Any]) -> None:
         api = self._api()

@@ -25,6 +25,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from backends.workflow.base import JobRun
@@ -96,21 +97,38 @@ def run_annotation(run: JobRun) -> str:
     return json.dumps({"job_id": run.job_id, "log_key": run.log_key, "outputs": outputs}, sort_keys=True)
 
 
+@dataclass(frozen=True, slots=True)
+class PresignedUrls:
+    """A job's own storage URLs: GET for each input, PUT for each output (key -> URL), minted at submit."""
+
+    inputs: Mapping[str, str]
+    outputs: Mapping[str, str]
+
+
 def secret_manifest(
-    run: JobRun, name: str, namespace: str, options: KubernetesOptions, dotenv: Mapping[str, str]
+    run: JobRun,
+    name: str,
+    namespace: str,
+    options: KubernetesOptions,
+    dotenv: Mapping[str, str],
+    urls: PresignedUrls | None = None,
 ) -> dict[str, Any]:
+    """The job's Secret: the side-cars' manifests (with ``urls``, the job's presigned URLs and no storage
+    settings at all; without, the storage settings), and the values of its env inputs."""
     stage_in = StageInManifest(
         inputs=[
             InputEntry(slot=i.slot, kind=str(i.kind), path=i.path, key=i.key, size=i.size, sha256=i.sha256)
             for i in run.inputs
-        ]
+        ],
+        urls=None if urls is None else dict(urls.inputs),
     )
     stage_out = StageOutManifest(
         outputs=[OutputEntry(name=o.name, path=o.path, required=o.required, key=o.key) for o in run.outputs],
         result_path=OUTPUT_MANIFEST_PATH,
+        urls=None if urls is None else dict(urls.outputs),
     )
     data = {"stage-in.json": stage_in.model_dump_json(), "stage-out.json": stage_out.model_dump_json()}
-    if options.storage_secret is None:
+    if urls is None and options.storage_secret is None:
         data.update({"WML_STORAGE": options.storage_url or "", **options.storage_env})
     data.update({f"{DOTENV_PREFIX}{key}": value for key, value in dotenv.items()})
     return {
@@ -128,8 +146,15 @@ def owner_reference(job: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def job_manifest(
-    run: JobRun, name: str, namespace: str, options: KubernetesOptions, dotenv_keys: list[str]
+    run: JobRun,
+    name: str,
+    namespace: str,
+    options: KubernetesOptions,
+    dotenv_keys: list[str],
+    presigned: bool = False,
 ) -> dict[str, Any]:
+    """The Job; ``presigned``: its side-cars stage through the URLs in their manifests and get no storage
+    settings (neither the job Secret's keys nor ``WML_K8S_STORAGE_SECRET``)."""
     deadline = run.run_timeout + options.deadline_allowance
     metadata = {
         "name": name,
@@ -148,14 +173,19 @@ def job_manifest(
             "ttlSecondsAfterFinished": options.ttl_after_finished,
             "template": {
                 "metadata": {"labels": labels(run), "annotations": metadata["annotations"]},
-                "spec": pod_spec(run, name, options, deadline, dotenv_keys),
+                "spec": pod_spec(run, name, options, deadline, dotenv_keys, presigned),
             },
         },
     }
 
 
 def pod_spec(
-    run: JobRun, secret: str, options: KubernetesOptions, deadline: int, dotenv_keys: list[str]
+    run: JobRun,
+    secret: str,
+    options: KubernetesOptions,
+    deadline: int,
+    dotenv_keys: list[str],
+    presigned: bool = False,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -183,8 +213,11 @@ def pod_spec(
                 },
             },
         ],
-        "initContainers": [_sidecar(STAGE_IN, secret, options), _worker(run, secret, options, dotenv_keys)],
-        "containers": [_sidecar(STAGE_OUT, secret, options)],
+        "initContainers": [
+            _sidecar(STAGE_IN, secret, options, presigned),
+            _worker(run, secret, options, dotenv_keys),
+        ],
+        "containers": [_sidecar(STAGE_OUT, secret, options, presigned)],
     }
     if options.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": n} for n in options.image_pull_secrets]
@@ -203,9 +236,10 @@ def _restricted(read_only_root: bool) -> dict[str, Any]:
     }
 
 
-def _sidecar(step: str, secret: str, options: KubernetesOptions) -> dict[str, Any]:
+def _sidecar(step: str, secret: str, options: KubernetesOptions, presigned: bool) -> dict[str, Any]:
     root, data = (INPUTS_DIR, "inputs") if step == STAGE_IN else (OUTPUTS_DIR, "outputs")
-    keys = ["WML_STORAGE", *sorted(options.storage_env)] if options.storage_secret is None else []
+    shared = not presigned and options.storage_secret is None  # the storage settings, from the job Secret
+    keys = ["WML_STORAGE", *sorted(options.storage_env)] if shared else []
     sidecar_resources = {"cpu": options.sidecar_cpu, "memory": options.sidecar_memory}
     container: dict[str, Any] = {
         "name": step,
@@ -229,7 +263,7 @@ def _sidecar(step: str, secret: str, options: KubernetesOptions) -> dict[str, An
         "securityContext": _restricted(read_only_root=True),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if options.storage_secret is not None:
+    if options.storage_secret is not None and not presigned:
         container["envFrom"] = [{"secretRef": {"name": options.storage_secret}}]
     return container
 
