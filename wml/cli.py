@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     watch.add_argument("--token", help="the consumer token (default: WML_TOKEN)")
 
+    sub.add_parser(
+        "migrate",
+        help="bring the database (WML_DATABASE_URL) to the newest schema and exit; `serve` does it too, "
+        "under the same lock, so running it first (a Helm pre-upgrade hook) is optional",
+    )
+
     export = sub.add_parser("export-schema", help="print the GraphQL schema (SDL)")
     export.add_argument("--output", "-o", type=Path, help="write to this file instead of stdout")
 
@@ -144,6 +150,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.command == "watch":
         return asyncio.run(_watch(settings, args.job_id, args.url, args.token))
+    if args.command == "migrate":
+        from core.store.engine import migrate
+
+        settings.secure_data_dir()
+        asyncio.run(migrate(settings.resolved_database_url()))
+        print("the database schema is at the newest revision")
+        return 0
     if args.command == "export-schema":
         from graphql_api.schema import build_schema
 

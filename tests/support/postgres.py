@@ -66,11 +66,12 @@ class PostgresServer:
     def url(self, database: str, driver: str = "postgresql+asyncpg") -> str:
         return f"{driver}://postgres@127.0.0.1:{self.port}/{database}"
 
-    async def create_database(self) -> str:
+    async def create_database(self, *, empty: bool = False) -> str:
+        """A database of the migrated schema (a copy of the template), or ``empty``: no table at all."""
         name = f"t_{uuid.uuid4().hex[:16]}"
         conn = await asyncpg.connect(self.url("postgres", "postgresql"))
         try:
-            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE}')
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {"template0" if empty else TEMPLATE}')
         finally:
             await conn.close()
         return name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
@@ -12,9 +13,14 @@ import core.store.tables  # noqa: F401  (registers the tables on the metadata)
 from core.store.engine import create_engine
 
 target_metadata = SQLModel.metadata
+# pg_advisory_xact_lock key of migrations: replicas starting at once on one database migrate one at a time
+# (the others wait, then find the schema at head). Any constant the service uses for nothing else.
+MIGRATION_LOCK = 0x776D6C_6D6967  # "wml" "mig"
 
 
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":  # held until this transaction (the migration) commits
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
