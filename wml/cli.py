@@ -15,6 +15,7 @@ from core.errors import DomainError
 from core.settings import Settings, setting_name
 from wml.client.connector import DIALECTS
 from wml.logs import configure_logging
+from wml.single import AlreadyServingError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         return _dispatch(args, settings)
-    except CatalogError as e:
+    except (CatalogError, AlreadyServingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except DomainError as e:

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from core.settings import Settings
 from graphql_api.wsprotocol import LeanWebSocketProtocol
 from wml.app import create_app
+from wml.single import hold_sqlite, release
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -59,11 +60,17 @@ def tune_gc() -> None:
 
 
 def serve(settings: Settings) -> None:
-    sock = bind_socket(settings.host, settings.port)
-    app = create_app(settings)
-    tune_gc()
-    server = uvicorn.Server(_uvicorn_config(app, settings.log_level))
-    server.run(sockets=[sock])
+    """Serve until stopped. AlreadyServingError when another process serves the same SQLite database."""
+    settings.secure_data_dir()
+    serving = hold_sqlite(settings.resolved_database_url())  # held for the process's life
+    try:
+        sock = bind_socket(settings.host, settings.port)
+        app = create_app(settings)
+        tune_gc()
+        server = uvicorn.Server(_uvicorn_config(app, settings.log_level))
+        server.run(sockets=[sock])
+    finally:
+        release(serving)
 
 
 @dataclass
