@@ -5,6 +5,7 @@ Everything a consumer can do to a job passes here; the supervisor then owns the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ class JobService:
         self._bus = bus
         self._supervisor = supervisor
         self._max_queued = max_queued_per_consumer
+        self._creating = asyncio.Lock()  # the quota's count and the insert, one create at a time here
 
     async def create(
         self,
@@ -56,9 +58,6 @@ class JobService:
             raise NotFoundError("asset", asset_id)
         bindings = await self._check_inputs(principal, asset, inputs)
         values = resolve_parameters(asset, parameters)
-        live = await self._store.jobs.count_jobs(LIVE_STATES, principal.consumer_id)
-        if live >= self._max_queued:
-            raise QuotaExceededError(f"at most {self._max_queued} unfinished jobs per consumer")
         job = Job.queued(
             job_id=new_id("j"),
             consumer_id=principal.consumer_id,
@@ -67,7 +66,13 @@ class JobService:
             inputs=bindings,
             parameters=values,
         )
-        event = await self._store.jobs.insert_job(job)
+        # Count and insert as one step, in this process and across replicas: concurrent createJobs of one
+        # consumer cannot overshoot the quota.
+        async with self._creating, self._store.replicas.exclusive(f"create-job:{principal.consumer_id}"):
+            live = await self._store.jobs.count_jobs(LIVE_STATES, principal.consumer_id)
+            if live >= self._max_queued:
+                raise QuotaExceededError(f"at most {self._max_queued} unfinished jobs per consumer")
+            event = await self._store.jobs.insert_job(job)
         self._metrics.jobs_created.labels(asset.id).inc()
         self._bus.publish(event)
         self._supervisor.wake()

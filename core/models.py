@@ -124,6 +124,9 @@ class Job:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # The replica that started the job and follows it in its backend (None while QUEUED, see
+    # core.supervisor): host-bound backends' jobs stay with it, a shared backend's are taken over.
+    owner: str | None = None
 
     @classmethod
     def queued(

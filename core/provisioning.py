@@ -253,6 +253,12 @@ class ProvisioningService:
     async def due_callbacks(self) -> list[Grant]:
         return await self._store.grants.grants_with_callback_due(utcnow())
 
+    async def claim_callback(self, grant: Grant, attempt_takes: float) -> bool:
+        """Claim ``grant``'s due callback for this replica's attempt (replicas race for it: one wins); an
+        attempt cut short by the replica's death is retried after ``attempt_takes`` seconds."""
+        now = utcnow()
+        return await self._store.grants.claim_callback(grant.id, now, now + timedelta(seconds=attempt_takes))
+
     async def next_callback_at(self) -> datetime | None:
         return await self._store.grants.next_callback_at()
 
@@ -356,11 +362,14 @@ class ProvisioningService:
         return True
 
     async def reap(self) -> None:
-        """Deprovision expired grants and finish purging deprovisioned ones."""
-        for grant in await self._store.grants.expired_grants(utcnow()):
-            await self.deprovision_grant(grant.id, "the contract expired")
-        for grant in await self._store.grants.grants_to_purge():
-            await self.purge(grant.id)
+        """Deprovision expired grants and finish purging deprovisioned ones (one replica at a time)."""
+        async with self._store.replicas.exclusive("grant-reaper", wait=False) as held:
+            if not held:
+                return
+            for grant in await self._store.grants.expired_grants(utcnow()):
+                await self.deprovision_grant(grant.id, "the contract expired")
+            for grant in await self._store.grants.grants_to_purge():
+                await self.purge(grant.id)
 
     async def list_grants(self) -> list[Grant]:
         return await self._store.grants.list_grants()

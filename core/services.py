@@ -65,7 +65,8 @@ async def open_store(settings: Settings) -> Store:
     assets = load_catalog(settings.catalog_dir)  # fail before touching anything on a bad catalogue
     await migrate(url)
     store = Store(create_engine(url))
-    await store.assets.sync_assets(assets)
+    async with store.replicas.exclusive("catalogue"):  # replicas starting together sync it one by one
+        await store.assets.sync_assets(assets)
     log.info("catalogue synced", assets=[a.id for a in assets], directory=str(settings.catalog_dir))
     return store
 
@@ -98,6 +99,9 @@ async def open_services(settings: Settings, storage: StorageBackend, backend: Wo
         reconcile_interval=settings.reconcile_interval,
         sweep=files.sweep_expired,
         retention=timedelta(days=settings.retention_days) if settings.retention_days else None,
+        replica=settings.resolved_replica_id(),
+        lease=settings.replica_lease,
+        grace=settings.replica_grace,
         metrics=metrics,
     )
     jobs = JobService(

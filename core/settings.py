@@ -17,8 +17,10 @@ table is checked against it); split up, that list would have to be read in sever
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -422,6 +424,25 @@ class Settings(BaseSettings):
         gt=0,
         description="Announced uploads (createUpload) a consumer may have incomplete at once.",
     )
+    replica_id: str | None = Field(
+        default=None,
+        max_length=100,
+        description="This process's id among the service's replicas; default: <host name>-<digest of the "
+        "data directory>, the same across restarts of one process on one machine (a restarted replica takes "
+        "its own jobs back).",
+    )
+    replica_lease: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a replica's heartbeat is valid (it renews it every third of that); a replica "
+        "silent for longer is presumed dead.",
+    )
+    replica_grace: float = Field(
+        default=120.0,
+        ge=0,
+        description="Seconds after a dead replica's lease ran out before the jobs it ran on a host-bound "
+        "backend (local, container) end SYSTEM_ERROR/BACKEND_LOST; a Kubernetes job is taken over at once.",
+    )
     retention_days: int = Field(
         default=30,
         ge=0,
@@ -545,6 +566,12 @@ class Settings(BaseSettings):
             dotenv_settings,
             file_secret_settings,
         )
+
+    def resolved_replica_id(self) -> str:
+        if self.replica_id:
+            return self.replica_id
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:8]
+        return f"{socket.gethostname()[:80]}-{digest}"
 
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"

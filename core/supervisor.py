@@ -5,6 +5,14 @@ updates to the state machine, records outputs from the side-car's manifest, enfo
 non-terminal state, and reconciles live jobs with the backend at start-up and periodically, so no job is
 ever stuck. How backend phases map onto job states, and what an update writes to a job, is in
 :mod:`core.backend_mapping`.
+
+Several replicas (processes on one PostgreSQL database) act as one service. Each has an id and a lease it
+renews (:mod:`core.store.replicas`). A job belongs to the replica that started it (``job.owner``): only
+the owner submits, follows, cancels in the backend and cleans it up; scheduling runs under a service-wide
+lock, so quotas and capacity hold for all replicas together and no job is started twice. When a replica
+stops renewing its lease, its jobs are taken over by another replica at once on a shared backend
+(Kubernetes); on a host-bound backend (local, container) they wait a grace period for it to come back
+(its id is stable across restarts) and then end SYSTEM_ERROR/BACKEND_LOST, once.
 """
 
 from __future__ import annotations
@@ -46,9 +54,14 @@ class Supervisor:
         reconcile_interval: float,
         sweep: Callable[[], Awaitable[int]] | None = None,
         retention: timedelta | None = None,
+        replica: str = "single",
+        lease: float = 30.0,
+        grace: float = 120.0,
         metrics: Metrics | None = None,
     ) -> None:
-        """``retention``: how long a finished job is kept after it ended (None: until deleted)."""
+        """``retention``: how long a finished job is kept after it ended (None: until deleted).
+        ``replica``: this process's id; ``lease``: seconds its heartbeat is valid (renewed every third);
+        ``grace``: seconds a dead replica's host-bound jobs wait for it to come back."""
         self._metrics = metrics or Metrics()
         self._store = store
         self._backend = backend
@@ -64,10 +77,16 @@ class Supervisor:
         self._schedule_lock = asyncio.Lock()
         self._sweep = sweep  # periodic housekeeping run with reconciliation (expired uploads)
         self._retention = retention
+        self._replica = replica
+        self._lease = lease
+        self._grace = grace
+        self._shared = bool(getattr(backend, "shared", False))
+        self._cancels_sent: set[str] = set()  # own CANCELING jobs whose backend cancel was asked here
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self._store.replicas.heartbeat(self._replica, utcnow())
         await self._backend.start()
         await self.reconcile(startup=True)
         self._tasks = [
@@ -89,21 +108,25 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         next_reconcile = loop.time() + self._reconcile_every
         next_deadlines = loop.time()
+        next_beat = loop.time() + self._lease / 3
         while True:
             await wait_set(self._wake, self._tick)
             self._wake.clear()
             try:
+                if loop.time() >= next_beat:
+                    next_beat = loop.time() + self._lease / 3
+                    await self._store.replicas.heartbeat(self._replica, utcnow())
                 # Deadlines are looked at once a tick, not on every wake-up (a new job, a freed slot).
                 if loop.time() >= next_deadlines:
                     next_deadlines = loop.time() + self._tick
                     await self.enforce_deadlines()
+                    await self._follow_cancels()
                 await self.schedule()
                 if loop.time() >= next_reconcile:
                     next_reconcile = loop.time() + self._reconcile_every
+                    await self.handle_dead_replicas()
                     await self.reconcile()
-                    if self._sweep is not None:
-                        await self._sweep()
-                    await self.prune_finished()
+                    await self._housekeeping()
             except Exception:
                 log.exception("supervisor pass failed; retrying on the next tick")
 
@@ -147,9 +170,15 @@ class Supervisor:
 
     async def schedule(self) -> None:
         """Start queued jobs, oldest first, while the backend and each consumer's quota have room."""
-        async with self._schedule_lock:
+        # One pass at a time in the whole service: the counts read here hold until the jobs are started.
+        async with self._schedule_lock, self._store.replicas.exclusive("schedule"):
             per_consumer = await self._store.jobs.active_counts_by_consumer()
-            active = sum(per_consumer.values())
+            # A shared backend's capacity is the service's; a host-bound backend's is this replica's host.
+            active = (
+                sum(per_consumer.values())
+                if self._shared
+                else await self._store.jobs.active_count(owner=self._replica)
+            )
             if active >= self._capacity:
                 return
             # Only the queue of consumers with room: a deep queue behind a full quota costs nothing here.
@@ -167,7 +196,12 @@ class Supervisor:
         deadline = utcnow() + timedelta(seconds=job.asset.timeouts.start)
         ref = self._backend.reference(job.id, job.consumer_id)  # stored before submit: see its docstring
         started = await self._transition(
-            job.id, JobState.INITIALIZING, only_from=[JobState.QUEUED], deadline_at=deadline, backend_ref=ref
+            job.id,
+            JobState.INITIALIZING,
+            only_from=[JobState.QUEUED],
+            deadline_at=deadline,
+            backend_ref=ref,
+            owner=self._replica,
         )
         if started is None:
             return False
@@ -205,10 +239,14 @@ class Supervisor:
         target = PHASE_TO_STATE[update.phase]
 
         def decide(job: Job) -> Change | None:
+            if not self._mine(job):
+                return None
             return change_for(job, update, target, self._cancel_timeout)
 
         # The job is read, decided on and moved in one transaction, found by its backend reference.
         result = await self._store.jobs.transition_by_ref(update.ref, target, decide)
+        if result is not None and not self._mine(result[0]):
+            return  # another replica's job (a shared backend's watch shows every job to every replica)
         if result is None:
             log.warning("update for an unknown backend reference; cleaning it up", ref=update.ref)
             if update.phase not in (RunPhase.INITIALIZING, RunPhase.RUNNING):
@@ -258,8 +296,8 @@ class Supervisor:
                     deadline_at=deadline,
                     only_from=[JobState.INITIALIZING, JobState.RUNNING],
                 )
-                if done is not None and done.backend_ref:
-                    await self._backend.cancel(done.backend_ref)
+                if done is not None and done.backend_ref and (self._shared or self._mine(done)):
+                    await self._backend.cancel(done.backend_ref)  # else its owner does (_follow_cancels)
             if done is not None:
                 return done
             now = await self._store.jobs.get_job(job.id)
@@ -294,6 +332,8 @@ class Supervisor:
         for job in await self._store.jobs.live_jobs_due(now):
             if job.deadline_at is None or job.deadline_at > now:
                 continue
+            if job.state != JobState.QUEUED and not self._mine(job):
+                continue  # its owner enforces it (or, if that replica is dead, handle_dead_replicas)
             log.warning("job deadline passed", job_id=job.id, state=job.state)
             if job.state == JobState.QUEUED:
                 await self._transition(
@@ -329,18 +369,24 @@ class Supervisor:
                 await self._backend.cleanup(job.backend_ref)
 
     async def reconcile(self, *, startup: bool = False) -> None:
-        """Ask the backend about every live job; at start-up, jobs never handed over are lost.
+        """Ask the backend about every live job of this replica; at start-up, jobs never handed over are
+        lost.
 
         An INITIALIZING job holds its reference from before its submit reached the backend. At start-up
         no submit of this process is under way, so one the backend does not know is lost; later, a
-        submit (of this replica or another) may still be on its way, so "not known" is no verdict on an
-        INITIALIZING job: its start deadline ends it if the backend never gets it.
+        submit may still be on its way, so "not known" is no verdict on an INITIALIZING job: its start
+        deadline ends it if the backend never gets it. A shared backend is given every replica's live
+        references (what it sweeps as orphans must spare theirs); only this replica's updates are applied.
         """
+        states = [s.value for s in LIVE_BACKEND_STATES]
+        adopted = await self._store.replicas.adopt_unowned(self._replica, states)
+        if adopted:
+            log.info("live jobs without an owner (started before replicas had ids) adopted", count=adopted)
         live = [j for j in await self._store.jobs.live_jobs() if j.state in LIVE_BACKEND_STATES]
-        with_ref = [j for j in live if j.backend_ref]
-        starting = {j.backend_ref for j in with_ref if j.state == JobState.INITIALIZING}
+        mine = [j for j in live if self._mine(j)]
+        starting = {j.backend_ref for j in mine if j.backend_ref and j.state == JobState.INITIALIZING}
         if startup:
-            for job in live:
+            for job in mine:
                 if not job.backend_ref:
                     await self._transition(
                         job.id,
@@ -348,9 +394,69 @@ class Supervisor:
                         reason=Reason.BACKEND_LOST,
                         message="the service stopped before the job reached the backend",
                     )
+        my_refs = {j.backend_ref for j in mine if j.backend_ref}
+        asked = {j.backend_ref for j in live if j.backend_ref} if self._shared else my_refs
         # Called even with nothing live: the backend also sweeps what it holds for jobs that are not.
-        updates = await self._backend.reconcile([j.backend_ref for j in with_ref if j.backend_ref])
+        updates = await self._backend.reconcile(sorted(r for r in asked if r))
         for update in updates:
+            if update.ref not in my_refs:
+                continue
             if not startup and update.reason == Reason.BACKEND_LOST and update.ref in starting:
                 continue
             await self.apply(update)
+
+    async def handle_dead_replicas(self) -> None:
+        """The jobs of replicas whose lease ran out: taken over at once on a shared backend; on a host-bound
+        one, after the grace period, ended SYSTEM_ERROR/BACKEND_LOST (each once: the moves compare and set).
+        One replica at a time does this pass."""
+        async with self._store.replicas.exclusive("dead-replicas", wait=False) as held:
+            if not held:
+                return
+            silent_for = self._lease + (0 if self._shared else self._grace)
+            dead = await self._store.replicas.dead(utcnow() - timedelta(seconds=silent_for))
+            dead = [r for r in dead if r != self._replica]
+            if not dead:
+                return
+            for job in await self._store.jobs.live_jobs():
+                if job.owner not in dead or job.state not in LIVE_BACKEND_STATES:
+                    continue
+                if self._shared:
+                    if await self._store.replicas.take_over(job.id, job.owner, self._replica):
+                        log.warning("job taken over from a dead replica", job_id=job.id, replica=job.owner)
+                    continue
+                await self._transition(
+                    job.id,
+                    JobState.SYSTEM_ERROR,
+                    reason=Reason.BACKEND_LOST,
+                    message=f"its replica stopped and did not come back within {silent_for:g} s",
+                    only_from=[job.state],
+                )
+            still = {j.owner for j in await self._store.jobs.live_jobs() if j.state in LIVE_BACKEND_STATES}
+            for replica in dead:
+                if replica not in still:
+                    await self._store.replicas.forget(replica)
+
+    async def _follow_cancels(self) -> None:
+        """Cancel in the backend this replica's jobs that another replica moved to CANCELING (a cancel
+        asked through its API): a host-bound job can only be stopped where it runs."""
+        if self._shared:
+            return
+        canceling = await self._store.jobs.in_state(JobState.CANCELING, owner=self._replica)
+        self._cancels_sent &= {j.id for j in canceling}
+        for job in canceling:
+            if job.id not in self._cancels_sent and job.backend_ref:
+                self._cancels_sent.add(job.id)
+                await self._backend.cancel(job.backend_ref)
+
+    async def _housekeeping(self) -> None:
+        """Expired uploads and finished jobs past their retention: one replica at a time."""
+        async with self._store.replicas.exclusive("housekeeping", wait=False) as held:
+            if not held:
+                return
+            if self._sweep is not None:
+                await self._sweep()
+            await self.prune_finished()
+
+    def _mine(self, job: Job) -> bool:
+        """This replica follows ``job`` (None: a job no replica has started, or one from before owners)."""
+        return job.owner is None or job.owner == self._replica

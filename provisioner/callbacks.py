@@ -108,7 +108,9 @@ class ProvisionerTasks:
     async def _send_one(self, grant: Grant) -> None:
         try:
             async with self._slots:
-                await self.send(grant)
+                # Every replica sees the callback due; the one whose claim wins sends it.
+                if await self._provisioning.claim_callback(grant, self._settings.edc.callback_timeout + 5):
+                    await self.send(grant)
         except Exception:
             log.exception("sending a provisioning callback failed", grant_id=grant.id)
         finally:

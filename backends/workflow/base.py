@@ -107,6 +107,10 @@ class WorkflowBackendError(Exception):
 @runtime_checkable
 class WorkflowBackend(Protocol):
     name: str
+    # True when every replica of the service reaches the same jobs (Kubernetes): any replica may take a
+    # dead one's jobs over. False for a host-bound backend (local processes, containers on one host): a
+    # job stays with the replica that started it.
+    shared: bool
 
     async def start(self) -> None:
         """Begin producing updates (open watches, start monitors). Called once by the owner."""

@@ -122,6 +122,17 @@ class GrantRepository(Repository):
             )
             return [grant_record(r) for r in (await s.exec(q)).all()]
 
+    async def claim_callback(self, grant_id: str, now: datetime, until: datetime) -> bool:
+        """Take the due callback of ``grant_id`` for one attempt (its next try moves to ``until``): True for
+        the one replica whose claim won, False when another took it first or it is not due."""
+        q = update(GrantRow).where(
+            col(GrantRow.id) == grant_id,
+            col(GrantRow.callback_state).in_([CallbackState.PENDING.value, CallbackState.UNAUTHORIZED.value]),
+            col(GrantRow.callback_next_at) <= now,
+        )
+        async with self.engine.begin() as conn:
+            return bool((await conn.execute(q.values(callback_next_at=until))).rowcount)
+
     async def next_callback_at(self) -> datetime | None:
         async with self.session() as s:
             q = select(func.min(GrantRow.callback_next_at)).where(

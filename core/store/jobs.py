@@ -168,6 +168,16 @@ class JobRepository(Repository):
             q = select(JobRow.state, func.count()).group_by(col(JobRow.state))
             return {state: int(n) for state, n in (await s.exec(q)).all()}
 
+    async def active_count(self, *, owner: str) -> int:
+        """Active jobs (INITIALIZING, RUNNING, CANCELING) that replica ``owner`` follows."""
+        q = core_select(func.count()).where(_JOB.c.state.in_(ACTIVE_STATES), _JOB.c.owner == owner)
+        return int((await self._rows(q))[0][0])
+
+    async def in_state(self, state: JobState, *, owner: str) -> list[Job]:
+        """The jobs in ``state`` that replica ``owner`` follows."""
+        q = core_select(_JOB).where(_JOB.c.state == state.value, _JOB.c.owner == owner)
+        return [job_record(r) for r in await self._rows(q)]
+
     async def active_counts_by_consumer(self) -> dict[str, int]:
         q = core_select(_JOB.c.consumer_id, func.count()).where(_JOB.c.state.in_(ACTIVE_STATES))
         return {cid: int(n) for cid, n in await self._rows(q.group_by(_JOB.c.consumer_id))}

@@ -141,6 +141,7 @@ def job_fields(j: Job) -> dict[str, Any]:
         "updated_at": j.updated_at,
         "started_at": j.started_at,
         "finished_at": j.finished_at,
+        "owner": j.owner,
     }
 
 
@@ -166,6 +167,7 @@ def job_record(r: Any) -> Job:
         updated_at=as_utc(r.updated_at),  # type: ignore[arg-type]
         started_at=as_utc(r.started_at),
         finished_at=as_utc(r.finished_at),
+        owner=r.owner,
     )
 
 

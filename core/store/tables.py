@@ -104,6 +104,16 @@ class JobRow(SQLModel, table=True):
     updated_at: datetime = _ts(nullable=False)
     started_at: datetime | None = _ts(nullable=True)
     finished_at: datetime | None = _ts(nullable=True, index=True)  # the retention sweep's lookup
+    owner: str | None = Field(default=None, max_length=100, index=True)  # the replica following it
+
+
+class ReplicaRow(SQLModel, table=True):
+    """A serving process and its lease: it renews ``heartbeat_at``; past the lease it is presumed dead."""
+
+    __tablename__ = "replica"
+    id: str = Field(primary_key=True, max_length=100)
+    started_at: datetime = _ts(nullable=False)
+    heartbeat_at: datetime = _ts(nullable=False)
 
 
 class JobEventRow(SQLModel, table=True):

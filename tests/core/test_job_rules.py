@@ -150,3 +150,15 @@ async def test_another_consumers_job_is_unknown_and_a_live_job_is_not_deleted(se
     assert (await services.jobs.delete(alice, job.id)).id == job.id
     with pytest.raises(NotFoundError):
         await services.jobs.get(alice, job.id)
+
+
+async def test_concurrent_creates_cannot_overshoot_the_unfinished_jobs_quota(services: Services) -> None:
+    alice = await _consumer(services, "alice", "dummy-job")
+
+    results = await asyncio.gather(
+        *(services.jobs.create(alice, "dummy-job", [], {"SLEEPTIME": 60}) for _ in range(10)),
+        return_exceptions=True,
+    )
+
+    assert sum(not isinstance(r, BaseException) for r in results) == MAX_QUEUED
+    assert all(isinstance(r, QuotaExceededError) for r in results if isinstance(r, BaseException))

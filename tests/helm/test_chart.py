@@ -250,3 +250,21 @@ def test_jobs_run_in_a_namespace_of_their_own_by_default() -> None:
     assert role["metadata"]["namespace"] == "wml-jobs"
     done = helm("template", "wml", str(CHART), "--namespace", "wml", "--set", "workflow.jobsNamespace=wml")
     assert done.returncode != 0 and "must not be the release namespace" in done.stderr
+
+
+def test_replicas_roll_one_at_a_time_and_a_disruption_budget_keeps_one_serving() -> None:
+    docs = render("-f", str(CHART / "ci" / "production-values.yaml"), "--set", "replicaCount=2")
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    [budget] = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    assert budget["spec"]["minAvailable"] == 1
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    embedded = render("-f", str(CHART / "ci" / "embedded-values.yaml"))
+    assert not [d for d in embedded if d["kind"] == "PodDisruptionBudget"]
+    [single] = [d for d in embedded if d["kind"] == "Deployment"]
+    assert single["spec"]["strategy"] == {"type": "Recreate"}

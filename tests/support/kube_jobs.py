@@ -83,19 +83,29 @@ class Supervised:
 
 @contextlib.asynccontextmanager
 async def supervised(
-    tmp_path: Path, kube: FakeKube, *, reconcile_interval: float = 3600, **options: Any
+    tmp_path: Path,
+    kube: FakeKube,
+    *,
+    reconcile_interval: float = 3600,
+    database_url: str | None = None,
+    replica: str = "single",
+    lease: float = 30.0,
+    **options: Any,
 ) -> AsyncIterator[Supervised]:
-    """A Supervisor on a fresh SQLite store and a new Kubernetes backend; stopped on exit."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'wml.sqlite'}"
+    """A Supervisor on a store (a fresh SQLite one unless ``database_url``) and a new Kubernetes backend,
+    as replica ``replica``; stopped on exit."""
+    url = database_url or f"sqlite+aiosqlite:///{tmp_path / 'wml.sqlite'}"
     await migrate(url)
     store = Store(create_engine(url))
-    await store.assets.sync_assets([ASSET])
+    async with store.replicas.exclusive("catalogue"):
+        await store.assets.sync_assets([ASSET])
     consumers = await store.grants.list_grants()
     if consumers:
         consumer_id = consumers[0].consumer_id
     else:
         consumer_id = (await store.grants.create_consumer(new_id("c"), "acme")).id
         await store.grants.create_grant("g_1", consumer_id, ASSET.id, "hash", None)
+    # Replicas share the jobs' storage, as they would share S3.
     storage = FileStorageBackend(tmp_path / "files")
     backend = kube.backend(storage, **options)
     supervisor = Supervisor(
@@ -108,6 +118,8 @@ async def supervised(
         cancel_timeout=5,
         tick_interval=0.05,
         reconcile_interval=reconcile_interval,
+        replica=replica,
+        lease=lease,
     )
     await supervisor.start()
     try:

@@ -52,6 +52,7 @@ class HostJobs(abc.ABC):
     """Job directories, the update stream and the owned per-job tasks of a single-host backend."""
 
     kind = "host"  # names the backend in log events and task names
+    shared = False  # a job lives on the host whose replica started it
 
     def __init__(self, work_dir: Path) -> None:
         self._work_dir = Path(work_dir).absolute()

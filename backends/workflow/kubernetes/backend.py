@@ -76,6 +76,7 @@ class KubernetesWorkflowBackend:
     """Runs jobs as Kubernetes Jobs; see the module docstring."""
 
     name = "kubernetes"
+    shared = True  # every replica reaches the same cluster
 
     def __init__(self, options: KubernetesOptions, storage: StorageBackend) -> None:
         self.options = options
