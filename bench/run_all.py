@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     # 1,000 jobs take about 3 minutes on a quiet 2-core machine (`--jobs 1000`); 500 keep make bench short.
     "kube_control_plane": ("kube_control_plane", ["--jobs", "500"]),
     "transfer": ("transfer", ["--sizes", "100M,1G", "--backends", "file,s3"]),
+    "replicas": ("replicas", ["--jobs", "120", "--concurrency", "8", "--replicas", "1,2,3"]),
 }
 
 
@@ -165,6 +166,32 @@ def transfer_rows(doc: dict[str, Any]) -> list[str]:
     return rows
 
 
+def replicas_rows(doc: dict[str, Any]) -> list[str]:
+    rows = []
+    s, one = doc["settings"], doc["replicas"]["1"]
+    for count, run in doc["replicas"].items():
+        if count == "1":
+            continue
+        ratio = doc["ratios_over_one_replica"][count]
+        rate = ratio["jobs_per_second"]
+        lost = run["failed"] + (s["jobs"] - run["completed"] - run["failed"])
+        rows.append(
+            row(
+                f"Replicas on PostgreSQL ({count})",
+                f"{s['jobs']} `true` jobs, {s['concurrency']} in flight, createJob to each replica in turn;"
+                " a `jobEvents` subscriber per replica",
+                f"{run['jobs_per_second']:.1f} jobs/s; delivery p50 {run['delivery']['p50_ms']:.0f} ms,"
+                f" p99 {run['delivery']['p99_ms']:.0f} ms ({run['events_delivered']} deliveries)",
+                f"one replica: {one['jobs_per_second']:.1f} jobs/s; delivery p50"
+                f" {one['delivery']['p50_ms']:.0f} ms, p99 {one['delivery']['p99_ms']:.0f} ms",
+                f"{ratio['jobs_per_second']:.2f} (jobs/s), {ratio['delivery_p99']:.1f}x (p99 delivery)",
+                f"no job lost: {verdict(lost == 0, f'{lost} lost')}; jobs/s >= 0.5 of one replica:"
+                f" {verdict(rate >= 0.5, f'{rate:.2f}')}",
+            )
+        )
+    return rows
+
+
 def table() -> str:
     lines = [
         "| benchmark | workload | service | raw baseline (same run) | ratio | target |",
@@ -177,6 +204,7 @@ def table() -> str:
         ("fanout", fanout_rows),
         ("kube_control_plane", kube_rows),
         ("transfer", transfer_rows),
+        ("replicas", replicas_rows),
     ):
         doc = load(name)
         if doc is None:
