@@ -58,6 +58,9 @@ class Consumer:
     created_at: datetime
 
 
+DATAPLANE = "dataplane"  # Grant.dialect of a grant made through the data plane's ProvisionHttp
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
     id: str
@@ -76,6 +79,9 @@ class Grant:
     callback_error: str | None = None
     deprovisioned_at: datetime | None = None
     files_purged: bool = False
+    # How the connector reached us: None, its control plane (provision-http, EDC milestone-8 to 0.15);
+    # "dataplane", its data plane's ProvisionHttp (EDC 0.14+, the only one from 0.16): the callbacks differ.
+    dialect: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,12 @@ def checked_base(address: str, allowed: frozenset[Origin]) -> str | None:
     return f"{origin}{path}"
 
 
+def dataplane_callback_url(base: str, flow_id: str, resource_id: str, action: str) -> str:
+    """``{base}/{flowId}/{provisionResourceId}/provision|deprovision``: the data plane's provisioning
+    context (EDC 0.14+); each id is one encoded path segment."""
+    return f"{base}/{quote(flow_id, safe='')}/{quote(resource_id, safe='')}/{action}"
+
+
 def callback_url(base: str, transfer_process_id: str) -> str:
     """``{base}/{transferProcessId}/provision``; the id is one encoded path segment, whatever it holds."""
     return f"{base}/{quote(transfer_process_id, safe='')}/provision"

@@ -28,7 +28,7 @@ from core.auth import hash_token
 from core.errors import NotFoundError, PermissionDeniedError, ValidationError
 from core.files import FileService
 from core.live.bus import EventBus
-from core.models import CallbackState, Consumer, Grant, GrantState, new_id, utcnow
+from core.models import DATAPLANE, CallbackState, Consumer, Grant, GrantState, new_id, utcnow
 from core.policy import assignee, contract_end
 from core.store import Store
 from core.supervisor import Supervisor
@@ -44,11 +44,18 @@ class ProvisionRequest:
     resource_definition_id: str
     kind: str | None  # "provision", "deprovision", or None (milestone dialect: cannot tell)
     policy: dict[str, Any]
+    dialect: str | None = None  # None: the control plane's provision-http; DATAPLANE: ProvisionHttp
 
     @classmethod
-    def parse(cls, body: Any) -> ProvisionRequest:
+    def parse(cls, body: Any, asset: str | None = None) -> ProvisionRequest:
+        """A request of any of the three dialects, told apart by its shape: the data plane's (EDC 0.14+)
+        carries ``flowId`` and ``provisionResourceId`` and names no asset (``asset``: the ``?asset=`` of the
+        ProvisionHttp baseUrl it was posted to); the control plane's carry ``assetId``, ``transferProcessId``
+        and a policy, with (0.11) or without (milestone-8) a ``type``."""
         if not isinstance(body, dict):
             raise ValidationError("the request body must be a JSON object")
+        if "flowId" in body or "provisionResourceId" in body:
+            return cls._parse_dataplane(body, asset)
         fields = {}
         for name in ("assetId", "transferProcessId", "callbackAddress", "resourceDefinitionId"):
             value = body.get(name)
@@ -61,6 +68,10 @@ class ProvisionRequest:
         if kind is not None and kind not in ("provision", "deprovision"):
             raise ValidationError("type must be 'provision' or 'deprovision'", field="type")
         policy = body.get("policy")
+        try:
+            contract_end(policy if isinstance(policy, dict) else {}, utcnow())  # refuse what cannot be read
+        except ValueError as e:
+            raise ValidationError(str(e), field="policy") from None
         return cls(
             asset_id=fields["assetId"],
             transfer_process_id=fields["transferProcessId"],
@@ -68,6 +79,33 @@ class ProvisionRequest:
             resource_definition_id=fields["resourceDefinitionId"],
             kind=kind,
             policy=policy if isinstance(policy, dict) else {},
+        )
+
+    @classmethod
+    def _parse_dataplane(cls, body: dict[str, Any], asset: str | None) -> ProvisionRequest:
+        fields = {}
+        for name in ("flowId", "provisionResourceId", "callbackAddress"):
+            value = body.get(name)
+            if not isinstance(value, str) or not value.strip() or not _is_storable_text(value):
+                raise ValidationError(f"{name} is required and must be a non-empty string", field=name)
+            fields[name] = value.strip()
+        kind = body.get("type")
+        if kind not in ("provision", "deprovision"):
+            raise ValidationError("type must be 'provision' or 'deprovision'", field="type")
+        if not asset or not _is_storable_text(asset):
+            raise ValidationError(
+                "the data plane names no asset: give the asset's ProvisionHttp data address a baseUrl "
+                "ending in ?asset=<asset id>",
+                field="asset",
+            )
+        return cls(
+            asset_id=asset,
+            transfer_process_id=fields["flowId"],
+            callback_address=fields["callbackAddress"],
+            resource_definition_id=fields["provisionResourceId"],
+            kind=kind,
+            policy={},
+            dialect=DATAPLANE,
         )
 
 
@@ -151,6 +189,15 @@ class ProvisioningService:
             found = await self._store.grants.grant_by_transfer(request.transfer_process_id)
             if found is not None and found.asset_id == request.asset_id:  # else: as for an unknown one
                 await self.deprovision_grant(found.id, "deprovisioned by the connector")
+                if found.dialect == DATAPLANE:  # the data plane waits for a deprovisioned callback
+                    await self._store.grants.update_grant(
+                        found.id,
+                        callback_state=CallbackState.PENDING.value,
+                        callback_next_at=utcnow(),
+                        callback_attempts=0,
+                        callback_error=None,
+                    )
+                    return await self._store.grants.get_grant(found.id)
             return None
         if await self._store.assets.get_asset(request.asset_id) is None:
             raise NotFoundError("asset", request.asset_id)
@@ -168,7 +215,7 @@ class ProvisioningService:
     async def _create(self, request: ProvisionRequest) -> Grant:
         consumer = await self._consumer_for(request)
         now = utcnow()
-        end = contract_end(request.policy)
+        end = contract_end(request.policy, now)  # a relative end counts from now: the agreement is new
         grant = Grant(
             id=new_id("g"),
             consumer_id=consumer.id,
@@ -184,6 +231,7 @@ class ProvisioningService:
             # A safety net: the provisioner brings this forward once its reply has gone out, and a
             # restart in between still sends the callback.
             callback_next_at=now + timedelta(seconds=2),
+            dialect=request.dialect,
         )
         inserted = await self._store.grants.insert_grant(
             grant, hash_token(self.token_for(grant)), request.policy
@@ -297,9 +345,10 @@ class ProvisioningService:
             )
             return
         if outcome.give_up or (now - grant.created_at).total_seconds() > self._give_up_after:
+            ended = grant.state == GrantState.DEPROVISIONED  # (a data plane's deprovision callback)
             await self._store.grants.update_grant(
                 grant.id,
-                state=GrantState.FAILED_CALLBACK.value,
+                state=(grant.state if ended else GrantState.FAILED_CALLBACK).value,
                 callback_state=CallbackState.GAVE_UP.value,
                 callback_attempts=attempts,
                 callback_error=outcome.error,

@@ -12,6 +12,11 @@ callback pending when the service stops is sent after it starts again. How each 
 | 409, 5xx, network, timeout| retried with bounded exponential backoff                              |
 | 3xx                       | redirects are not followed: give up, FAILED_CALLBACK                  |
 
+A grant made through the data plane's ProvisionHttp (EDC 0.14+) is answered at
+``{callbackAddress}/{flowId}/{provisionResourceId}/provision`` with ``{"dataAddress": ...}``, and once
+deprovisioned at ``.../deprovision`` with no body; the data plane has no key of its own to check, and its
+answers read: 2xx done, 500-504 retried, anything else final (given up).
+
 A callback goes only to an address under ``WML_EDC_CALLBACK_ORIGINS`` (checked again here: a grant
 stored before the origins were set, or under another setting, is abandoned without any request), and
 with the connector's key only there. Callbacks are sent concurrently, at most
@@ -27,12 +32,12 @@ import httpx
 import structlog
 
 from core.metrics import Metrics
-from core.models import Grant, utcnow
-from core.origins import callback_url, checked_base
+from core.models import DATAPLANE, Grant, GrantState, utcnow
+from core.origins import callback_url, checked_base, dataplane_callback_url
 from core.provisioning import CallbackOutcome, ProvisioningService
 from core.settings import Settings
 from core.waiting import cancel_and_wait, wait_set
-from provisioner.wire import callback_body
+from provisioner.wire import callback_body, dataplane_callback_body
 
 log = structlog.get_logger("wml.provisioner")
 
@@ -49,6 +54,15 @@ def classify(status: int) -> CallbackOutcome:
     if status == 409 or status >= 500:
         return CallbackOutcome(error=f"{status} from the connector")
     return CallbackOutcome(give_up=True, error=f"{status}: the connector refused the callback body")
+
+
+def classify_dataplane(status: int) -> CallbackOutcome:
+    """The data plane's provisioning context (EDC 0.14+): 2xx done, 500-504 retry, anything else final."""
+    if 200 <= status < 300:
+        return CallbackOutcome(delivered=True)
+    if 500 <= status <= 504:
+        return CallbackOutcome(error=f"{status} from the data plane")
+    return CallbackOutcome(give_up=True, error=f"{status}: the data plane refused the callback")
 
 
 def _outcome_name(outcome: CallbackOutcome) -> str:
@@ -133,12 +147,29 @@ class ProvisionerTasks:
             await self._provisioning.record_callback(grant, outcome)
             return
         auth_code = self._provisioning.auth_code_for(grant)
-        body = callback_body(grant, self._settings.resolved_public_url(), auth_code)
+        public_url = self._settings.resolved_public_url()
         key = self._settings.edc.api_key.get_secret_value() if self._settings.edc.api_key else ""
         try:
-            url = callback_url(base, grant.transfer_process_id)
-            resp = await self._http.post(url, json=body, headers={"X-Api-Key": key})
-            outcome = classify(resp.status_code)
+            if grant.dialect == DATAPLANE:
+                assert grant.resource_definition_id is not None
+                if grant.state == GrantState.DEPROVISIONED:
+                    url = dataplane_callback_url(
+                        base, grant.transfer_process_id, grant.resource_definition_id, "deprovision"
+                    )
+                    resp = await self._http.post(url)
+                else:
+                    url = dataplane_callback_url(
+                        base, grant.transfer_process_id, grant.resource_definition_id, "provision"
+                    )
+                    resp = await self._http.post(
+                        url, json=dataplane_callback_body(grant, public_url, auth_code)
+                    )
+                outcome = classify_dataplane(resp.status_code)
+            else:
+                url = callback_url(base, grant.transfer_process_id)
+                body = callback_body(grant, public_url, auth_code)
+                resp = await self._http.post(url, json=body, headers={"X-Api-Key": key})
+                outcome = classify(resp.status_code)
         except httpx.HTTPError as e:
             outcome = CallbackOutcome(error=f"connector unreachable: {type(e).__name__}")
         if outcome.unauthorized:

@@ -1,4 +1,9 @@
-"""``POST /provision`` (provision and deprovision, both dialects) and ``GET /provision/details/{id}``.
+"""``POST /provision`` (provision and deprovision, all three dialects) and ``GET /provision/details/{id}``.
+
+The three dialects share this route: EDC's control-plane ``provision-http`` (milestone-8 without a
+``type``, 0.11 to 0.15 with one) and, from EDC 0.14 (the only one from 0.16), the data plane's
+``ProvisionHttp``, whose requests name no asset: the asset's data address gives it in its ``baseUrl``
+(``.../provision?asset=<id>``). They are told apart by the body's shape (``core.provisioning``).
 
 Provisioning is closed until configured: without ``WML_PROVISION_SECRET`` and ``WML_EDC_CALLBACK_ORIGINS``
 every ``POST /provision`` answers 503 naming them, so an anonymous caller can never make a grant. With
@@ -66,7 +71,7 @@ def provision_routes(services: Services, wake_sender: Callable[[], None]) -> lis
             return _error(413, "PAYLOAD_TOO_LARGE", f"a provision request is at most {MAX_BODY} bytes")
         try:
             body = json.loads(raw)
-            parsed = ProvisionRequest.parse(body)
+            parsed = ProvisionRequest.parse(body, asset=request.query_params.get("asset"))
             if parsed.kind != "deprovision" and checked_base(parsed.callback_address, origins) is None:
                 raise domain.ValidationError(
                     "callbackAddress is not under an origin in WML_EDC_CALLBACK_ORIGINS (or is not a plain "

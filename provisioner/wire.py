@@ -37,6 +37,22 @@ def callback_body(grant: Grant, public_url: str, auth_code: str) -> dict[str, An
     }
 
 
+def dataplane_callback_body(grant: Grant, public_url: str, auth_code: str) -> dict[str, Any]:
+    """The data plane's provisioned callback: the DataAddress the consumer's side reads, the same one as
+    in the control plane's callback (the details URL and the key to read it with)."""
+    assert grant.transfer_process_id is not None
+    return {
+        "dataAddress": {
+            "properties": {
+                "type": "HttpData",
+                "baseUrl": details_url(public_url, grant.transfer_process_id),
+                "authKey": "X-Api-Key",
+                "authCode": auth_code,
+            }
+        }
+    }
+
+
 def details_body(grant: Grant, public_url: str, token: str) -> dict[str, Any]:
     ws = (
         "wss://" + public_url[len("https://") :]

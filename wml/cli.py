@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from core.assets import CatalogError
 from core.errors import DomainError
 from core.settings import Settings, setting_name
-from wml.client.connector import DIALECTS
+from wml.client.connector import DIALECTS, NEWEST
 from wml.logs import configure_logging
 from wml.single import AlreadyServingError
 
@@ -39,10 +39,13 @@ def _parser() -> argparse.ArgumentParser:
         help="where the job runs: podman containers when available (auto), or local processes",
     )
     demo.add_argument(
+        "--edc",
         "--dialect",
+        dest="dialect",
         choices=DIALECTS,
-        default="0.11",
-        help="EDC request dialect the connector stand-in speaks",
+        default=NEWEST,
+        help="the EDC protocol the connector stand-in speaks: 0.16 (the data plane's ProvisionHttp, the "
+        "default), 0.11 (the control plane's provision-http) or milestone (milestone-8, no request type)",
     )
 
     watch = sub.add_parser(

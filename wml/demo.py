@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from core.settings import Settings
 from wml.client.api import ApiError, Client
-from wml.client.connector import ConnectorEmulator, running_connector
+from wml.client.connector import NEWEST, ConnectorEmulator, running_connector
 from wml.logs import configure_logging
 from wml.server import embedded_server
 from wml.watch import describe, follow_job
@@ -66,7 +66,7 @@ async def run_demo(
     *,
     data_dir: Path | None,
     sleep: int,
-    dialect: str = "0.11",
+    dialect: str = NEWEST,
     verbose: bool = False,
     workflow: str = "auto",
 ) -> int:
@@ -119,7 +119,7 @@ async def _provision(edc: ConnectorEmulator, url: str, dialect: str) -> str:
     """Play the provider's connector: provision, take the callback, pull the details."""
     transfer = f"demo-transfer-{int(time.time())}"
     body = edc.request_body(DEMO_ASSET, transfer, kind="provision", dialect=dialect)
-    resp = await edc.post(f"{url}/provision/", body)
+    resp = await edc.post(edc.endpoint(url, DEMO_ASSET, dialect), body)
     if resp.status_code != 200:
         raise ApiError(f"provision request answered {resp.status_code}: {resp.text[:200]}")
     step(f"connector ({dialect} dialect) asked to provision {DEMO_ASSET!r} for transfer {transfer}: 200")

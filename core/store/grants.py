@@ -5,14 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from core.models import CallbackState, Consumer, Grant, GrantState, utcnow
+from core.models import DATAPLANE, CallbackState, Consumer, Grant, GrantState, utcnow
 from core.store.base import Repository
 from core.store.rows import as_utc, consumer_record, grant_record, storable
 from core.store.tables import ConsumerRow, GrantRow
+
+# A callback may go while the grant is not deprovisioned, or when it is the data plane's deprovision
+# callback.
+_CALLBACK_MAY_GO = or_(
+    col(GrantRow.state) != GrantState.DEPROVISIONED.value, col(GrantRow.dialect) == DATAPLANE
+)
 
 
 class GrantRepository(Repository):
@@ -73,6 +79,7 @@ class GrantRepository(Repository):
             policy=policy,
             callback_state=grant.callback_state.value if grant.callback_state else None,
             callback_next_at=grant.callback_next_at,
+            dialect=grant.dialect,
         )
         async with self.session() as s:
             s.add(row)
@@ -118,7 +125,7 @@ class GrantRepository(Repository):
                     [CallbackState.PENDING.value, CallbackState.UNAUTHORIZED.value]
                 ),
                 col(GrantRow.callback_next_at) <= now,
-                GrantRow.state != GrantState.DEPROVISIONED.value,
+                _CALLBACK_MAY_GO,
             )
             return [grant_record(r) for r in (await s.exec(q)).all()]
 
@@ -139,7 +146,7 @@ class GrantRepository(Repository):
                 col(GrantRow.callback_state).in_(
                     [CallbackState.PENDING.value, CallbackState.UNAUTHORIZED.value]
                 ),
-                GrantRow.state != GrantState.DEPROVISIONED.value,
+                _CALLBACK_MAY_GO,
             )
             return as_utc((await s.exec(q)).one())
 

@@ -77,6 +77,7 @@ def grant_record(r: GrantRow) -> Grant:
         callback_error=r.callback_error,
         deprovisioned_at=as_utc(r.deprovisioned_at),
         files_purged=r.files_purged,
+        dialect=r.dialect,
     )
 
 

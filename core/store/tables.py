@@ -57,6 +57,7 @@ class GrantRow(SQLModel, table=True):
     callback_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     deprovisioned_at: datetime | None = _ts(nullable=True)
     files_purged: bool = False
+    dialect: str | None = Field(default=None, max_length=20)  # None: control plane; "dataplane"
 
 
 class FileRow(SQLModel, table=True):

@@ -39,7 +39,7 @@ async def _provision(
     api: Api, edc: ConnectorEmulator, tp: str, dialect: str = "0.11", **kw: object
 ) -> httpx.Response:
     body = edc.request_body("dummy-job", tp, kind="provision", dialect=dialect, **kw)  # type: ignore[arg-type]
-    return await edc.post(f"{api.url}/provision/", body)
+    return await edc.post(edc.endpoint(api.url, "dummy-job", dialect), body)
 
 
 async def _grant_in(api: Api, tp: str, state: GrantState) -> None:
@@ -69,14 +69,17 @@ async def test_provision_callback_details_and_a_query_with_the_token(
     callback = await connector.wait_for_callback("tp-1")
     assert callback.address["type"] == "HttpData"
     assert callback.address["baseUrl"] == f"{edc_api.url}/provision/details/tp-1"
-    assert callback.body["assetId"] == "dummy-job"
+    if dialect != "0.16":  # the data plane's callback carries the data address only
+        assert callback.body["assetId"] == "dummy-job"
     details = await connector.pull_details(callback)
     assert details["graphqlUrl"] == f"{edc_api.url}/graphql"
     assert details["websocketUrl"].startswith("ws://")
     assert details["assetId"] == "dummy-job"
     me = await _me(edc_api, details["token"])
     assert me.status_code == 200
-    assert me.json()["data"]["me"]["name"] == connector.participant_id
+    # The data plane's request names no participant: the flow is its own consumer.
+    expected = "transfer tp-1" if dialect == "0.16" else connector.participant_id
+    assert me.json()["data"]["me"]["name"] == expected
     assert me.json()["data"]["assets"] == [{"id": "dummy-job"}]
     assert details["token"].encode() not in (edc_api.services.settings.data_dir / "wml.db").read_bytes()
 

@@ -3,7 +3,7 @@ connector stand-in's own checks (so the end-to-end tests can fail)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -36,18 +36,36 @@ def test_contract_end_takes_the_earliest_before_constraint() -> None:
             }
         ]
     }
-    assert contract_end(policy) == datetime(2030, 1, 1, tzinfo=UTC)
+    assert contract_end(policy, AGREED) == datetime(2030, 1, 1, tzinfo=UTC)
 
 
-def test_contract_end_is_none_for_relative_or_missing_dates() -> None:
-    assert (
-        contract_end(
-            {"permissions": [{"constraints": [_constraint("inForceDate", "LEQ", "contractAgreement+30d")]}]}
-        )
-        is None
-    )
-    assert contract_end({}) is None
-    assert contract_end(None) is None
+AGREED = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("relative", "after"),
+    [
+        ("contractAgreement+30d", timedelta(days=30)),
+        ("contractAgreement + 12h", timedelta(hours=12)),
+        ("contractagreement+90m", timedelta(minutes=90)),
+        ("contractAgreement+1s", timedelta(seconds=1)),
+    ],
+)
+def test_a_relative_contract_end_counts_from_the_agreement(relative: str, after: timedelta) -> None:
+    policy = {"permissions": [{"constraints": [_constraint("inForceDate", "LEQ", relative)]}]}
+    assert contract_end(policy, AGREED) == AGREED + after
+
+
+@pytest.mark.parametrize("unreadable", ["contractAgreement+30y", "next tuesday", "contractAgreement-1d", ""])
+def test_an_end_that_cannot_be_read_is_refused_not_defaulted(unreadable: str) -> None:
+    policy = {"permissions": [{"constraints": [_constraint("inForceDate", "LEQ", unreadable)]}]}
+    with pytest.raises(ValueError, match="neither an ISO-8601 date-time nor contractAgreement"):
+        contract_end(policy, AGREED)
+
+
+def test_contract_end_is_none_without_end_constraints() -> None:
+    assert contract_end({}, AGREED) is None
+    assert contract_end(None, AGREED) is None
 
 
 def test_assignee_is_read_and_blank_means_none() -> None:

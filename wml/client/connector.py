@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import uvicorn
@@ -27,7 +28,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 EDCTYPE = "dataspaceconnector:provisioner-callback-request"
-DIALECTS = ("0.11", "milestone")
+# EDC's control-plane provision-http (0.11 to 0.15 with a request type, milestone-8 without), and from 0.14
+# (the only one from 0.16) the data plane's ProvisionHttp.
+DIALECTS = ("0.16", "0.11", "milestone")
+NEWEST = DIALECTS[0]
 
 
 @dataclass
@@ -37,7 +41,9 @@ class Callback:
 
     @property
     def address(self) -> dict[str, Any]:
-        properties: dict[str, Any] = self.body["contentDataAddress"]["properties"]
+        """The data address sent to the connector (control plane) or the data plane (0.16)."""
+        wrapper = self.body.get("contentDataAddress") or self.body["dataAddress"]
+        properties: dict[str, Any] = wrapper["properties"]
         return properties
 
 
@@ -53,6 +59,7 @@ class ConnectorEmulator:
     expected_rd: dict[str, str] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)  # resourceName -> transfer that used it
     down: bool = False  # answer nothing useful: close like a stopped server would (503 here)
+    deprovisioned: list[str] = field(default_factory=list)  # flows the data plane heard were deprovisioned
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- the callback receiver -------------------------------------------------------------------------
@@ -75,6 +82,38 @@ class ConnectorEmulator:
             return self._refuse(400, problem)
         self.names[body["resourceName"]] = tp
         self.accepted.append(Callback(transfer_process_id=tp, body=body))
+        self._arrived.set()
+        return Response(status_code=204)
+
+    async def _receive_dataplane(self, request: Request) -> Response:
+        """The data plane's provisioning context (EDC 0.14+): ``/{flowId}/{resourceId}/provision`` with
+        ``{"dataAddress": {...}}``, ``.../deprovision`` with no body; no key is checked."""
+        flow, rid, action = (
+            request.path_params["flow"],
+            request.path_params["rid"],
+            request.path_params["action"],
+        )
+        if self.down:
+            return Response(status_code=503)
+        if self.scripted:
+            return Response(status_code=self.scripted.pop(0))
+        if rid != self.expected_rd.get(flow):
+            return self._refuse(404, "no such provision resource in this flow")
+        if action == "deprovision":
+            self.deprovisioned.append(flow)
+            self._arrived.set()
+            return Response(status_code=204)
+        try:
+            body = await request.json()
+        except ValueError:
+            return self._refuse(400, "not JSON")
+        address = body.get("dataAddress") if isinstance(body, dict) else None
+        props = address.get("properties") if isinstance(address, dict) else None
+        if not isinstance(props, dict) or not all(
+            isinstance(props.get(k), str) for k in ("type", "baseUrl", "authKey", "authCode")
+        ):
+            return self._refuse(400, "dataAddress.properties needs type, baseUrl, authKey and authCode")
+        self.accepted.append(Callback(transfer_process_id=flow, body=body))
         self._arrived.set()
         return Response(status_code=204)
 
@@ -115,6 +154,13 @@ class ConnectorEmulator:
 
     # -- requests to the provider ----------------------------------------------------------------------
 
+    def endpoint(self, service_url: str, asset_id: str, dialect: str = NEWEST) -> str:
+        """Where this connector posts: the provisioner entry of its configuration (control plane), or the
+        ProvisionHttp data address's baseUrl of the asset (0.16: it carries the asset's id)."""
+        if dialect == "0.16":
+            return f"{service_url}/provision?asset={quote(asset_id, safe='')}"
+        return f"{service_url}/provision/"
+
     def request_body(
         self,
         asset_id: str,
@@ -125,6 +171,18 @@ class ConnectorEmulator:
         assignee: str | None = None,
         constraints: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
+        """A request as the connector of ``dialect`` sends it; for 0.16 ``tp`` is the flow id (and a
+        deprovision reuses the provision resource id of the flow)."""
+        if dialect == "0.16":
+            if kind is None:
+                raise ValueError("the data plane always says provision or deprovision")
+            rid = self.expected_rd.setdefault(tp, f"pr-{secrets.token_hex(6)}")
+            return {
+                "type": kind,
+                "flowId": tp,
+                "provisionResourceId": rid,
+                "callbackAddress": f"{self.callback_base}/provisioning",
+            }
         rd = f"rd-{secrets.token_hex(6)}"
         if kind != "deprovision":
             self.expected_rd[tp] = rd
@@ -198,7 +256,10 @@ async def running_connector(api_key: str | None = None) -> AsyncIterator[Connect
     """The emulator's callback receiver on a free loopback port."""
     emulator = ConnectorEmulator(api_key=api_key) if api_key else ConnectorEmulator()
     app = Starlette(
-        routes=[Route("/api/management/callback/{tp:path}/provision", emulator._receive, methods=["POST"])]
+        routes=[
+            Route("/api/management/callback/{tp:path}/provision", emulator._receive, methods=["POST"]),
+            Route("/provisioning/{flow}/{rid}/{action:str}", emulator._receive_dataplane, methods=["POST"]),
+        ]
     )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
