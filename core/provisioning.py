@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -166,6 +167,9 @@ class ProvisioningService:
         self._unauthorized_delay = unauthorized_delay
         self._give_up_after = give_up_after
         self._lock = asyncio.Lock()
+        # Who a transfer's participant is when its request names none (the connector's management API,
+        # provisioner.participants); set by the provisioner when WML_EDC_MANAGEMENT_URL is.
+        self.participant_lookup: Callable[[str], Awaitable[str | None]] | None = None
 
     # -- secrets derived from the server key -----------------------------------------------------------
 
@@ -270,7 +274,16 @@ class ProvisioningService:
 
     async def _consumer_for(self, request: ProvisionRequest) -> Consumer:
         participant = assignee(request.policy)
-        if participant is None:  # no assignee: the transfer is its own consumer
+        if participant is None and self.participant_lookup is not None:
+            try:
+                participant = await self.participant_lookup(request.transfer_process_id)
+            except Exception as e:  # the connector's API is a courtesy here: never fail the request on it
+                log.warning(
+                    "the connector's management API did not name the transfer's participant",
+                    transfer_process_id=request.transfer_process_id,
+                    error=str(e)[:300],
+                )
+        if participant is None:  # no participant known: the transfer is its own consumer
             return await self._store.grants.create_consumer(
                 new_id("c"), f"transfer {request.transfer_process_id}"[:200]
             )

@@ -181,6 +181,14 @@ class EdcSettings(BaseModel):
         default=None,
         description="The connector's management API key, sent as X-Api-Key with every provisioning callback.",
     )
+    management_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s?#]+$",
+        description="The connector's management API (e.g. http://provider-edc:8181/management), read with "
+        "WML_EDC_API_KEY to find the participant of a transfer whose request names none (milestone-8 without "
+        "an assignee, the 0.16 data plane): one participant then keeps one consumer. Unset: such a transfer "
+        "is its own consumer.",
+    )
     provision_secret: SecretStr | None = Field(
         default=None,
         description="Secret the connector sends with every POST /provision (X-Provision-Secret header or "
@@ -291,6 +299,7 @@ _EDC_FLAT = {
     "api_key": "edc_api_key",
     "callback_origins": "edc_callback_origins",
     "max_concurrent_callbacks": "edc_max_concurrent_callbacks",
+    "management_url": "edc_management_url",
 }
 # The flat names deployments set, for each nested setting: WML_K8S_API_URL -> settings.kubernetes.api_url.
 FLAT_NAMES: dict[str, tuple[str, str]] = {

@@ -37,6 +37,7 @@ from core.origins import callback_url, checked_base, dataplane_callback_url
 from core.provisioning import CallbackOutcome, ProvisioningService
 from core.settings import Settings
 from core.waiting import cancel_and_wait, wait_set
+from provisioner.participants import ManagementLookup
 from provisioner.wire import callback_body, dataplane_callback_body
 
 log = structlog.get_logger("wml.provisioner")
@@ -94,6 +95,12 @@ class ProvisionerTasks:
 
     async def start(self) -> None:
         self._http = httpx.AsyncClient(timeout=self._settings.edc.callback_timeout, follow_redirects=False)
+        edc = self._settings.edc
+        if edc.management_url:
+            key = edc.api_key.get_secret_value() if edc.api_key else ""
+            self._provisioning.participant_lookup = ManagementLookup(
+                edc.management_url, key, self._http
+            ).participant
         self._tasks = [
             asyncio.create_task(self._send_loop(), name="provisioner-callbacks"),
             asyncio.create_task(self._reap_loop(), name="provisioner-reaper"),

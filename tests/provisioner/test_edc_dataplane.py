@@ -208,3 +208,35 @@ async def test_an_unreadable_contract_end_is_refused_not_defaulted(
     assert resp.status_code == 400
     assert "contractAgreement+<n>s|m|h|d" in resp.json()["error"]["message"]
     assert await api.services.store.grants.list_grants() == []
+
+
+@pytest.mark.parametrize("management", [True, False])
+async def test_with_the_management_api_one_participant_keeps_one_consumer(
+    tmp_path: Path, connector: ConnectorEmulator, management: bool
+) -> None:
+    settings = {**FAST, **connector.provisioner_settings(management=management)}
+    async with running_api(tmp_path / "data", **settings) as api:
+        for flow in ("flow-a", "flow-b"):  # the data plane names no participant
+            assert await provision(api, connector, flow) == 200
+        a, b = [await grant_of(api, f) for f in ("flow-a", "flow-b")]
+        names = {
+            c: (await api.services.store.grants.get_consumer(c)).name for c in {a.consumer_id, b.consumer_id}
+        }  # type: ignore[union-attr]
+    if management:  # asked of the connector: the same participant, so the same consumer
+        assert list(names.values()) == [connector.participant_id]
+    else:  # each flow its own consumer
+        assert sorted(names.values()) == ["transfer flow-a", "transfer flow-b"]
+
+
+async def test_a_management_api_that_refuses_leaves_the_transfer_its_own_consumer(
+    tmp_path: Path, connector: ConnectorEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = {**FAST, **connector.provisioner_settings(management=True), "edc_api_key": "not-the-key"}
+    async with running_api(tmp_path / "data", **settings) as api:
+        assert await provision(api, connector, "flow-401") == 200  # the lookup is refused (401)
+        grant = await grant_of(api, "flow-401")
+        consumer = await api.services.store.grants.get_consumer(grant.consumer_id)
+    assert consumer is not None and consumer.name == "transfer flow-401"
+    logged = capsys.readouterr()
+    assert "did not name the transfer's participant" in logged.out + logged.err
+    assert "not-the-key" not in logged.out + logged.err

@@ -60,6 +60,7 @@ class ConnectorEmulator:
     names: dict[str, str] = field(default_factory=dict)  # resourceName -> transfer that used it
     down: bool = False  # answer nothing useful: close like a stopped server would (503 here)
     deprovisioned: list[str] = field(default_factory=list)  # flows the data plane heard were deprovisioned
+    agreements: dict[str, tuple[str, str]] = field(default_factory=dict)  # transfer -> (agreement, consumer)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- the callback receiver -------------------------------------------------------------------------
@@ -84,6 +85,19 @@ class ConnectorEmulator:
         self.accepted.append(Callback(transfer_process_id=tp, body=body))
         self._arrived.set()
         return Response(status_code=204)
+
+    async def _management(self, request: Request) -> Response:
+        """The management API's transfer processes and contract agreements (v3, JSON-LD compacted), as
+        the provisioner reads them to find a transfer's participant."""
+        if request.headers.get("x-api-key") != self.api_key:
+            return Response(status_code=401)
+        kind, ident = request.path_params["kind"], request.path_params["ident"]
+        if kind == "transferprocesses" and ident in self.agreements:
+            return JSONResponse({"@id": ident, "edc:contractId": self.agreements[ident][0]})
+        for agreement, consumer in self.agreements.values():
+            if kind == "contractagreements" and ident == agreement:
+                return JSONResponse({"@id": agreement, "consumerId": consumer})
+        return Response(status_code=404)
 
     async def _receive_dataplane(self, request: Request) -> Response:
         """The data plane's provisioning context (EDC 0.14+): ``/{flowId}/{resourceId}/provision`` with
@@ -172,7 +186,9 @@ class ConnectorEmulator:
         constraints: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """A request as the connector of ``dialect`` sends it; for 0.16 ``tp`` is the flow id (and a
-        deprovision reuses the provision resource id of the flow)."""
+        deprovision reuses the provision resource id of the flow). The transfer's contract agreement (its
+        consumer: ``assignee`` or this connector's participant) is kept for the management API."""
+        self.agreements.setdefault(tp, (f"agreement-{tp}", assignee or self.participant_id))
         if dialect == "0.16":
             if kind is None:
                 raise ValueError("the data plane always says provision or deprovision")
@@ -233,13 +249,17 @@ class ConnectorEmulator:
                 await asyncio.sleep(0.2)
         raise RuntimeError(f"provisioner unreachable after retries: {last}")
 
-    def provisioner_settings(self) -> dict[str, Any]:
-        """The settings a provisioner needs to take this connector's requests and call it back."""
-        return {
+    def provisioner_settings(self, *, management: bool = False) -> dict[str, Any]:
+        """The settings a provisioner needs to take this connector's requests and call it back (and with
+        ``management``, to ask its management API who a transfer's participant is)."""
+        settings = {
             "edc_api_key": self.api_key,
             "provision_secret": self.provision_secret,
             "edc_callback_origins": self.callback_base,
         }
+        if management:
+            settings["edc_management_url"] = f"{self.callback_base}/api/management"
+        return settings
 
     async def pull_details(self, callback: Callback) -> dict[str, Any]:
         """What the provider's data plane does when the consumer pulls: GET baseUrl with authKey/authCode."""
@@ -259,6 +279,7 @@ async def running_connector(api_key: str | None = None) -> AsyncIterator[Connect
         routes=[
             Route("/api/management/callback/{tp:path}/provision", emulator._receive, methods=["POST"]),
             Route("/provisioning/{flow}/{rid}/{action:str}", emulator._receive_dataplane, methods=["POST"]),
+            Route("/api/management/v3/{kind}/{ident}", emulator._management, methods=["GET"]),
         ]
     )
     sock = socket.socket()
