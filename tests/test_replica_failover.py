@@ -50,6 +50,7 @@ def shared(tmp_path: Path, fresh_pg: tuple[str, str]) -> dict[str, str]:
         "replica_lease": "3",
         "replica_grace": "120",  # longer than the restart: the replica comes back for its jobs
         "max_running_jobs_per_consumer": "10",  # a quota of the service as a whole, not per replica
+        "backend_capacity": "2",  # per replica (host-bound): the six jobs spread over all three
     }
 
 
