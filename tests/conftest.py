@@ -25,6 +25,16 @@ def postgres() -> Iterator[PostgresServer]:
     yield from _postgres_server()
 
 
+@pytest.fixture
+async def pg_url(postgres: PostgresServer) -> AsyncIterator[str]:
+    """A fresh database of the migrated schema on the session's PostgreSQL server (replica tests)."""
+    name = await postgres.create_database()
+    try:
+        yield postgres.url(name)
+    finally:
+        await postgres.drop_database(name)
+
+
 @pytest.fixture(params=DATABASES)
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":

@@ -3,7 +3,7 @@ receives, live and in order, the events of a job created through the other (LIST
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,21 +11,11 @@ import httpx
 import pytest
 
 from tests.support.api import TERMINAL, kill_leftover_workers
-from tests.support.postgres import PostgresServer
 from tests.support.processes import ServerProcess, token_from
 from tests.support.ws import Operation, connect
 
 EVENTS = "subscription { jobEvents { seq jobId state } }"
 CREATE = "mutation($i: CreateJobInput!) { createJob(input: $i) { ... on Job { id } } }"
-
-
-@pytest.fixture
-async def pg_url(postgres: PostgresServer) -> AsyncIterator[str]:
-    name = await postgres.create_database()
-    try:
-        yield postgres.url(name)
-    finally:
-        await postgres.drop_database(name)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ replica (another engine, no local publish), and a listener that reconnects and c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
@@ -18,7 +17,6 @@ from core.models import Job, JobEvent, new_id, utcnow
 from core.states import JobState
 from core.store import Store
 from core.store.engine import create_engine, migrate
-from tests.support.postgres import PostgresServer
 
 ASSET = Asset.model_validate({"id": "a", "name": "A", "image": "img"})
 
@@ -63,15 +61,6 @@ def _count_event_reads(store: Store) -> list[str]:
 async def _settled(sub: Subscription) -> None:
     """Let the bus's start-up read run (nothing arrives meanwhile)."""
     assert await sub.get(within=0.2) is None
-
-
-@pytest.fixture
-async def pg_url(postgres: PostgresServer) -> AsyncIterator[str]:
-    name = await postgres.create_database()
-    try:
-        yield postgres.url(name)
-    finally:
-        await postgres.drop_database(name)
 
 
 async def test_events_published_out_of_order_reach_subscribers_in_seq_order(database_url: str) -> None:

@@ -6,26 +6,13 @@ at the end of its lease and follows them to their end."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from core.states import JobState
 from tests.support.kube_backend import fake_kube
 from tests.support.kube_jobs import Supervised, play_outputs, supervised
-from tests.support.postgres import PostgresServer
 
 JOBS = 6
-
-
-@pytest.fixture
-async def pg_url(postgres: PostgresServer) -> AsyncIterator[str]:
-    name = await postgres.create_database()
-    try:
-        yield postgres.url(name)
-    finally:
-        await postgres.drop_database(name)
 
 
 async def owner_of(service: Supervised, job_id: str) -> str | None:
