@@ -8,7 +8,8 @@ backend), ``settings.edc`` (provisioning through the connector), ``settings.s3``
 ``settings.local`` (the local backend's sandbox). Each
 nested setting is read from ``WML_<CONCERN>__<NAME>`` (``WML_KUBERNETES__API_URL``) and from the flat name
 deployments have always set (``WML_K8S_API_URL``), listed once in :data:`FLAT_NAMES`; when both are set
-the nested form wins. Keyword arguments take both forms too (``Settings(k8s_api_url=...)``).
+the nested form wins. Keyword arguments take both forms too (``Settings(k8s_api_url=...)``) and win over
+any variable.
 
 At ~450 lines this is the one list of every setting with its default and description (the README's
 table is checked against it); split up, that list would have to be read in several places.
@@ -323,6 +324,22 @@ class _FlatEnvironment(PydanticBaseSettingsSource):
         }
 
 
+class _NestedInit(PydanticBaseSettingsSource):
+    """The keyword arguments with their flat names nested first: ``Settings(k8s_api_url=...)`` then beats
+    ``WML_KUBERNETES__API_URL`` from the environment, as a keyword beats any variable."""
+
+    def __init__(self, settings_cls: type[BaseSettings], keywords: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._keywords = keywords
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ gives the keywords
+
+    def __call__(self) -> dict[str, Any]:
+        nested: dict[str, Any] = _nested(self._keywords())
+        return nested
+
+
 def setting_name(loc: tuple[int | str, ...]) -> str:
     """The variable a user sets for the setting at ``loc`` of a validation error (``WML_K8S_BURST``)."""
     if not loc:
@@ -542,22 +559,9 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _nest_flat_names(cls, data: Any) -> Any:
-        """``k8s_api_url=...`` (a keyword or a flat variable) becomes ``kubernetes.api_url``; the nested
-        form, when also given, wins."""
-        if not isinstance(data, dict) or not FLAT_NAMES.keys() & data.keys():
-            return data
-        data = dict(data)
-        for flat, (concern, name) in FLAT_NAMES.items():
-            if flat not in data:
-                continue
-            value = data.pop(flat)
-            group = data.get(concern)
-            if isinstance(group, BaseModel):
-                group = group.model_dump()
-            group = dict(group or {})
-            group.setdefault(name, value)
-            data[concern] = group
-        return data
+        """``k8s_api_url=...`` (a flat variable) becomes ``kubernetes.api_url``; the nested form, when also
+        given, wins."""
+        return _nested(data)
 
     @classmethod
     def settings_customise_sources(
@@ -569,7 +573,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (
-            init_settings,
+            _NestedInit(settings_cls, init_settings),
             env_settings,
             _FlatEnvironment(settings_cls),
             dotenv_settings,
@@ -608,6 +612,25 @@ class Settings(BaseSettings):
         if self.secret_key is not None:
             return self.secret_key.get_secret_value().encode()
         return _generated_secret(self.data_dir / _SECRET_FILES[0]).encode()
+
+
+def _nested(data: Any) -> Any:
+    """Flat names of nested settings (``k8s_api_url``) moved into their group (``kubernetes.api_url``);
+    a value the group already has wins."""
+    if not isinstance(data, dict) or not FLAT_NAMES.keys() & data.keys():
+        return data
+    data = dict(data)
+    for flat, (concern, name) in FLAT_NAMES.items():
+        if flat not in data:
+            continue
+        value = data.pop(flat)
+        group = data.get(concern)
+        if isinstance(group, BaseModel):
+            group = group.model_dump()
+        group = dict(group or {})
+        group.setdefault(name, value)
+        data[concern] = group
+    return data
 
 
 def _generated_secret(path: Path, prefix: str = "") -> str:

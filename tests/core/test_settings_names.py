@@ -96,3 +96,13 @@ def test_an_invalid_value_is_reported_under_the_variable_the_user_set(tmp_path: 
     )
     assert done.returncode == 2
     assert "WML_K8S_BURST" in done.stderr and "many" not in done.stderr
+
+
+def test_a_keyword_beats_the_environment_in_either_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WML_KUBERNETES__API_URL", "https://from-the-environment:6443")
+    monkeypatch.setenv("WML_K8S_BURST", "3")
+
+    settings = Settings(k8s_api_url="https://from-the-keyword:6443", kubernetes={"burst": 9})
+
+    assert settings.kubernetes.api_url == "https://from-the-keyword:6443"
+    assert settings.kubernetes.burst == 9
