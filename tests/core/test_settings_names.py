@@ -4,8 +4,6 @@ under the flat name."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, get_args
 
@@ -13,6 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from core.settings import FLAT_NAMES, NESTED, Settings
+from tests.support.processes import serve_once
 
 # Values that pass the constrained settings (patterns, pairs); any other setting takes one by its type.
 SAMPLES = {
@@ -86,14 +85,7 @@ def test_every_group_is_covered() -> None:
 
 
 def test_an_invalid_value_is_reported_under_the_variable_the_user_set(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "WML_DATA_DIR": str(tmp_path), "WML_K8S_BURST": "many"}
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("wml")), "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = serve_once(tmp_path, WML_K8S_BURST="many")
     assert done.returncode == 2
     assert "WML_K8S_BURST" in done.stderr and "many" not in done.stderr
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import websockets
 
 from core.auth import hash_token
 from tests.support.api import Api, running_api
+from tests.support.processes import serve_once
 from tests.support.ws import LEGACY_WS, TRANSPORT_WS, connect, ws_url
 
 CAP = 3
@@ -106,14 +105,7 @@ async def test_a_revoked_grants_upload_url_stops_at_once(api: Api) -> None:
 
 
 def test_a_signing_key_shorter_than_32_bytes_is_refused_at_start(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "WML_DATA_DIR": str(tmp_path), "WML_SECRET_KEY": "short-but-not-32"}
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("wml")), "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = serve_once(tmp_path, WML_SECRET_KEY="short-but-not-32")
     assert done.returncode == 2
     assert "WML_SECRET_KEY" in done.stderr and "32 bytes" in done.stderr
     assert "short-but-not-32" not in done.stderr

@@ -84,3 +84,15 @@ class ServerProcess:
 def token_from(cli_output: str) -> str:
     """The token ``wml consumers create`` printed."""
     return next(line.split(": ", 1)[1].strip() for line in cli_output.splitlines() if "token" in line)
+
+
+def serve_once(data_dir: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    """`wml serve` with a bare environment plus ``variables`` (full names), for settings it must refuse at
+    start: its exit code and output."""
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("wml")), "serve"],
+        env={"PATH": "/usr/bin:/bin", "WML_DATA_DIR": str(data_dir), **variables},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
