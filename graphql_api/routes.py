@@ -13,6 +13,7 @@ from core.services import Services
 from core.settings import Settings
 from graphql_api.graphiql import graphiql_routes
 from graphql_api.http import file_routes
+from graphql_api.tes import tes_routes
 from graphql_api.view import GraphQLView
 
 log = structlog.get_logger("wml.api")
@@ -26,6 +27,7 @@ def graphql_routes(services: Services) -> list[BaseRoute]:
         Route("/graphql", view, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", view),
         *file_routes(services),
+        *tes_routes(services),
         *graphiql_routes(services.settings),
     ]
 

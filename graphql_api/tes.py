@@ -1,0 +1,253 @@
+"""GA4GH TES 1.1 (``/ga4gh/tes/v1``), first part: jobs seen, listed and cancelled as TES tasks.
+
+Workflow engines (py-tes, cwl-tes, Snakemake, Nextflow, Cromwell) follow and cancel remote container tasks
+through the Task Execution Service API (``../shared/specs/tes-1.1.openapi.yaml``). Here a task is a job:
+its id is the job id, its state the job's (TES names already), and it is visible only with a token of its
+own grant (another consumer's id answers 404 like an unknown one). The same bearer token as GraphQL.
+
+- ``GET /service-info``: the service, the storage schemes, and the assets (images) the caller may run.
+- ``GET /tasks``: ``view`` (MINIMAL, BASIC, FULL), ``page_size`` (default 256, at most 2047),
+  ``page_token`` (the last page's ``next_page_token``), ``state``, ``name_prefix`` and ``tag_key`` /
+  ``tag_value``. A job's tags are ``{"wml.asset": <asset id>}``; it has no TES name yet, so a name prefix
+  other than "" matches nothing.
+- ``GET /tasks/{id}``: one task in a view; ``POST /tasks/{id}:cancel``: TES's cancel (``{}``, idempotent).
+- ``POST /tasks``: not offered yet (501 saying so): jobs are created with GraphQL's ``createJob``.
+
+A task's executor is its asset's image and command with the job's parameters as ``env``; its inputs and
+outputs are the asset's slots at their paths in the container (``/wml/inputs/...``, ``/wml/outputs/...``),
+inputs named by ``wml://files/<file id>``, outputs by a signed download URL once they exist. FULL adds the
+log tail as the executor's ``stdout``, the full log's URL in ``metadata``, and ``system_logs`` (why a
+SYSTEM_ERROR happened).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from core import errors as domain
+from core.auth import Principal, bearer_token
+from core.backend_mapping import derived_file_id
+from core.models import FileOrigin, FileRecord, Job
+from core.services import Services
+from core.states import JobState
+
+log = structlog.get_logger("wml.tes")
+
+BASE = "/ga4gh/tes/v1"
+VIEWS = ("MINIMAL", "BASIC", "FULL")
+DEFAULT_PAGE = 256
+MAX_PAGE = 2047  # "must be less than 2048"
+ASSET_TAG = "wml.asset"
+INPUTS = "/wml/inputs"
+OUTPUTS = "/wml/outputs"
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"message": message, "status_code": status}, status_code=status)
+
+
+def _time(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def tes_routes(services: Services) -> list[Route]:
+    async def caller(request: Request) -> Principal | None:
+        token = bearer_token(request.headers.get("authorization"))
+        principal = await services.auth.authenticate(token)
+        if principal is None:
+            log.info("request refused", path=request.url.path, status=401, reason="no valid token")
+        return principal
+
+    async def service_info(request: Request) -> Response:
+        principal = await caller(request)
+        if principal is None:
+            return _error(401, "a bearer token is required (the same as for /graphql)")
+        assets = await services.store.assets.list_assets(sorted(principal.asset_ids))
+        return JSONResponse(
+            {
+                "id": "org.ga4gh.workflow-middlelayer",
+                "name": "workflow-middlelayer",
+                "type": {"group": "org.ga4gh", "artifact": "tes", "version": "1.1.0"},
+                "description": "Container workloads sold through a dataspace. Images you may run: "
+                + (", ".join(f"{a.image} ({a.id})" for a in assets) or "none"),
+                "organization": {
+                    "name": "workflow-middlelayer",
+                    "url": services.settings.resolved_public_url(),
+                },
+                "version": "0.1.0",
+                "storage": ["wml://files/"],
+            }
+        )
+
+    async def list_tasks(request: Request) -> Response:
+        principal = await caller(request)
+        if principal is None:
+            return _error(401, "a bearer token is required (the same as for /graphql)")
+        params = request.query_params
+        view = params.get("view", "MINIMAL")
+        if view not in VIEWS:
+            return _error(400, f"view must be one of {', '.join(VIEWS)}")
+        try:
+            size = int(params.get("page_size") or DEFAULT_PAGE)
+        except ValueError:
+            return _error(400, "page_size must be a whole number")
+        if not 1 <= size <= MAX_PAGE:
+            return _error(400, f"page_size must be between 1 and {MAX_PAGE}")
+        state = params.get("state")
+        if state is not None and state not in JobState.__members__:
+            # A TES state this service never reports (UNKNOWN, PAUSED, PREEMPTED): no task is in it.
+            return JSONResponse({"tasks": []})
+        keys, values = params.getlist("tag_key"), params.getlist("tag_value")
+        wanted = {k: (values[i] if i < len(values) else "") for i, k in enumerate(keys)}
+        if params.get("name_prefix") or set(wanted) - {ASSET_TAG}:
+            return JSONResponse({"tasks": []})  # jobs have no TES name and no tags but the asset's
+        try:
+            page = await services.jobs.list(
+                principal,
+                state=JobState(state) if state else None,
+                asset_id=wanted.get(ASSET_TAG) or None,
+                first=size,
+                after=params.get("page_token"),
+            )
+        except domain.ValidationError:
+            return _error(400, "page_token is not one this service gave out")
+        tasks = [await task_view(services, job, view) for job in page.items]
+        body: dict[str, Any] = {"tasks": tasks}
+        if page.has_next and page.end_cursor:
+            body["next_page_token"] = page.end_cursor
+        return JSONResponse(body)
+
+    async def get_task(request: Request) -> Response:
+        principal = await caller(request)
+        if principal is None:
+            return _error(401, "a bearer token is required (the same as for /graphql)")
+        view = request.query_params.get("view", "MINIMAL")
+        if view not in VIEWS:
+            return _error(400, f"view must be one of {', '.join(VIEWS)}")
+        try:
+            job = await services.jobs.get(principal, request.path_params["id"])
+        except domain.NotFoundError:
+            return _error(404, f"task {request.path_params['id'][:100]!r} not found")
+        return JSONResponse(await task_view(services, job, view))
+
+    async def cancel_task(request: Request) -> Response:
+        principal = await caller(request)
+        if principal is None:
+            return _error(401, "a bearer token is required (the same as for /graphql)")
+        try:
+            await services.jobs.cancel(principal, request.path_params["id"])
+        except domain.NotFoundError:
+            return _error(404, f"task {request.path_params['id'][:100]!r} not found")
+        return JSONResponse({})
+
+    async def create_task(request: Request) -> Response:
+        if await caller(request) is None:
+            return _error(401, "a bearer token is required (the same as for /graphql)")
+        return _error(
+            501, "creating tasks through TES is not offered yet: create the job with GraphQL's createJob"
+        )
+
+    async def task_or_cancel(request: Request) -> Response:
+        """``POST /tasks/{id}:cancel`` (Starlette's path converters cannot split at the colon)."""
+        task_id, _, action = request.path_params["rest"].rpartition(":")
+        if action != "cancel" or not task_id:
+            return _error(404, "no such operation: POST /tasks/{id}:cancel")
+        request.path_params["id"] = task_id
+        return await cancel_task(request)
+
+    return [
+        Route(f"{BASE}/service-info", service_info, methods=["GET"]),
+        Route(f"{BASE}/tasks", list_tasks, methods=["GET"]),
+        Route(f"{BASE}/tasks", create_task, methods=["POST"]),
+        Route(BASE + "/tasks/{id}", get_task, methods=["GET"]),
+        Route(BASE + "/tasks/{rest}", task_or_cancel, methods=["POST"]),
+    ]
+
+
+async def task_view(services: Services, job: Job, view: str) -> dict[str, Any]:
+    """The job as a TES task in ``view``."""
+    task: dict[str, Any] = {"id": job.id, "state": job.state.value}
+    if view == "MINIMAL":
+        return task
+    asset = job.asset
+    records = await services.store.files.files_of_jobs([job.id])
+    by_id = {r.id: r for r in records if r.origin == FileOrigin.JOB_OUTPUT}
+    outputs = {o.name: by_id.get(derived_file_id(job.id, f"output/{o.name}")) for o in asset.outputs}
+    inputs = await services.store.files.files_by_ids([b.file_id for b in job.inputs])
+    slots = {s.name: s for s in asset.inputs}
+    task["executors"] = [
+        {
+            "image": asset.image,
+            "command": [*(asset.command or []), *(asset.args or [])] or ["(the image's entrypoint)"],
+            "env": {**asset.env, **{k: _text(v) for k, v in job.parameters.items()}},
+            "workdir": "/",
+        }
+    ]
+    task["inputs"] = [
+        {
+            "name": b.slot,
+            "path": f"{INPUTS}/{slots[b.slot].target}" if b.slot in slots else f"{INPUTS}/{b.slot}",
+            "url": f"wml://files/{b.file_id}",
+            "type": "DIRECTORY" if b.slot in slots and slots[b.slot].kind.value == "archive" else "FILE",
+        }
+        for b in job.inputs
+        if b.file_id in inputs
+    ]
+    task["outputs"] = [
+        {
+            "name": o.name,
+            "path": f"{OUTPUTS}/{o.path}",
+            "url": await _url(services, outputs.get(o.name)) or f"wml://files/pending/{job.id}/{o.name}",
+            "type": "FILE",
+        }
+        for o in asset.outputs
+    ]
+    task["resources"] = {
+        "cpu_cores": max(1, round(asset.resources.cpu)),
+        "ram_gb": round(asset.resources.memory / 1024**3, 3),
+    }
+    task["tags"] = {ASSET_TAG: asset.id}
+    task["creation_time"] = _time(job.created_at)
+    executor_log: dict[str, Any] = {"exit_code": job.exit_code if job.exit_code is not None else -1}
+    if job.started_at is not None:
+        executor_log["start_time"] = _time(job.started_at)
+    if job.finished_at is not None:
+        executor_log["end_time"] = _time(job.finished_at)
+    task_log: dict[str, Any] = {
+        "logs": [executor_log] if job.started_at is not None else [],
+        "outputs": [
+            {"url": await _url(services, r) or "", "path": f"{OUTPUTS}/{path}", "size_bytes": str(r.size)}
+            for path, r in ((o.path, outputs[o.name]) for o in asset.outputs)
+            if r is not None
+        ],
+    }
+    if job.started_at is not None:
+        task_log["start_time"] = _time(job.started_at)
+    if job.finished_at is not None:
+        task_log["end_time"] = _time(job.finished_at)
+    if view == "FULL":
+        if job.log_tail:
+            executor_log["stdout"] = job.log_tail
+        log_file = next((r for r in records if r.origin == FileOrigin.JOB_LOG), None)
+        if log_file is not None:
+            task_log["metadata"] = {"log_url": await _url(services, log_file) or ""}
+        if job.state == JobState.SYSTEM_ERROR:
+            task_log["system_logs"] = [f"{job.reason}: {job.message or ''}".strip()]
+    task["logs"] = [task_log]
+    return task
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+async def _url(services: Services, record: FileRecord | None) -> str | None:
+    return None if record is None else await services.files.download_url(record)

@@ -1,0 +1,199 @@
+"""GA4GH TES 1.1 over a real socket: jobs seen, listed, paged and cancelled as TES tasks with the consumer's
+token, another consumer's task unknown, and every response validated against the official OpenAPI document
+(tests/support/specs/tes-1.1.openapi.yaml, each response against the schema its operation names)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+import tes as py_tes
+import yaml
+from referencing import Registry, Resource
+
+from tests.support.api import Api
+
+# The official document (GA4GH, Apache 2.0), as handed to the project in shared/specs, kept beside the tests
+# so a clean clone validates against it.
+SPEC_PATH = Path(__file__).resolve().parents[1] / "support" / "specs" / "tes-1.1.openapi.yaml"
+BASE = "/ga4gh/tes/v1"
+# The document's service-info schemas are references to the GA4GH service-info specification, which this
+# machine cannot fetch: the fields that specification requires of a Service, written here.
+SERVICE_INFO_URL = (
+    "https://raw.githubusercontent.com/ga4gh-discovery/ga4gh-service-info/v1.0.0/service-info.yaml"
+)
+SERVICE_INFO = {
+    "components": {
+        "schemas": {
+            "ServiceType": {
+                "type": "object",
+                "required": ["group", "artifact", "version"],
+                "properties": {n: {"type": "string"} for n in ("group", "artifact", "version")},
+            },
+            "Service": {
+                "type": "object",
+                "required": ["id", "name", "type", "organization", "version"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "name": {"type": "string"},
+                    "type": {"$ref": "#/components/schemas/ServiceType"},
+                    "organization": {
+                        "type": "object",
+                        "required": ["name", "url"],
+                        "properties": {"name": {"type": "string"}, "url": {"type": "string"}},
+                    },
+                    "version": {"type": "string"},
+                },
+            },
+        }
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    assert SPEC_PATH.exists(), f"the TES OpenAPI document is expected at {SPEC_PATH}"
+    loaded: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text())
+    return loaded
+
+
+def conforms(spec: dict[str, Any], path: str, method: str, body: Any, *, minimal: bool = False) -> None:
+    """``body`` is valid against the 200 response schema the document gives ``method path``.
+
+    ``minimal``: a MINIMAL view, which the document defines as "ONLY the fields id and state" while its
+    tesTask schema requires ``executors``; the view's own definition is followed (tesTask without
+    ``required``), as TES servers and clients do."""
+    schema = spec["paths"][path][method]["responses"][200]["content"]["application/json"]["schema"]
+    if minimal:
+        spec = copy.deepcopy(spec)
+        del spec["components"]["schemas"]["tesTask"]["required"]
+    registry = Registry().with_resources(
+        [("urn:tes", Resource.opaque(spec)), (SERVICE_INFO_URL, Resource.opaque(SERVICE_INFO))]
+    )
+    wrapped = {"$ref": schema["$ref"]} if "$ref" in schema else schema  # already absolute
+    jsonschema.Draft202012Validator(wrapped, registry=registry).validate(body)
+
+
+def _local_refs(node: Any, base: str) -> Any:
+    """The document's ``#/...`` references made absolute (``urn:tes#/...``) for the registry."""
+    if isinstance(node, dict):
+        return {
+            k: (
+                base + v if k == "$ref" and isinstance(v, str) and v.startswith("#") else _local_refs(v, base)
+            )
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_local_refs(item, base) for item in node]
+    return node
+
+
+@pytest.fixture(scope="module")
+def absolute_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    resolved: dict[str, Any] = _local_refs(spec, "urn:tes")
+    return resolved
+
+
+async def tes(api: Api, token: str, method: str, path: str, **params: Any) -> httpx.Response:
+    return await api.http.request(
+        method, f"{BASE}{path}", params=params, headers={"Authorization": f"Bearer {token}"}
+    )
+
+
+async def test_jobs_are_tes_tasks_in_every_view_and_page_and_cancel(
+    api: Api, absolute_spec: dict[str, Any]
+) -> None:
+    token = await api.consumer("alice")
+    bob = await api.consumer("bob")
+    done = await api.create_job(token, parameters={"SLEEPTIME": 0})
+    await api.wait_for(token, done["id"], {"COMPLETE"})
+    long = [await api.create_job(token, parameters={"SLEEPTIME": 60}) for _ in range(2)]
+
+    info = await tes(api, token, "GET", "/service-info")
+    assert info.status_code == 200
+    conforms(absolute_spec, "/service-info", "get", info.json())
+    assert "localhost/wml/dummy-job:1" in info.json()["description"]
+
+    for view in ("MINIMAL", "BASIC", "FULL"):
+        got = await tes(api, token, "GET", f"/tasks/{done['id']}", view=view)
+        assert got.status_code == 200, got.text
+        conforms(absolute_spec, "/tasks/{id}", "get", got.json(), minimal=view == "MINIMAL")
+        assert (got.json()["id"], got.json()["state"]) == (done["id"], "COMPLETE")
+    full = got.json()
+    [executor] = full["executors"]
+    assert executor["image"] == "localhost/wml/dummy-job:1" and executor["env"]["SLEEPTIME"] == "0"
+    [task_log] = full["logs"]
+    assert task_log["logs"][0]["exit_code"] == 0
+    assert "done" in task_log["logs"][0]["stdout"]  # the log tail, in the FULL view
+    [output] = task_log["outputs"]
+    assert output["path"] == "/wml/outputs/result.txt" and int(output["size_bytes"]) > 0
+    async with httpx.AsyncClient() as anonymous:  # the output's url is the consumer's signed download
+        assert b"dummy-job" in (await anonymous.get(output["url"])).content
+        assert (await anonymous.get(task_log["metadata"]["log_url"])).status_code == 200
+
+    first = await tes(api, token, "GET", "/tasks", page_size=2, view="BASIC")
+    conforms(absolute_spec, "/tasks", "get", first.json())
+    assert len(first.json()["tasks"]) == 2 and first.json()["next_page_token"]
+    rest = await tes(api, token, "GET", "/tasks", page_size=2, page_token=first.json()["next_page_token"])
+    conforms(absolute_spec, "/tasks", "get", rest.json(), minimal=True)
+    seen = [t["id"] for t in first.json()["tasks"] + rest.json()["tasks"]]
+    assert sorted(seen) == sorted([done["id"], *(j["id"] for j in long)])
+    assert "next_page_token" not in rest.json()
+    complete = await tes(api, token, "GET", "/tasks", state="COMPLETE")
+    assert [t["id"] for t in complete.json()["tasks"]] == [done["id"]]
+    tagged = await tes(api, token, "GET", "/tasks", tag_key="wml.asset", tag_value="other-job")
+    assert tagged.json() == {"tasks": []}
+
+    canceled = await tes(api, token, "POST", f"/tasks/{long[0]['id']}:cancel")
+    assert (canceled.status_code, canceled.json()) == (200, {})
+    conforms(absolute_spec, "/tasks/{id}:cancel", "post", canceled.json())
+    again = await tes(api, token, "POST", f"/tasks/{long[0]['id']}:cancel")  # idempotent
+    assert (again.status_code, again.json()) == (200, {})
+    async with asyncio.timeout(60):
+        while (await tes(api, token, "GET", f"/tasks/{long[0]['id']}")).json()["state"] != "CANCELED":
+            await asyncio.sleep(0.2)
+    await tes(api, token, "POST", f"/tasks/{long[1]['id']}:cancel")
+
+    # Another consumer's task is unknown to bob, exactly like one that does not exist; no token: 401.
+    for task_id in (done["id"], "j_does_not_exist"):
+        refused = await tes(api, bob, "GET", f"/tasks/{task_id}")
+        assert refused.status_code == 404
+        assert (await tes(api, bob, "POST", f"/tasks/{task_id}:cancel")).status_code == 404
+    assert (await tes(api, bob, "GET", "/tasks")).json() == {"tasks": []}
+    assert (await api.http.get(f"{BASE}/tasks")).status_code == 401
+    assert (await api.http.get(f"{BASE}/service-info")).status_code == 401
+
+
+async def test_creating_a_task_is_refused_clearly_for_now(api: Api) -> None:
+    token = await api.consumer("alice")
+    resp = await tes(api, token, "POST", "/tasks")
+    assert resp.status_code == 501
+    assert "createJob" in resp.json()["message"]
+
+
+async def test_py_tes_the_ga4gh_client_follows_lists_and_cancels(api: Api) -> None:
+    token = await api.consumer("alice")
+    done = await api.create_job(token, parameters={"SLEEPTIME": 0})
+    await api.wait_for(token, done["id"], {"COMPLETE"})
+    long = await api.create_job(token, parameters={"SLEEPTIME": 60})
+    client = py_tes.HTTPClient(api.url, token=token)  # it appends /ga4gh/tes/v1 itself
+
+    def drive() -> tuple[Any, Any, str]:
+        full = client.get_task(done["id"], view="FULL")
+        page = client.list_tasks(view="MINIMAL", page_size=1)
+        client.cancel_task(long["id"])
+        return full, page, client.get_service_info().name
+
+    full, page, service = await asyncio.to_thread(drive)  # py-tes is synchronous (requests)
+
+    assert full.state == "COMPLETE" and "done" in full.logs[0].logs[0].stdout
+    assert len(page.tasks) == 1 and page.next_page_token
+    assert service == "workflow-middlelayer"
+    async with asyncio.timeout(60):
+        while (await api.job(token, long["id"]))["state"] != "CANCELED":  # type: ignore[index]
+            await asyncio.sleep(0.2)
