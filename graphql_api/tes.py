@@ -1,4 +1,4 @@
-"""GA4GH TES 1.1 (``/ga4gh/tes/v1``), first part: jobs seen, listed and cancelled as TES tasks.
+"""GA4GH TES 1.1 (``/ga4gh/tes/v1``): jobs created, seen, listed and cancelled as TES tasks.
 
 Workflow engines (py-tes, cwl-tes, Snakemake, Nextflow, Cromwell) follow and cancel remote container tasks
 through the Task Execution Service API (``../shared/specs/tes-1.1.openapi.yaml``). Here a task is a job:
@@ -11,7 +11,8 @@ own grant (another consumer's id answers 404 like an unknown one). The same bear
   ``tag_value``. A job's tags are ``{"wml.asset": <asset id>}``; it has no TES name yet, so a name prefix
   other than "" matches nothing.
 - ``GET /tasks/{id}``: one task in a view; ``POST /tasks/{id}:cancel``: TES's cancel (``{}``, idempotent).
-- ``POST /tasks``: not offered yet (501 saying so): jobs are created with GraphQL's ``createJob``.
+- ``POST /tasks``: a task becomes a job of an asset the token grants (:func:`_planned` says the rules); the
+  answer is ``{"id": <job id>}``. A task the asset does not allow is a 400 saying why.
 
 A task's executor is its asset's image and command with the job's parameters as ``env``; its inputs and
 outputs are the asset's slots at their paths in the container (``/wml/inputs/...``, ``/wml/outputs/...``),
@@ -22,6 +23,8 @@ SYSTEM_ERROR happened).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -147,11 +150,25 @@ def tes_routes(services: Services) -> list[Route]:
         return JSONResponse({})
 
     async def create_task(request: Request) -> Response:
-        if await caller(request) is None:
+        principal = await caller(request)
+        if principal is None:
             return _error(401, "a bearer token is required (the same as for /graphql)")
-        return _error(
-            501, "creating tasks through TES is not offered yet: create the job with GraphQL's createJob"
-        )
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "the task must be a JSON object")
+        try:
+            task = await _planned(services, principal, body)
+            job = await services.jobs.create(principal, task.asset_id, task.bindings, task.parameters)
+        except TaskRefused as e:
+            log.info("task refused", status=400, reason=e.args[0])
+            return _error(400, e.args[0])
+        except domain.QuotaExceededError as e:
+            return _error(429, e.message)
+        except domain.DomainError as e:  # a file or parameter the job rules refuse
+            log.info("task refused", status=400, reason=e.message)
+            return _error(400, e.message)
+        return JSONResponse({"id": job.id})
 
     async def task_or_cancel(request: Request) -> Response:
         """``POST /tasks/{id}:cancel`` (Starlette's path converters cannot split at the colon)."""
@@ -241,6 +258,114 @@ async def task_view(services: Services, job: Job, view: str) -> dict[str, Any]:
             task_log["system_logs"] = [f"{job.reason}: {job.message or ''}".strip()]
     task["logs"] = [task_log]
     return task
+
+
+MAX_CONTENT = 128 * 1024  # an inline input's bytes (the minimum TES asks servers to accept)
+
+
+class TaskRefused(Exception):
+    """A task the asset does not allow, or one this service cannot run yet; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedJob:
+    asset_id: str
+    bindings: list[tuple[str, str]]
+    parameters: dict[str, Any]
+
+
+async def _planned(services: Services, principal: Principal, body: Any) -> PlannedJob:
+    """The job a TES task asks for, by the asset's rules: its image (or ``tags["wml.asset"]``) names an
+    asset the token grants, its command is the asset's, ``env`` are the asset's parameters, its resources
+    fit the asset's, inputs go to the asset's input slots by path (inline ``content`` or ``wml://files/<id>``)
+    and outputs name declared outputs by path. TaskRefused says what does not fit."""
+    if not isinstance(body, dict):
+        raise TaskRefused("the task must be a JSON object")
+    executors = body.get("executors")
+    if not isinstance(executors, list) or not executors or not all(isinstance(e, dict) for e in executors):
+        raise TaskRefused("executors is required: a list with the asset's one executor")
+    if len(executors) > 1:
+        raise TaskRefused("an asset runs one executor per task")
+    executor = executors[0]
+    given_tags = body.get("tags")
+    tags: dict[str, Any] = given_tags if isinstance(given_tags, dict) else {}
+    assets = await services.store.assets.list_assets(sorted(principal.asset_ids))
+    wanted = tags.get(ASSET_TAG)
+    matching = [a for a in assets if (a.id == wanted if wanted else a.image == executor.get("image"))]
+    if len(matching) != 1:
+        what = f"asset {wanted!r}" if wanted else f"image {str(executor.get('image'))[:200]!r}"
+        more = " (several assets use it: name one with the tag wml.asset)" if len(matching) > 1 else ""
+        raise TaskRefused(f"{what} is not an asset this token may run{more}")
+    asset = matching[0]
+    if executor.get("image") not in (None, asset.image):
+        raise TaskRefused(f"asset {asset.id!r} runs the image {asset.image!r}")
+    own = [*(asset.command or []), *(asset.args or [])]
+    if executor.get("command") not in (None, [], own):
+        raise TaskRefused(f"asset {asset.id!r} runs its own command: {own} (or leave command empty)")
+    env = executor.get("env") or {}
+    if not isinstance(env, dict):
+        raise TaskRefused("env must be an object of parameter values")
+    parameters = {k: _typed(asset, k, v) for k, v in env.items()}
+    _fits(asset, body.get("resources"))
+    bindings = [await _bind(services, principal, asset, i) for i in body.get("inputs") or []]
+    declared = {f"{OUTPUTS}/{o.path}" for o in asset.outputs}
+    for output in body.get("outputs") or []:
+        if not isinstance(output, dict) or output.get("path") not in declared:
+            raise TaskRefused(f"outputs are the asset's declared ones: {sorted(declared)}")
+    return PlannedJob(asset.id, bindings, parameters)
+
+
+def _typed(asset: Any, name: str, value: Any) -> Any:
+    """An ``env`` value (TES says strings) as the parameter's type; the job rules check it further."""
+    param = next((p for p in asset.parameters if p.name == name), None)
+    if param is None or not isinstance(value, str):
+        return value  # unknown names and odd values: refused by the job rules, naming them
+    try:
+        if param.type.value == "integer":
+            return int(value)
+        if param.type.value == "number":
+            return float(value)
+    except ValueError:
+        raise TaskRefused(f"env {name} must be a {param.type.value}") from None
+    if param.type.value == "boolean":
+        return value.lower() in ("true", "1", "yes")
+    return value
+
+
+def _fits(asset: Any, resources: Any) -> None:
+    if not isinstance(resources, dict):
+        return
+    cores, ram = resources.get("cpu_cores"), resources.get("ram_gb")
+    if isinstance(cores, int | float) and cores > max(1, asset.resources.cpu):
+        raise TaskRefused(f"asset {asset.id!r} runs on {asset.resources.cpu:g} CPU cores, not {cores}")
+    if isinstance(ram, int | float) and ram * 1024**3 > asset.resources.memory:
+        limit = asset.resources.memory / 1024**3
+        raise TaskRefused(f"asset {asset.id!r} runs in {limit:g} GB of memory, not {ram}")
+
+
+async def _bind(services: Services, principal: Principal, asset: Any, given: Any) -> tuple[str, str]:
+    """An input to its slot by path: inline content becomes a file of the consumer; a URL names one."""
+    if not isinstance(given, dict):
+        raise TaskRefused("each input must be an object")
+    paths = {f"{INPUTS}/{slot.target}": slot for slot in asset.inputs}
+    slot = paths.get(str(given.get("path")))
+    if slot is None:
+        raise TaskRefused(f"inputs go to the asset's input paths: {sorted(paths)}")
+    content = given.get("content")
+    if isinstance(content, str) and content:
+        data = content.encode()
+        if len(data) > MAX_CONTENT:
+            raise TaskRefused(f"an inline input is at most {MAX_CONTENT} bytes; upload larger ones first")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield data
+
+        record = await services.files.upload(principal, slot.target.rsplit("/", 1)[-1], None, chunks())
+        return slot.name, record.id
+    url = given.get("url")
+    if isinstance(url, str) and url.startswith("wml://files/") and len(url) > len("wml://files/"):
+        return slot.name, url.removeprefix("wml://files/")
+    raise TaskRefused("an input is inline content or wml://files/<file id>; http(s) and s3 URLs come later")
 
 
 def _text(value: Any) -> str:

@@ -169,31 +169,64 @@ async def test_jobs_are_tes_tasks_in_every_view_and_page_and_cancel(
     assert (await api.http.get(f"{BASE}/service-info")).status_code == 401
 
 
-async def test_creating_a_task_is_refused_clearly_for_now(api: Api) -> None:
-    token = await api.consumer("alice")
-    resp = await tes(api, token, "POST", "/tasks")
-    assert resp.status_code == 501
-    assert "createJob" in resp.json()["message"]
+DUMMY = {"image": "localhost/wml/dummy-job:1", "command": ["/bin/sh", "/app/entrypoint.sh"]}
 
 
-async def test_py_tes_the_ga4gh_client_follows_lists_and_cancels(api: Api) -> None:
+@pytest.mark.parametrize(
+    ("task", "says"),
+    [
+        ({"executors": [{**DUMMY, "image": "docker.io/library/alpine"}]}, "not an asset this token may run"),
+        ({"executors": [{**DUMMY, "command": ["sh", "-c", "cat /etc/passwd"]}]}, "runs its own command"),
+        ({"executors": [DUMMY, DUMMY]}, "one executor per task"),
+        ({"executors": [{**DUMMY, "env": {"SLEEPTIME": "999999"}}]}, "SLEEPTIME"),
+        ({"executors": [{**DUMMY, "env": {"BASH_ENV": "/x"}}]}, "unknown parameters: BASH_ENV"),
+        ({"executors": [DUMMY], "resources": {"cpu_cores": 64}}, "CPU cores"),
+        ({"executors": [DUMMY], "inputs": [{"path": "/etc/passwd", "content": "x"}]}, "input paths"),
+        ({"executors": [DUMMY], "inputs": [{"path": "/wml/inputs/data", "url": "http://x/y"}]}, "come later"),
+        ({"executors": [DUMMY], "outputs": [{"path": "/root/.ssh/id_rsa", "url": "x"}]}, "declared ones"),
+        ({"executors": []}, "executors is required"),
+    ],
+)
+async def test_a_task_the_asset_does_not_allow_is_a_400_saying_why(
+    api: Api, task: dict[str, Any], says: str
+) -> None:
     token = await api.consumer("alice")
-    done = await api.create_job(token, parameters={"SLEEPTIME": 0})
-    await api.wait_for(token, done["id"], {"COMPLETE"})
-    long = await api.create_job(token, parameters={"SLEEPTIME": 60})
+    resp = await api.http.post(f"{BASE}/tasks", json=task, headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 400, resp.text
+    assert says in resp.json()["message"]
+    assert (await tes(api, token, "GET", "/tasks")).json() == {"tasks": []}  # nothing was created
+
+
+async def test_py_tes_the_ga4gh_client_runs_the_dummy_job_end_to_end(api: Api) -> None:
+    token = await api.consumer("alice")
     client = py_tes.HTTPClient(api.url, token=token)  # it appends /ga4gh/tes/v1 itself
+    executor = py_tes.Executor(image=DUMMY["image"], command=DUMMY["command"], env={"SLEEPTIME": "0"})
+    task = py_tes.Task(
+        executors=[executor],
+        inputs=[py_tes.Input(path="/wml/inputs/data", content="hello from py-tes\n")],
+        outputs=[py_tes.Output(path="/wml/outputs/result.txt", url="wml://files/result")],
+    )
+    long = py_tes.Task(
+        executors=[py_tes.Executor(image=DUMMY["image"], command=DUMMY["command"], env={"SLEEPTIME": "60"})]
+    )
 
     def drive() -> tuple[Any, Any, str]:
-        full = client.get_task(done["id"], view="FULL")
+        task_id = client.create_task(task)
+        done = client.wait(task_id, timeout=60)
+        full = client.get_task(task_id, view="FULL")
+        long_id = client.create_task(long)
         page = client.list_tasks(view="MINIMAL", page_size=1)
-        client.cancel_task(long["id"])
-        return full, page, client.get_service_info().name
+        client.cancel_task(long_id)
+        return full, page, long_id if done.state == "COMPLETE" else "not complete"
 
-    full, page, service = await asyncio.to_thread(drive)  # py-tes is synchronous (requests)
+    full, page, long_id = await asyncio.to_thread(drive)  # py-tes is synchronous (requests)
 
     assert full.state == "COMPLETE" and "done" in full.logs[0].logs[0].stdout
+    [output] = full.logs[0].outputs
+    async with httpx.AsyncClient() as anonymous:
+        result = (await anonymous.get(output.url)).text
+    assert "data first line: hello from py-tes" in result  # the inline input reached the worker
     assert len(page.tasks) == 1 and page.next_page_token
-    assert service == "workflow-middlelayer"
     async with asyncio.timeout(60):
-        while (await api.job(token, long["id"]))["state"] != "CANCELED":  # type: ignore[index]
+        while (await api.job(token, long_id))["state"] != "CANCELED":  # type: ignore[index]
             await asyncio.sleep(0.2)
