@@ -197,6 +197,15 @@ async def test_a_task_the_asset_does_not_allow_is_a_400_saying_why(
     assert (await tes(api, token, "GET", "/tasks")).json() == {"tasks": []}  # nothing was created
 
 
+async def test_a_created_task_answers_as_the_document_says(api: Api, absolute_spec: dict[str, Any]) -> None:
+    token = await api.consumer("alice")
+    task = {"executors": [{**DUMMY, "env": {"SLEEPTIME": "0"}}], "tags": {"wml.asset": "dummy-job"}}
+    resp = await api.http.post(f"{BASE}/tasks", json=task, headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 200, resp.text
+    conforms(absolute_spec, "/tasks", "post", resp.json())
+    await api.wait_for(token, resp.json()["id"], {"COMPLETE"})
+
+
 async def test_py_tes_the_ga4gh_client_runs_the_dummy_job_end_to_end(api: Api) -> None:
     token = await api.consumer("alice")
     client = py_tes.HTTPClient(api.url, token=token)  # it appends /ga4gh/tes/v1 itself
