@@ -67,20 +67,6 @@ def server(data_dir: Path) -> Iterator[ServerProcess]:
         proc.stop()
 
 
-def gql(server: ServerProcess, token: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-    resp = httpx.post(
-        f"{server.url}/graphql",
-        json={"query": query, "variables": variables},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=60,
-    )
-    assert resp.status_code == 200, resp.text
-    body = resp.json()
-    assert "errors" not in body, body
-    data: dict[str, Any] = body["data"]
-    return data
-
-
 def upload(server: ServerProcess, token: str, content: bytes, name: str) -> str:
     operations = {
         "query": "mutation($f: Upload!, $n: String) {"
@@ -100,8 +86,7 @@ def upload(server: ServerProcess, token: str, content: bytes, name: str) -> str:
 
 
 def run_job(server: ServerProcess, token: str, asset: str, inputs: dict[str, str]) -> dict[str, Any]:
-    created = gql(
-        server,
+    created = server.gql(
         token,
         "mutation($i: CreateJobInput!) {"
         " createJob(input: $i) { ... on Job { id } ... on Error { message } } }",
@@ -116,8 +101,8 @@ def run_job(server: ServerProcess, token: str, asset: str, inputs: dict[str, str
     assert "id" in created, created
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        job: dict[str, Any] = gql(
-            server, token, f"query($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}", {"id": created["id"]}
+        job: dict[str, Any] = server.gql(
+            token, f"query($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}", {"id": created["id"]}
         )["job"]
         if job["state"] in TERMINAL:
             return job
@@ -182,5 +167,5 @@ def test_archive_bombs_fail_staging_while_the_servers_memory_stays_flat(server: 
         assert (job["state"], job["reason"]) == ("SYSTEM_ERROR", "INPUT_STAGING_FAILED"), job
         assert expected in job["message"]
         assert len(job["message"].encode()) <= 4096
-    events = gql(server, token, "{ jobs(first: 10) { nodes { id message } } }", {})["jobs"]["nodes"]
+    events = server.gql(token, "{ jobs(first: 10) { nodes { id message } } }", {})["jobs"]["nodes"]
     assert all(len((e["message"] or "").encode()) <= 4096 for e in events)

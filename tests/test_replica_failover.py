@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from tests.support.api import TERMINAL, kill_leftover_workers
@@ -74,20 +73,8 @@ def replicas(
             kill_leftover_workers(Path(server.env["WML_DATA_DIR"]) / "jobs")
 
 
-def gql(server: ServerProcess, token: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-    resp = httpx.post(
-        f"{server.url}/graphql",
-        json={"query": query, "variables": variables},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-    )
-    assert resp.status_code == 200, resp.text
-    data: dict[str, Any] = resp.json()["data"]
-    return data
-
-
 def states(server: ServerProcess, token: str, ids: list[str]) -> dict[str, dict[str, Any]]:
-    return {i: gql(server, token, STATE, {"id": i})["job"] for i in ids}
+    return {i: server.gql(token, STATE, {"id": i})["job"] for i in ids}
 
 
 def wait_for(server: ServerProcess, token: str, ids: list[str], done: set[str], timeout: float) -> dict:
@@ -106,7 +93,7 @@ async def test_a_killed_replica_comes_back_for_its_jobs_and_no_job_runs_twice(
     ids = []
     for n in range(JOBS):  # through every replica in turn
         variables = {"i": {"assetId": "dummy-job", "parameters": {"SLEEPTIME": 6}}}
-        created = gql(replicas[n % 3], token, CREATE, variables)["createJob"]
+        created = replicas[n % 3].gql(token, CREATE, variables)["createJob"]
         assert "id" in created, created
         ids.append(created["id"])
     running = wait_for(replicas[2], token, ids, {"RUNNING", *TERMINAL}, 60)
@@ -137,7 +124,7 @@ async def test_the_jobs_of_a_replica_that_does_not_come_back_are_lost_once_and_t
     ids = []
     for n in range(JOBS):
         variables = {"i": {"assetId": "dummy-job", "parameters": {"SLEEPTIME": 8}}}
-        ids.append(gql(replicas[n % 3], token, CREATE, variables)["createJob"]["id"])
+        ids.append(replicas[n % 3].gql(token, CREATE, variables)["createJob"]["id"])
     wait_for(replicas[0], token, ids, {"RUNNING", *TERMINAL}, 60)
     conn = await asyncpg.connect(fresh_pg[1])
     try:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -66,6 +67,20 @@ class ServerProcess:
             assert self.proc.poll() is None, self.log.read_text()
             time.sleep(0.1)
         raise AssertionError("server did not become ready:\n" + self.log.read_text())
+
+    def gql(self, token: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A GraphQL request with ``token``; its data (no errors allowed)."""
+        resp = httpx.post(
+            f"{self.url}/graphql",
+            json={"query": query, "variables": variables or {}},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert "errors" not in body, body
+        data: dict[str, Any] = body["data"]
+        return data
 
     def kill(self) -> None:
         assert self.proc is not None
