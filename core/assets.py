@@ -27,6 +27,7 @@ RESERVED_ENV_KEYS = frozenset(
     | {"PERL5OPT", "PERL5LIB", "PERLLIB", "RUBYOPT", "RUBYLIB"}
 )
 RESERVED_ENV_PREFIXES = ("WML_", "LD_", "PYTHON")
+MAX_COMMANDS = 16  # commands one job may run in order (TES executors), whatever an asset allows
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 Cpu = Annotated[float, BeforeValidator(parse_cpu)]
@@ -130,6 +131,10 @@ class Asset(_Model):
     outputs: list[OutputSlot] = []
     timeouts: Timeouts = Timeouts()
     local: LocalSpec | None = None
+    # Off by default, the provider decides what runs: whether a job may bring its own command instead of
+    # the image's (a TES executor's ``command``), and how many commands one job may run in order.
+    consumer_commands: bool = Field(default=False, alias="consumerCommands")
+    max_commands: int = Field(default=1, ge=1, le=MAX_COMMANDS, alias="maxCommands")
 
     @model_validator(mode="after")
     def _unique_names(self) -> Asset:
@@ -152,6 +157,11 @@ class Asset(_Model):
             if clash:
                 raise ValueError(f"slot {slot.name!r}: keys {clash} are the asset's env or parameters")
         return self
+
+    @property
+    def command_line(self) -> tuple[str, ...]:
+        """The asset's command and args as one argv (empty: the image's entrypoint)."""
+        return (*(self.command or ()), *(self.args or ()))
 
     def input_slot(self, name: str) -> InputSlot | None:
         return next((s for s in self.inputs if s.name == name), None)

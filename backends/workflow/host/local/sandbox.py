@@ -113,7 +113,15 @@ def launch_spec(
     if options.enabled:
         uid = worker_uid(options, run.job_id)
         prepare(job.root, uid)
-        argv = command(options, job.root, argv, hidden=hidden, uid=uid, network=run.local_network)
+        argv = command(
+            options,
+            job.root,
+            argv,
+            hidden=hidden,
+            uid=uid,
+            network=run.local_network,
+            trusted=not run.consumer_command,
+        )
         paths = WorkerPaths(INPUTS, OUTPUTS, SCRATCH)
         if uid is not None:  # RLIMIT_NPROC counts a uid's processes: only where the job has its own
             limits["nproc"] = options.max_processes
@@ -147,6 +155,7 @@ def command(
     hidden: Sequence[Path],
     uid: int | None,
     network: bool,
+    trusted: bool = True,
 ) -> list[str]:
     """The argv that runs ``argv`` in the sandbox of the job at ``job_root``."""
     args = [options.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
@@ -166,7 +175,7 @@ def command(
     args += ["--perms", "0755", "--dir", "/wml"]  # (bwrap would make it 0700: closed to the worker)
     args += ["--ro-bind", str(job_root / "inputs"), INPUTS, "--bind", str(job_root / "outputs"), OUTPUTS]
     args += ["--bind", str(job_root / "tmp"), SCRATCH]
-    for file in _unseen_files(argv, hidden):
+    for file in _unseen_files(argv, hidden) if trusted else ():
         # bwrap makes missing directories 0700 (closed to the worker's uid): make the file's way open.
         for parent in reversed(Path(file).parents[:-2]):
             args += ["--perms", "0755", "--dir", str(parent)]
