@@ -121,10 +121,12 @@ def _commands(job: Job) -> tuple[list[str] | None, list[str] | None, list[str] |
     local = [own if c == asset.command_line and own else list(c) for c in given]
     if len(given) == 1:
         return list(given[0]), [], local[0]
-    return _in_order([list(c) for c in given]), [], _in_order(local, interpreter="sh")
+    return in_order([list(c) for c in given]), [], in_order(local, interpreter="sh")
 
 
-def _in_order(commands: list[list[str]], interpreter: str = "/bin/sh") -> list[str]:
+def in_order(commands: list[list[str]], interpreter: str = "/bin/sh") -> list[str]:
+    """One argv that runs ``commands`` one after another with ``interpreter -c``, stopping at the first
+    that fails (its exit code is the run's)."""
     return [interpreter, "-c", "set -e\n" + "\n".join(shlex.join(c) for c in commands)]
 
 
