@@ -17,7 +17,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-NAMES = ("api_overhead", "job_overhead", "fanout", "kube_control_plane", "transfer", "replicas")
 HEADER = (
     "| benchmark | workload | service: median (min-max) | raw baseline (same run) | ratio | target | run |",
     "| --- | --- | --- | --- | --- | --- | --- |",
@@ -42,6 +41,11 @@ def med(figure: dict[str, Any], fmt: str = ".0f", unit: str = "") -> str:
     if not figure.get("runs"):
         return "n/a"
     return f"{figure['median']:{fmt}}{unit} ({figure['min']:{fmt}}-{figure['max']:{fmt}})"
+
+
+def scaled(figure: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A spread in other units."""
+    return {k: v * factor if k in ("min", "median", "max") else v for k, v in figure.items()}
 
 
 def run_cell(doc: dict[str, Any]) -> str:
@@ -274,6 +278,29 @@ def replicas_rows(doc: dict[str, Any]) -> list[str]:
     return rows
 
 
+def startup_rows(doc: dict[str, Any]) -> list[str]:
+    s, b, cfg = doc["service"], doc["bare"], doc["settings"]
+    if not s["cold_start_s"]["runs"]:
+        reasons = "; ".join(r["not_measured"] for r in doc["rounds"] if "not_measured" in r)
+        return [row("Server start and memory", "not measured", reasons, "", "", "", run_cell(doc))]
+    ready, peak = scaled(s["rss_ready_kib"], 1 / 1024), scaled(s["peak_kib"], 1 / 1024)
+    cold, bare = s["cold_start_s"]["median"], b["uvicorn_starlette_start_s"]["median"]
+    return [
+        row(
+            "Server cold start to ready; peak API memory with jobs in flight",
+            f"fresh data directory x {s['cold_start_s']['runs']}; {cfg['jobs']} `createJob` left in flight"
+            " (one running, the rest QUEUED)",
+            f"cold start {med(s['cold_start_s'], '.2f', ' s')}; RSS once ready {med(ready)} MiB, peak with"
+            f" {cfg['jobs']} jobs in flight {med(peak)} MiB",
+            f"bare uvicorn + Starlette: {med(b['uvicorn_starlette_start_s'], '.2f', ' s')}; the interpreter"
+            f" alone {med(b['interpreter_start_s'], '.3f', ' s')}",
+            f"{cold / bare:.1f}x (cold start)",
+            "no target set (figures users asked for)",
+            run_cell(doc),
+        )
+    ]
+
+
 ROWS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "api_overhead": ("API overhead", api_rows),
     "job_overhead": ("Job overhead", job_rows),
@@ -281,6 +308,7 @@ ROWS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "kube_control_plane": ("Kubernetes control plane", kube_rows),
     "transfer": ("File transfer", transfer_rows),
     "replicas": ("Replicas on PostgreSQL", replicas_rows),
+    "startup": ("Server start and memory", startup_rows),
 }
 
 
