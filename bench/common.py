@@ -49,12 +49,19 @@ LOAD_BEFORE = os.getloadavg()
 STARTED_AT = dt.datetime.now(dt.UTC)
 
 
+STOPPING = False  # SIGTERM came: what is left is not measured, what was measured is written
+
+
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    global STOPPING
+    STOPPING = True
     raise SystemExit(128 + signum)
 
 
 # bench/run_all.py stops a benchmark past its time limit with SIGTERM: exiting through the ``finally``
-# blocks stops its servers and kills its jobs' workers instead of leaving them running.
+# blocks stops its servers and kills its jobs' workers instead of leaving them running, and
+# measured_or_reason() turns the interrupted measurement (and those not begun) into not_measured, so the
+# benchmark still writes the figures it has.
 signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
@@ -190,7 +197,8 @@ def _git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return ""
-    return done.stdout.strip() if done.returncode == 0 else ""
+    # Only the trailing newline goes: a status line starts with a space (" M path").
+    return done.stdout.rstrip("\n") if done.returncode == 0 else ""
 
 
 def _cpu_model() -> str:
@@ -230,7 +238,7 @@ def provenance() -> dict[str, Any]:
         if not line[3:].startswith(("bench/results/", "bench/README.md"))
     ]
     return {
-        "commit": _git("rev-parse", "HEAD") or "unknown",
+        "commit": _git("rev-parse", "HEAD").strip() or "unknown",
         "dirty": bool(changed),
         "started_utc": STARTED_AT.isoformat(timespec="seconds"),
         "finished_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -255,10 +263,16 @@ def spread(values: Sequence[float]) -> dict[str, Any]:
 def measured_or_reason(label: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """``measure()``'s figures, or ``{"not_measured": reason}`` when it failed: one size that cannot
     finish (e.g. on a machine too busy) must not cost the others their figures."""
+    if STOPPING:
+        return {"not_measured": "not begun: the benchmark was stopped (its time limit)"}
     try:
         return measure()
-    except Exception as e:  # any failure of one measurement is reported, not raised
+    except (Exception, SystemExit) as e:  # any failure of one measurement is reported, not raised
+        if isinstance(e, SystemExit) and not STOPPING:
+            raise
         reason = f"{type(e).__name__}: {e}".strip()[:500]
+        if STOPPING:
+            reason = f"stopped before it finished (its time limit); {reason}"
         print(f"!! {label}: not measured: {reason}", file=sys.stderr, flush=True)
         traceback.print_exc(file=sys.stderr)
         return {"not_measured": reason}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import RESULTS_DIR as RESULTS
 from bench.common import write_result
 from bench.table import table
 
@@ -69,17 +71,31 @@ def run(name: str, deadline: float) -> int | None:
         write_result(name, {"not_measured": "not started: make bench's time budget was used up"})
         return None
     command = [sys.executable, str(ROOT / "bench" / f"{script}.py"), *arguments]
+    started = time.time()
     process = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
     try:
         return process.wait(timeout=min(limit, left))
     except subprocess.TimeoutExpired:
         stop_group(process)
         reason = f"stopped after {min(limit, left):.0f} s (its limit, or make bench's budget)"
-        write_result(name, {"not_measured": reason, "command": " ".join(command[1:])})
+        keep_or_replace(name, started, reason, " ".join(command[1:]))
         return None
     except BaseException:  # interrupted: take the benchmark and everything it started down too
         stop_group(process)
         raise
+
+
+def keep_or_replace(name: str, started: float, reason: str, command: str) -> None:
+    """A stopped benchmark's result file: the one it wrote on its way out (SIGTERM ends it through its
+    ``finally`` blocks and the sizes it had not finished show as not measured), marked as stopped; or, when
+    it wrote none in this run, one that says it was not measured."""
+    path = RESULTS / f"{name}.json"
+    if path.exists() and path.stat().st_mtime >= started:
+        document = json.loads(path.read_text())
+        document["stopped"] = reason
+        path.write_text(json.dumps(document, indent=2) + "\n")
+        return
+    write_result(name, {"not_measured": reason, "command": command})
 
 
 def stop_group(process: subprocess.Popen[bytes]) -> None:
