@@ -306,6 +306,8 @@ ROWS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "job_overhead": ("Job overhead", job_rows),
     "fanout": ("Subscription fan-out", fanout_rows),
     "kube_control_plane": ("Kubernetes control plane", kube_rows),
+    # Not run by make bench (3 to 6 minutes): kube_control_plane.py --jobs 1000 --repeats 1 --output ...
+    "kube_control_plane_1000": ("Kubernetes control plane, 1,000 jobs", kube_rows),
     "transfer": ("File transfer", transfer_rows),
     "replicas": ("Replicas on PostgreSQL", replicas_rows),
     "startup": ("Server start and memory", startup_rows),
