@@ -1,5 +1,15 @@
 """Shared pieces of the benchmarks: a `wml serve` subprocess on a scratch data directory, a consumer token,
-percentiles, and the result file every benchmark writes (``bench/results/<name>.json``).
+percentiles, spreads over repeated runs, and the result file every benchmark writes
+(``bench/results/<name>.json``).
+
+Every result file says what produced it and when (:func:`provenance`): the commit and whether the tree
+had uncommitted changes, the UTC start and end, the exact command, and the machine (CPU model, cores,
+memory, and its load average before the run, read when this module is first imported, i.e. when the
+benchmark starts). A figure measured over repeated runs is stored as :func:`spread` (min, median, max and
+every value); tables show the median and the range, verdicts use the median.
+
+A size or variant that cannot be measured (a timeout, a refused connection on a machine too busy) is
+recorded as ``{"not_measured": reason}`` by :func:`measured_or_reason`, and the rest still runs.
 
 The server always runs as its own process so that its CPU and memory are not the load generator's; on a
 2-core machine that leaves one core to the server and one to the clients.
@@ -8,17 +18,20 @@ The server always runs as its own process so that its CPU and memory are not the
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import platform
 import re
+import shlex
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +44,25 @@ RESULTS_DIR = ROOT / "bench" / "results"
 PYTHON = sys.executable
 SECRET_KEY = "bench-signing-key-of-at-least-32-bytes"
 ADMIN_TOKEN = "bench-admin"
+# Read when a benchmark starts (it imports this module first), before it loads the machine itself.
+LOAD_BEFORE = os.getloadavg()
+STARTED_AT = dt.datetime.now(dt.UTC)
+
+
+STOPPING = False  # SIGTERM came: what is left is not measured, what was measured is written
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    global STOPPING
+    STOPPING = True
+    raise SystemExit(128 + signum)
+
+
+# bench/run_all.py stops a benchmark past its time limit with SIGTERM: exiting through the ``finally``
+# blocks stops its servers and kills its jobs' workers instead of leaving them running, and
+# measured_or_reason() turns the interrupted measurement (and those not begun) into not_measured, so the
+# benchmark still writes the figures it has.
+signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 def free_port() -> int:
@@ -160,13 +192,103 @@ def stop(process: subprocess.Popen[Any]) -> None:
             process.wait(10)
 
 
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    # Only the trailing newline goes: a status line starts with a space (" M path").
+    return done.stdout.rstrip("\n") if done.returncode == 0 else ""
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float:
+    with contextlib.suppress(OSError):
+        match = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), flags=re.MULTILINE)
+        if match:
+            return round(int(match[1]) / 1024**2, 1)
+    return 0.0
+
+
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
+    return {
+        "cpu_model": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "python": platform.python_version(),
+        "system": platform.platform(),
+        "load_average_before": [round(x, 2) for x in LOAD_BEFORE],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def provenance() -> dict[str, Any]:
+    """Which code ran, when, how: the commit, whether the tree differed from it (results and the table
+    excepted: the run itself rewrites them), the UTC start and end, and the exact command."""
+    changed = [
+        line
+        for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
+        if not line[3:].startswith(("bench/results/", "bench/README.md"))
+    ]
+    return {
+        "commit": _git("rev-parse", "HEAD").strip() or "unknown",
+        "dirty": bool(changed),
+        "started_utc": STARTED_AT.isoformat(timespec="seconds"),
+        "finished_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+    }
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """min / median / max of a figure measured in repeated runs, with every value (an empty spread when
+    none was measured)."""
+    if not values:
+        return {"runs": 0, "values": []}
+    return {
+        "min": min(values),
+        "median": statistics.median(values),
+        "max": max(values),
+        "runs": len(values),
+        "values": list(values),
+    }
+
+
+def measured_or_reason(label: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``measure()``'s figures, or ``{"not_measured": reason}`` when it failed: one size that cannot
+    finish (e.g. on a machine too busy) must not cost the others their figures."""
+    if STOPPING:
+        return {"not_measured": "not begun: the benchmark was stopped (its time limit)"}
+    try:
+        return measure()
+    except (Exception, SystemExit) as e:  # any failure of one measurement is reported, not raised
+        if isinstance(e, SystemExit) and not STOPPING:
+            raise
+        reason = f"{type(e).__name__}: {e}".strip()[:500]
+        if STOPPING:
+            reason = f"stopped before it finished (its time limit); {reason}"
+        print(f"!! {label}: not measured: {reason}", file=sys.stderr, flush=True)
+        traceback.print_exc(file=sys.stderr)
+        return {"not_measured": reason}
+
+
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU seconds of a live process (``children``: of its reaped children instead)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command: state is fields[0], so utime/stime/cutime/cstime are fields[11..14].
+    ticks = int(fields[13]) + int(fields[14]) if children else int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def write_result(name: str, document: dict[str, Any]) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"benchmark": name, "machine": machine(), **document}
+    body = {"benchmark": name, "provenance": provenance(), "machine": machine(), **document}
     path.write_text(json.dumps(body, indent=2) + "\n")
     return path

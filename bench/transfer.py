@@ -18,9 +18,12 @@ and each size, in one run:
 - **side-car**: ``wml sidecar stage-out`` of the same file into the same storage, its peak RSS from wait4.
 
 The ratios are the service's MiB/s over the bare endpoint's for the same direction, size and backend
-(target: at least 0.7); sizes up to 256 MiB are transferred 3 times on each side and the median taken.
+(target: at least 0.7 for the multipart upload, the signed ``PUT`` upload and the download alike). Every
+transfer is made ``--repeats`` times (3) on each side: each MiB/s is stored as min/median/max over the
+repeats, the ratios are of the medians (the verdict), and the ratio of each repeat pair shows their
+spread. A backend and size that cannot be measured is recorded as ``not_measured`` with the reason.
 
-Usage: ``.venv/bin/python bench/transfer.py [--sizes 100M,1G] [--backends file,s3]``. Writes
+Usage: ``.venv/bin/python bench/transfer.py [--sizes 100M,1G] [--backends file,s3] [--repeats 3]``. Writes
 ``bench/results/transfer.json``. Needs about 4x the largest size in free disk.
 """
 
@@ -40,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +53,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import SECRET_KEY, create_token, free_port, proc_kib, wait_until_up, write_result
+from bench.common import (
+    SECRET_KEY,
+    create_token,
+    free_port,
+    measured_or_reason,
+    proc_kib,
+    spread,
+    wait_until_up,
+    write_result,
+)
 from bench.common import environment as common_environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -364,13 +377,16 @@ def bare_transfers(work: Path, endpoint: str | None, source: Path, size: int, re
 
 
 def combined(runs: list[dict[str, Any]], size: int) -> dict[str, Any]:
-    """The median of each ``*_seconds`` over repeated runs (with its MiB/s); each sha256 if all agree."""
+    """The median of each ``*_seconds`` over repeated runs (with its MiB/s, and the MiB/s of each repeat as
+    a spread under ``*_mib_s_spread``); each sha256 if all agree."""
     result: dict[str, Any] = {"repeats": len(runs)}
     for key in runs[0]:
         values = [run[key] for run in runs]
         if key.endswith("_seconds"):
+            name = key.removesuffix("_seconds")
             result[key] = statistics.median(values)
-            result[key.removesuffix("_seconds") + "_mib_s"] = size / MiB / result[key]
+            result[name + "_mib_s"] = size / MiB / result[key]
+            result[name + "_mib_s_spread"] = spread([size / MiB / v for v in values])
         elif key.endswith("_sha256"):
             result[key] = values[0] if len(set(values)) == 1 else "differs between repeats"
     return result
@@ -463,32 +479,41 @@ def run_stage_out(work: Path, storage: str | None, source: Path, size: int) -> d
     }
 
 
-def measure(backend: str, size: int, endpoint: str | None, scratch: Path) -> dict[str, Any]:
+def measure(backend: str, size: int, endpoint: str | None, scratch: Path, repeats: int) -> dict[str, Any]:
     work = scratch / f"{backend}-{size}"
     work.mkdir()
-    source = work / "source.bin"
-    expected = make_source(source, size)
-    s3 = backend == "s3"
-    storage = f"s3://{BUCKET}?endpoint={endpoint}&region=us-east-1" if s3 else None
-    run: dict[str, Any] = {"backend": backend, "size_bytes": size, "size": label(size)}
-    run["plain_copy"] = plain_copy(source, size)
-    # A transfer of 100 MiB lasts a fraction of a second: take the median of a few, so one hiccup of a
-    # shared machine does not decide the ratio. 1 GiB runs long enough on its own.
-    repeats = 3 if size <= 256 * MiB else 1
-    run["bare"] = bare_transfers(work, endpoint if s3 else None, source, size, repeats)
-    run["service"] = run_server(work, storage, source, size, repeats)
-    run["sidecar"] = run_stage_out(work, storage, source, size)
-    parts = (run["bare"], run["service"], run["sidecar"])
-    hashes = [v for part in parts for k, v in part.items() if k.endswith("_sha256")]
-    run["sha256_match"] = all(h == expected for h in hashes) and len(hashes) >= 4
-    run["ratio_upload_service_over_bare"] = run["service"]["upload_mib_s"] / run["bare"]["upload_mib_s"]
-    run["ratio_download_service_over_bare"] = run["service"]["download_mib_s"] / run["bare"]["download_mib_s"]
-    if not s3:
-        run["ratio_put_upload_service_over_bare"] = (
-            run["service"]["put_upload_mib_s"] / run["bare"]["upload_mib_s"]
+    try:
+        source = work / "source.bin"
+        expected = make_source(source, size)
+        s3 = backend == "s3"
+        storage = f"s3://{BUCKET}?endpoint={endpoint}&region=us-east-1" if s3 else None
+        run: dict[str, Any] = {"backend": backend, "size_bytes": size, "size": label(size)}
+        run["plain_copy"] = plain_copy(source, size)
+        run["bare"] = bare_transfers(work, endpoint if s3 else None, source, size, repeats)
+        run["service"] = run_server(work, storage, source, size, repeats)
+        run["sidecar"] = run_stage_out(work, storage, source, size)
+        parts = (run["bare"], run["service"], run["sidecar"])
+        hashes = [v for part in parts for k, v in part.items() if k.endswith("_sha256")]
+        run["sha256_match"] = all(h == expected for h in hashes) and len(hashes) >= 4
+        run["ratio_upload_service_over_bare"] = run["service"]["upload_mib_s"] / run["bare"]["upload_mib_s"]
+        run["ratio_download_service_over_bare"] = (
+            run["service"]["download_mib_s"] / run["bare"]["download_mib_s"]
         )
-    shutil.rmtree(work)
-    return run
+        if not s3:
+            run["ratio_put_upload_service_over_bare"] = (
+                run["service"]["put_upload_mib_s"] / run["bare"]["upload_mib_s"]
+            )
+        # The spread of each ratio: repeat i of the service over repeat i of the bare endpoint.
+        for direction, bare_key in (("upload", "upload"), ("download", "download"), ("put_upload", "upload")):
+            service_values = run["service"].get(f"{direction}_mib_s_spread", {}).get("values")
+            if service_values:
+                bare_values = run["bare"][f"{bare_key}_mib_s_spread"]["values"]
+                run[f"ratio_{direction}_spread"] = spread(
+                    [a / b for a, b in zip(service_values, bare_values, strict=True)]
+                )
+        return run
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def label(size: int) -> str:
@@ -506,6 +531,9 @@ def report(runs: list[dict[str, Any]]) -> None:
     columns = ("backend", "size", "copy", "bare up", "api up", "bare down", "api down", "server peak")
     print("  ".join(f"{c:>11}" for c in columns), " sha256")
     for run in runs:
+        if "not_measured" in run:
+            print(f"{run['backend']:>11}  {run['size']:>11}  not measured: {run['not_measured']}")
+            continue
         cells = (
             run["backend"],
             run["size"],
@@ -523,6 +551,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100M,1G", help="comma-separated sizes (M or G suffix)")
     parser.add_argument("--backends", default="file,s3", help="comma-separated: file, s3")
+    parser.add_argument("--repeats", type=int, default=3, help="transfers of each kind per size and side")
+    parser.add_argument("--s3-sizes", help="the sizes on S3 if not --sizes (moto's server is slow)")
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare-root", help=argparse.SUPPRESS)
     parser.add_argument("--bare-endpoint", help=argparse.SUPPRESS)
@@ -531,25 +561,35 @@ def main() -> int:
         serve_bare(args.serve_bare, args.bare_root, args.bare_endpoint)
         return 0
     sizes = [parse_size(s) for s in args.sizes.split(",")]
+    s3_sizes = [parse_size(s) for s in args.s3_sizes.split(",")] if args.s3_sizes else sizes
     backends = [b.strip() for b in args.backends.split(",")]
     runs = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="wml-bench-") as scratch, moto_s3() as endpoint:
         for backend in backends:
-            for size in sizes:
+            for size in s3_sizes if backend == "s3" else sizes:
                 print(f"-- {backend} {label(size)}", flush=True)
-                runs.append(measure(backend, size, endpoint, Path(scratch)))
+                measured = measured_or_reason(
+                    f"{backend} {label(size)}",
+                    partial(measure, backend, size, endpoint, Path(scratch), args.repeats),
+                )
+                runs.append({"backend": backend, "size_bytes": size, "size": label(size), **measured})
     write_result(
         "transfer",
         {
-            "settings": {"sizes": [label(s) for s in sizes], "backends": backends},
+            "settings": {
+                "sizes": [label(s) for s in sizes],
+                "s3_sizes": [label(s) for s in s3_sizes],
+                "backends": backends,
+                "repeats": args.repeats,
+            },
             "notes": "MiB/s; server peak RSS is VmHWM read from /proc before it stops; side-car from wait4",
             "elapsed_s": time.monotonic() - started,
             "runs": runs,
         },
     )
     report(runs)
-    return 0 if all(run["sha256_match"] for run in runs) else 1
+    return 0 if all(run.get("sha256_match", True) for run in runs) else 1
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ operator token (a setting) sees everything. An expired or revoked grant authenti
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -63,15 +64,28 @@ def grant_is_usable(grant: Grant, now: datetime | None = None) -> bool:
 RECENT_TTL = 2.0  # seconds a successful connect check is reused (at most; see Authenticator)
 RECENT_SIZE = 10_000
 REVOKED_KEPT = 1024  # recent revocations remembered, to tell whether one came during a read
+# Grant reads for websocket connects at once (distinct tokens); the others wait their turn. Below the
+# smallest connection pool (SQLite's 5), so a connection storm cannot drain the pool other work needs.
+CONNECT_READS = 4
 
 
 class Authenticator:
-    def __init__(self, store: Store, admin_token: str, *, remember_for: float = RECENT_TTL) -> None:
+    def __init__(
+        self,
+        store: Store,
+        admin_token: str,
+        *,
+        remember_for: float = RECENT_TTL,
+        connect_reads: int = CONNECT_READS,
+    ) -> None:
         self._store = store
         self._admin_hash = hash_token(admin_token)
         self._remember_for = remember_for
         # token hash -> (principal, until): recent successful checks, for websocket connects only
         self._recent: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        # token hash -> the connect check under way (single flight): (principal, revocations seen before)
+        self._flights: dict[str, asyncio.Future[tuple[Principal | None, int]]] = {}
+        self._admission = asyncio.Semaphore(connect_reads)
         self._revocations = 0  # revocations seen so far; the last REVOKED_KEPT grant ids are kept
         self._revoked: deque[str] = deque(maxlen=REVOKED_KEPT)
 
@@ -83,11 +97,14 @@ class Authenticator:
             del self._recent[digest]
 
     async def authenticate_connection(self, token: str | None) -> Principal | None:
-        """:meth:`authenticate` for a websocket's ``connection_init``, remembered for a moment
-        (``remember_for`` seconds) so that a burst of connects with one token reads its grant once. A
-        revocation drops the remembered check at once (:meth:`forget_grant`), and one that lands while the
-        grant is being read refuses the token, so the caller can register for revocations with nothing
-        missed in between. Only successes are kept: unknown tokens cannot push good ones out."""
+        """:meth:`authenticate` for a websocket's ``connection_init``, made for a connection storm (every
+        client reconnecting at once after a restart): concurrent checks of one token share one read (single
+        flight), a success is remembered for a moment (``remember_for`` seconds), and at most
+        ``connect_reads`` reads run at once, the other connects waiting their turn: a storm slows connects
+        down instead of draining the connection pool and failing them. A revocation drops the remembered
+        check at once (:meth:`forget_grant`), and one that lands after the shared read began refuses the
+        token, so the caller can register for revocations with nothing missed in between. Only successes
+        are kept: unknown tokens cannot push good ones out."""
         if not token:
             return None
         digest = hash_token(token)
@@ -95,8 +112,13 @@ class Authenticator:
         recent = self._recent.get(digest)
         if recent is not None and recent[1] > now:
             return recent[0]
-        seen = self._revocations
-        principal = await self.authenticate(token)
+        flight = self._flights.get(digest)
+        if flight is None:
+            flight = asyncio.ensure_future(self._connect_read(token))
+            self._flights[digest] = flight
+            flight.add_done_callback(lambda f: self._landed(digest, f))
+        # Shielded: a client that leaves does not cancel the read the others wait for.
+        principal, seen = await asyncio.shield(flight)
         if principal is not None and self._revoked_since(seen, principal.grant_ids):
             principal = None
         if principal is not None:
@@ -107,6 +129,19 @@ class Authenticator:
         else:
             self._recent.pop(digest, None)
         return principal
+
+    async def _connect_read(self, token: str) -> tuple[Principal | None, int]:
+        if hmac.compare_digest(hash_token(token), self._admin_hash):
+            return OPERATOR, self._revocations
+        async with self._admission:
+            seen = self._revocations
+            return await self.authenticate(token), seen
+
+    def _landed(self, digest: str, flight: asyncio.Future[tuple[Principal | None, int]]) -> None:
+        if self._flights.get(digest) is flight:
+            del self._flights[digest]
+        if not flight.cancelled():
+            flight.exception()  # retrieved, even when every waiter left
 
     def _revoked_since(self, seen: int, grant_ids: frozenset[str]) -> bool:
         """Whether one of ``grant_ids`` was revoked after the ``seen``-th revocation (when more came than

@@ -9,6 +9,10 @@ callback declines (returns False), the event is queued as usual. Revoking a gran
 subscription of that grant with :class:`AccessRevoked` and tells the registered revocation callbacks
 (open websocket connections), so a deprovisioned token stops seeing anything at once.
 
+A subscription scoped to grants (``grant_ids``) is offered only events of those grants: the bus keeps
+its subscribers by grant, so an event costs nothing for the subscribers of other grants, and the work a
+stream does once per grant (is it still usable?) is asked once per event and grant, not per subscriber.
+
 :class:`OrderedEventBus` is the bus of one replica (SQLite): subscribers see every event once and in
 ``seq`` (= commit) order even when the coroutines that committed them publish in another order. An
 event published here whose ``seq`` directly follows the last one fanned out is fanned out from memory
@@ -142,7 +146,7 @@ class Subscription:
                     timer.cancel()
 
     def close(self) -> None:
-        self._bus._subscribers.discard(self)
+        self._bus._remove(self)
 
     def __enter__(self) -> Subscription:
         return self
@@ -156,6 +160,8 @@ class EventBus:
 
     def __init__(self, queue_size: int = 1000) -> None:
         self._subscribers: set[Subscription] = set()
+        self._unscoped: set[Subscription] = set()  # grant_ids None (the operator): offered every event
+        self._by_grant: dict[str, set[Subscription]] = {}  # the others, under each of their grants
         self._revocation_callbacks: dict[int, tuple[frozenset[str], Callable[[], None]]] = {}
         self._revocation_listeners: list[Callable[[str], None]] = []
         self._next_callback = 0
@@ -176,15 +182,33 @@ class EventBus:
         *,
         grant_ids: frozenset[str] | None = None,
     ) -> Subscription:
+        """A subscription to the events ``predicate`` accepts; with ``grant_ids``, only events of those
+        grants are offered to it (and a revocation of one of them ends it)."""
         sub = Subscription(self, predicate, self.queue_size, grant_ids)
         self._subscribers.add(sub)
+        if grant_ids is None:
+            self._unscoped.add(sub)
+        for grant_id in grant_ids or ():
+            self._by_grant.setdefault(grant_id, set()).add(sub)
         return sub
+
+    def _remove(self, sub: Subscription) -> None:
+        self._subscribers.discard(sub)
+        self._unscoped.discard(sub)
+        for grant_id in sub.grant_ids or ():
+            scoped = self._by_grant.get(grant_id)
+            if scoped is not None:
+                scoped.discard(sub)
+                if not scoped:
+                    del self._by_grant[grant_id]
 
     def publish(self, event: JobEvent) -> None:
         self._fan_out(event)
 
     def _fan_out(self, event: JobEvent) -> None:
-        for sub in list(self._subscribers):
+        scoped = self._by_grant.get(event.grant_id)
+        targets = [*self._unscoped, *scoped] if scoped else list(self._unscoped)
+        for sub in targets:
             if sub.predicate(event) and not sub.deliver_now(event) and not sub.offer(event):
                 self.dropped += 1
                 sub.end(SubscriberTooSlow())
@@ -215,9 +239,8 @@ class EventBus:
         for listener in self._revocation_listeners:
             with contextlib.suppress(Exception):
                 listener(grant_id)
-        for sub in list(self._subscribers):
-            if sub.grant_ids is not None and grant_id in sub.grant_ids:
-                sub.end(AccessRevoked())
+        for sub in list(self._by_grant.get(grant_id, ())):
+            sub.end(AccessRevoked())
         for grant_ids, callback in list(self._revocation_callbacks.values()):
             if grant_id in grant_ids:
                 with contextlib.suppress(Exception):

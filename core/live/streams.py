@@ -20,8 +20,9 @@ Many subscribers must not mean many task wake-ups either: a following event stre
 callback (the GraphQL layer's write of the event to the socket) lets the bus hand it each live event
 during the fan-out while the stream waits with nothing queued, when that is safe to do without the
 stream's task: already delivered (skipped), or a non-terminal event for a caller whose grant is known to
-be usable. Anything else (a terminal event, a grant to read again, a socket that cannot take it now) is
-queued and the task handles it as before, so order, the last ``seq`` and every ending stay the same.
+be usable (asked once per event and grant, however many subscribers the grant has). Anything else (a
+terminal event, a grant to read again, a socket that cannot take it now) is queued and the task handles
+it as before, so order, the last ``seq`` and every ending stay the same.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class JobStreams:
         self._recheck = recheck_interval  # how often a quiet stream checks that its grant still holds
         self._reads = SharedReads(max_age=recheck_interval)
         self._watch = GrantWatch(store, bus, self._reads, recheck_interval)
+        # The event being fanned out, and whether each grant asked about during it is known usable.
+        self._usable_during: tuple[JobEvent | None, dict[str, bool]] = (None, {})
         bus.on_any_revocation(lambda grant_id: self._reads.forget(("grant", grant_id)))
 
     # -- access ----------------------------------------------------------------------------------------
@@ -247,18 +250,26 @@ class JobStreams:
             return True  # already delivered
         if job_id is not None and event.state.terminal:
             return False  # the stream ends after it: the task sends it, then ``complete``
-        if not self._access_known_usable(principal) or not deliver(event):
+        if not self._access_known_usable(principal, event) or not deliver(event):
             return False
         cursor.last = event.seq
         return True
 
-    def _access_known_usable(self, principal: Principal) -> bool:
-        """Whether every grant of the principal is known (without a read) to be usable."""
+    def _access_known_usable(self, principal: Principal, event: JobEvent) -> bool:
+        """Whether every grant of the principal is known (without a read) to be usable; asked once per
+        grant while ``event`` is fanned out, the answer serving all of that grant's subscribers."""
         if principal.is_operator:
             return True
+        during, usable = self._usable_during
+        if during is not event:
+            usable = {}
+            self._usable_during = (event, usable)
         for grant_id in principal.grant_ids:
-            known, grant = self._reads.peek(("grant", grant_id))
-            if not known or grant is None or not grant_is_usable(grant):
+            known_usable = usable.get(grant_id)
+            if known_usable is None:
+                known, grant = self._reads.peek(("grant", grant_id))
+                known_usable = usable[grant_id] = known and grant is not None and grant_is_usable(grant)
+            if not known_usable:
                 return False
         return True
 

@@ -227,3 +227,38 @@ async def test_a_revocation_on_one_replica_ends_the_grants_subscriptions_on_anot
         await here.close()
         await there.close()
         await store.engine.dispose()
+
+
+def _event(seq: int, grant_id: str) -> JobEvent:
+    return JobEvent(
+        seq=seq,
+        job_id=f"j_{seq}",
+        consumer_id="c",
+        grant_id=grant_id,
+        state=JobState.QUEUED,
+        reason=None,
+        message=None,
+        exit_code=None,
+        created_at=utcnow(),
+    )
+
+
+async def test_a_grants_subscribers_are_not_even_asked_about_another_grants_events() -> None:
+    bus = EventBus()
+    asked: list[str] = []
+
+    def everything(e: JobEvent) -> bool:
+        asked.append(e.grant_id)
+        return True
+
+    with (
+        bus.subscribe(everything, grant_ids=frozenset({"g_1"})) as sub,
+        bus.subscribe(everything) as operator,
+    ):
+        bus.publish(_event(1, "g_2"))
+        bus.publish(_event(2, "g_1"))
+        assert asked == ["g_2", "g_1", "g_1"]  # the operator's, then both for g_1
+        assert [e.seq for e in [await sub.get(within=1)]] == [2]
+        assert len(operator) == 2
+    assert bus.subscriber_count == 0
+    assert not bus._by_grant and not bus._unscoped
