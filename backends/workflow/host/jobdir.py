@@ -382,6 +382,7 @@ class WorkerPaths:
     inputs: str
     outputs: str
     home: str
+    placed: bool = False  # inputs the asset places at absolute paths are there (the sandbox binds them)
 
     @classmethod
     def of(cls, job: JobDir) -> WorkerPaths:
@@ -398,7 +399,8 @@ def worker_env(run: JobRun, paths: WorkerPaths, dotenv: Mapping[str, str]) -> di
     env["WML_INPUTS_DIR"] = paths.inputs
     env["WML_OUTPUTS_DIR"] = paths.outputs
     for staged in run.inputs:
-        env[f"WML_INPUT_{staged.slot.upper()}"] = f"{paths.inputs}/{staged.path}"
+        placed = staged.worker_path if paths.placed else None
+        env[f"WML_INPUT_{staged.slot.upper()}"] = placed or f"{paths.inputs}/{staged.path}"
     for output in run.outputs:
         env[f"WML_OUTPUT_{output.name.upper()}"] = f"{paths.outputs}/{output.path}"
     return env

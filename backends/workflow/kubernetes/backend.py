@@ -43,7 +43,7 @@ from typing import Any, Self
 import structlog
 
 from backends.storage.base import StorageBackend, StorageError
-from backends.workflow.base import BackendUpdate, InputKind, JobRun, RunPhase, WorkflowBackendError
+from backends.workflow.base import BackendUpdate, InputKind, JobRun, RunNeeds, RunPhase, WorkflowBackendError
 from backends.workflow.kubernetes.api import KubeApi, KubeConflictError, KubeNotFoundError
 from backends.workflow.kubernetes.config import KubernetesOptions, options_from
 from backends.workflow.kubernetes.manifests import (
@@ -131,6 +131,11 @@ class KubernetesWorkflowBackend:
         return self._client
 
     # -- submit ----------------------------------------------------------------------------------------
+
+    def refusal(self, needs: RunNeeds) -> str | None:
+        """GPUs are ``nvidia.com/gpu`` limits (the scheduler finds a node) and every path is a volume mount:
+        nothing is refused here."""
+        return None
 
     def reference(self, job_id: str, consumer_id: str) -> str:
         """``NAMESPACE/wml-<job id>``: the namespace is the consumer's with namespace-per-consumer."""

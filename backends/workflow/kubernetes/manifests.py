@@ -6,7 +6,8 @@ One ``batch/v1`` Job per job; its pod runs, in order:
    ``inputs`` emptyDir;
 2. init container ``worker`` (the asset's image, command, args, env and resources; GPUs as
    ``nvidia.com/gpu`` limits, ``gpuType`` as a node selector): sees the inputs read-only and writes the
-   ``outputs`` emptyDir;
+   ``outputs`` emptyDir (at the asset's ``outputDirectory`` when it sets one; inputs the asset places at
+   absolute paths are ``subPath`` mounts of the inputs volume there);
 3. main container ``stage-out`` (side-car image): ``wml sidecar stage-out`` uploads the outputs and
    prints the output manifest (see :mod:`backends.workflow.kubernetes.outcome`; also its termination message).
 
@@ -277,10 +278,16 @@ def _worker(run: JobRun, secret: str, options: KubernetesOptions, dotenv_keys: l
             for key in dotenv_keys
         }
     )
+    outputs_dir = run.output_dir or OUTPUTS_DIR
     env["WML_INPUTS_DIR"] = {"value": INPUTS_DIR}
-    env["WML_OUTPUTS_DIR"] = {"value": OUTPUTS_DIR}
-    env.update({f"WML_INPUT_{i.slot.upper()}": {"value": f"{INPUTS_DIR}/{i.path}"} for i in run.inputs})
-    env.update({f"WML_OUTPUT_{o.name.upper()}": {"value": f"{OUTPUTS_DIR}/{o.path}"} for o in run.outputs})
+    env["WML_OUTPUTS_DIR"] = {"value": outputs_dir}
+    env.update(
+        {
+            f"WML_INPUT_{i.slot.upper()}": {"value": i.worker_path or f"{INPUTS_DIR}/{i.path}"}
+            for i in run.inputs
+        }
+    )
+    env.update({f"WML_OUTPUT_{o.name.upper()}": {"value": f"{outputs_dir}/{o.path}"} for o in run.outputs})
     limits = {
         "cpu": _cpu(run.resources.cpu),
         "memory": str(run.resources.memory),
@@ -295,8 +302,14 @@ def _worker(run: JobRun, secret: str, options: KubernetesOptions, dotenv_keys: l
         "env": [{"name": name, **value} for name, value in env.items()],
         "volumeMounts": [
             {"name": "inputs", "mountPath": INPUTS_DIR, "readOnly": True},
-            {"name": "outputs", "mountPath": OUTPUTS_DIR},
+            {"name": "outputs", "mountPath": outputs_dir},
             {"name": "worker-tmp", "mountPath": WORKER_TMP},
+            # Inputs the asset places: the staged file or directory alone, at its absolute path.
+            *[
+                {"name": "inputs", "mountPath": i.worker_path, "subPath": i.path, "readOnly": True}
+                for i in run.inputs
+                if i.worker_path
+            ],
         ],
         "resources": {
             "requests": {k: v for k, v in limits.items() if k != "nvidia.com/gpu"},

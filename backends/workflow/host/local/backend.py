@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlsplit
 import structlog
 
 from backends.storage.base import StorageBackend, StorageError
-from backends.workflow.base import BackendUpdate, JobRun, RunPhase
+from backends.workflow.base import BackendUpdate, JobRun, RunNeeds, RunPhase
 from backends.workflow.host.jobdir import (
     ExitStatus,
     JobDir,
@@ -126,6 +126,19 @@ class LocalWorkflowBackend(HostJobs):
         self._closing = True
         await self._stop_tasks()
         await asyncio.gather(*self._removals, return_exceptions=True)
+
+    def refusal(self, needs: RunNeeds) -> str | None:
+        """No GPUs ever; absolute container paths only in the sandbox (which can bind them anywhere)."""
+        if needs.gpu > 0 or needs.gpu_type:
+            return (
+                "it asks for a GPU and the local backend has none (use the container or Kubernetes backend)"
+            )
+        if needs.container_paths and not self._sandbox.enabled:
+            return (
+                "the local backend places inputs and outputs at absolute paths only in its sandbox, "
+                "which is off (WML_LOCAL_SANDBOX=off)"
+            )
+        return None
 
     async def submit(self, run: JobRun) -> str:
         ref = run.job_id
