@@ -10,33 +10,11 @@ import pytest
 
 from core.assets import CatalogError, InputSlotKind, load_asset_file, load_catalog
 from sidecar.dotenv import accepted, parse_dotenv
+from tests.support.catalog import CARLA
 from wml.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted([*(ROOT / "assets").glob("*.yaml"), *(ROOT / "dummy-job").glob("*.json")])
-
-# Like the original's CARLA service: absolute output directory, command and args, a GPU.
-CARLA = {
-    "service_id": "carla",
-    "inputs": [
-        {"resource_name": "env", "type": 1, "description": "List of environment variables for CARLA"},
-        {
-            "resource_name": "scenario.xosc",
-            "type": 2,
-            "mount_path": "/home/carla/scenarios/",
-            "description": "",
-        },
-        {"resource_name": "maps", "type": 3, "mount_path": "/opt/maps", "description": "Extra maps"},
-    ],
-    "outputs": [{"resource_name": "rosbag", "type": 2, "description": "Generated rosbag file"}],
-    "workflow_resource": {
-        "worker_image": "harbor.example.org/gx4ki/carla:latest",
-        "worker_image_output_directory": "/home/carla/rosbag",
-        "worker_image_command": ["/bin/bash", "-c"],
-        "worker_image_args": ["./run-scenario.sh --record /home/carla/rosbag"],
-        "gpu": True,
-    },
-}
 
 
 def write_json(directory: Path, name: str, document: dict[str, Any]) -> Path:
