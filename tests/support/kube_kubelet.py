@@ -116,8 +116,7 @@ class ProcessKubelet:
             states = [*done, running(), *later]  # stage-in, worker, stage-out
             await self.cluster.set_status(ref, status(phase, states[0], states[1], states[2]))
             mounts = {
-                m["mountPath"]: volumes[m["name"]] / m.get("subPath", "")
-                for m in containers[step]["volumeMounts"]
+                m["mountPath"]: _sub_path(volumes[m["name"]], m) for m in containers[step]["volumeMounts"]
             }
             message_file = self._termination_file(namespace, name, containers[step], mounts)
             env = _environment(containers[step], secret)
@@ -289,6 +288,17 @@ def _environment(container: Obj, secret: dict[str, str]) -> dict[str, str]:
         else:
             env[item["name"]] = secret[item["valueFrom"]["secretKeyRef"]["key"]]
     return env
+
+
+def _sub_path(volume: Path, mount: Obj) -> Path:
+    """The host path of a mount: its volume, or its ``subPath`` of it (made a directory when missing, as a
+    kubelet does)."""
+    if not mount.get("subPath"):
+        return volume
+    path: Path = volume / mount["subPath"]
+    if not path.exists():
+        path.mkdir(parents=True)
+    return path
 
 
 def _rewrite(value: str, paths: dict[str, Path]) -> Any:

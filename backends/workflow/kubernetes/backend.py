@@ -48,6 +48,7 @@ from backends.workflow.kubernetes.api import KubeApi, KubeConflictError, KubeNot
 from backends.workflow.kubernetes.config import KubernetesOptions, options_from
 from backends.workflow.kubernetes.manifests import (
     JOB_LABEL,
+    KEEP_UNTIL_ANNOTATION,
     SELECTOR,
     WORKER,
     PresignedUrls,
@@ -260,6 +261,8 @@ class KubernetesWorkflowBackend:
         api = self._api()
         if ref in self._deleted:  # by cancel
             self._deleted.discard(ref)
+        elif await self._keep_if_failed(namespace, name):
+            pass
         else:
             async with self._removing(ref):
                 if not await api.delete("Job", namespace, name, propagation="Background"):
@@ -267,6 +270,23 @@ class KubernetesWorkflowBackend:
                     await api.delete("Secret", namespace, name)
         if self._namespaces is not None:
             await self._namespaces.release_if_empty(namespace)
+
+    async def _keep_if_failed(self, namespace: str, name: str) -> bool:
+        """With ``keep_failed_for``: leave a failed Job (its Pod, log and Secret with it) in the cluster for
+        that long, for debugging. It is marked with when it may go (the orphan sweep removes it then) and
+        its TTL is set to the same, so the cluster removes it even without us."""
+        keep = self.options.keep_failed_for
+        if keep <= 0:
+            return False
+        job = await self._api().get("Job", namespace, name)
+        conditions = ((job or {}).get("status") or {}).get("conditions") or []
+        if not any(c.get("type") == "Failed" and c.get("status") == "True" for c in conditions):
+            return False
+        until = int(time.time()) + keep
+        patch = {"metadata": {"annotations": {KEEP_UNTIL_ANNOTATION: str(until)}}}
+        await self._api().patch("Job", namespace, name, {**patch, "spec": {"ttlSecondsAfterFinished": keep}})
+        log.info("kubernetes_failed_job_kept", job=f"{namespace}/{name}", seconds=keep)
+        return True
 
     @contextlib.asynccontextmanager
     async def _removing(self, ref: str) -> AsyncIterator[None]:
@@ -327,10 +347,15 @@ class KubernetesWorkflowBackend:
         self._removed = {ref: at for ref, at in self._removed.items() if at >= now - _REMOVED_MEMORY}
         removed = {ref for ref, at in self._removed.items() if at >= listed_at}
         api, swept = self._api(), set()
+        kept = {
+            ref_of(j, "Job") for j in jobs if _kept(j)
+        }  # failed Jobs kept for debugging, and their Secrets
         for kind, objects in (("Job", jobs), ("Secret", secrets)):
             for obj in objects:
                 ref = ref_of(obj, kind)
-                if ref is None or ref in live or ref in recent or ref in removed or _age(obj) < grace:
+                if ref is None or ref in live or ref in recent or ref in removed or ref in kept:
+                    continue
+                if _age(obj) < grace:
                     continue
                 namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
                 await api.delete(kind, namespace, name, propagation="Background" if kind == "Job" else None)
@@ -426,6 +451,15 @@ async def _read_bounded(storage: StorageBackend, key: str, size: int) -> bytes:
 def _log_key(pod: dict[str, Any]) -> str | None:
     info = RunInfo.of(pod)
     return None if info is None else info.log_key
+
+
+def _kept(job: dict[str, Any]) -> bool:
+    """A failed Job kept for debugging whose time has not come yet (see ``keep_failed_for``)."""
+    until = ((job.get("metadata") or {}).get("annotations") or {}).get(KEEP_UNTIL_ANNOTATION)
+    try:
+        return until is not None and float(until) > time.time()
+    except ValueError:
+        return False
 
 
 def _age(obj: dict[str, Any]) -> float:
