@@ -29,6 +29,15 @@ def original_catalog(directory: Path) -> Path:
 
 async def run_the_original_example(api: Api) -> dict[str, object]:
     token = await api.consumer("alice", (ASSET_ID,))
+    shown = await api.data(
+        "query($id: ID!) { asset(id: $id) { outputDirectory inputs { name kind workerPath } } }",
+        {"id": ASSET_ID},
+        token=token,
+    )
+    assert shown["asset"] == {
+        "outputDirectory": "/output",
+        "inputs": [{"name": "env", "kind": "ENV", "workerPath": None}],
+    }
     env_file = await api.upload(token, (ROOT / "dummy-job" / "original.env").read_bytes(), "original.env")
     created = await api.create_job(token, ASSET_ID, inputs={"env": env_file["id"]})
     assert created["__typename"] == "Job", created
