@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +13,22 @@ import pytest
 from core.assets import CatalogError, InputSlotKind, load_asset_file, load_catalog
 from sidecar.dotenv import accepted, parse_dotenv
 from tests.support.catalog import CARLA
-from wml.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted([*(ROOT / "assets").glob("*.yaml"), *(ROOT / "dummy-job").glob("*.json")])
+
+
+def convert(path: Path) -> subprocess.CompletedProcess[str]:
+    """``wml assets convert PATH``, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "wml.cli", "assets", "convert", str(path)],
+        env={"PATH": "/usr/bin:/bin", "WML_LOG_LEVEL": "WARNING"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def write_json(directory: Path, name: str, document: dict[str, Any]) -> Path:
@@ -130,31 +144,28 @@ def test_an_unreadable_json_file_is_a_catalogue_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
-def test_convert_round_trips_every_example_asset(
-    example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["assets", "convert", str(example)]) == 0
-    printed = capsys.readouterr().out
+def test_convert_round_trips_every_example_asset(example: Path, tmp_path: Path) -> None:
+    done = convert(example)
     converted = tmp_path / "converted.yaml"
-    converted.write_text(printed, encoding="utf-8")
+    converted.write_text(done.stdout, encoding="utf-8")
 
+    assert done.returncode == 0, done.stderr
     assert load_asset_file(converted) == load_asset_file(example)
-    assert "timeouts:" in printed and "resources:" in printed  # every field explicit
+    assert "timeouts:" in done.stdout and "resources:" in done.stdout  # every field explicit
 
 
-def test_convert_round_trips_a_carla_like_description(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_convert_round_trips_a_carla_like_description(tmp_path: Path) -> None:
     source = write_json(tmp_path, "carla.json", CARLA)
 
-    assert main(["assets", "convert", str(source)]) == 0
-    (tmp_path / "carla.yaml").write_text(capsys.readouterr().out, encoding="utf-8")
+    done = convert(source)
+    (tmp_path / "carla.yaml").write_text(done.stdout, encoding="utf-8")
 
+    assert done.returncode == 0, done.stderr
     assert load_asset_file(tmp_path / "carla.yaml") == load_asset_file(source)
 
 
-def test_convert_of_an_invalid_file_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_json(tmp_path, "bad.json", {"service_id": "x"})
+def test_convert_of_an_invalid_file_says_why(tmp_path: Path) -> None:
+    done = convert(write_json(tmp_path, "bad.json", {"service_id": "x"}))
 
-    assert main(["assets", "convert", str(path)]) == 2
-    assert "workflow_resource" in capsys.readouterr().err
+    assert done.returncode == 2
+    assert "workflow_resource" in done.stderr
