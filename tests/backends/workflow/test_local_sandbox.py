@@ -19,7 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from backends.storage.file import FileStorageBackend
-from backends.workflow.base import InputKind, RunNeeds, RunPhase
+from backends.workflow.base import InputKind, Resources, RunNeeds, RunPhase
 from backends.workflow.host.local.backend import LocalWorkflowBackend
 from backends.workflow.host.local.sandbox import SandboxOptions, SandboxUnavailableError, command
 from core.settings import Settings
@@ -309,3 +309,14 @@ async def test_the_local_backend_refuses_gpus_and_placements_without_its_sandbox
     assert "local backend has none" in (backend.refusal(RunNeeds(gpu=1)) or "")
     assert backend.refusal(RunNeeds(container_paths=True)) is None
     assert "sandbox" in (sandboxed(enabled=False).refusal(RunNeeds(container_paths=True)) or "")
+
+
+async def test_a_gpu_run_that_reaches_the_local_backend_fails_instead_of_running_without(
+    sandboxed, updates_of, make_run
+) -> None:
+    job = make_run(resources=Resources(cpu=1.0, memory=64 * 1024 * 1024, gpu=1))
+
+    final = await run(sandboxed(), updates_of, job)
+
+    assert (final.phase, final.reason) == (RunPhase.ERROR, "SUBMIT_FAILED")
+    assert "local backend has none" in (final.message or "")

@@ -145,8 +145,14 @@ class LocalWorkflowBackend(HostJobs):
         job = await self._new_job(run)
         if job is None:
             return ref
+        placed = run.output_dir is not None or any(i.worker_path for i in run.inputs)
+        needs = RunNeeds(gpu=run.resources.gpu, gpu_type=run.resources.gpu_type, container_paths=placed)
+        refusal = self.refusal(needs)  # createJob refused it already; a job queued before is refused here
         if not run.local_command:
             message = f"asset {run.asset_id} has no local command, which the local backend needs"
+            await self._finish(job, BackendUpdate(ref, RunPhase.ERROR, "SUBMIT_FAILED", message))
+        elif refusal is not None:
+            message = f"asset {run.asset_id} cannot run here: {refusal}"
             await self._finish(job, BackendUpdate(ref, RunPhase.ERROR, "SUBMIT_FAILED", message))
         else:
             self._track(ref, self._pipeline(run, job))
