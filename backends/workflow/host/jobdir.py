@@ -303,16 +303,17 @@ def remove(job: JobDir, wait: float) -> None:
 
 def _group_alive(pgid: int) -> bool:
     """A process of group ``pgid`` still runs (zombies do not count: they are dead, waiting to be reaped)."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
+    with os.scandir("/proc") as entries:  # closed on the early return too (else a ResourceWarning)
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+                return True
     return False
 
 
