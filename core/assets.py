@@ -30,6 +30,7 @@ SYSTEM_DIRS = (
 )  # fmt: skip
 CONTAINER_PATH_PATTERN = re.compile(r"/[A-Za-z0-9._@+-]+(/[A-Za-z0-9._@+-]+)*")
 MAX_CONTAINER_PATH = 255
+MAX_COMMANDS = 16  # commands one job may run in order (TES executors), whatever an asset allows
 
 
 def container_path(value: object) -> str:
@@ -177,6 +178,10 @@ class Asset(_Model):
     output_directory: ContainerPath | None = Field(default=None, alias="outputDirectory")
     timeouts: Timeouts = Timeouts()
     local: LocalSpec | None = None
+    # Off by default, the provider decides what runs: whether a job may bring its own command instead of
+    # the image's (a TES executor's ``command``), and how many commands one job may run in order.
+    consumer_commands: bool = Field(default=False, alias="consumerCommands")
+    max_commands: int = Field(default=1, ge=1, le=MAX_COMMANDS, alias="maxCommands")
 
     @model_validator(mode="after")
     def _unique_names(self) -> Asset:
@@ -226,6 +231,11 @@ class Asset(_Model):
         """The absolute paths the asset's command and args name (words of them starting with /)."""
         words = [w for part in [*(self.command or ()), *(self.args or ())] for w in part.split()]
         return {w.rstrip("/;") for w in words if w.startswith("/")}
+
+    @property
+    def command_line(self) -> tuple[str, ...]:
+        """The asset's command and args as one argv (empty: the image's entrypoint)."""
+        return (*(self.command or ()), *(self.args or ()))
 
     def input_slot(self, name: str) -> InputSlot | None:
         return next((s for s in self.inputs if s.name == name), None)

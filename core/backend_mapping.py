@@ -16,6 +16,7 @@ Pure functions: the supervisor (:mod:`core.supervisor`) reads and writes the sto
 from __future__ import annotations
 
 import hashlib
+import shlex
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import PurePosixPath
@@ -84,13 +85,14 @@ def build_run(job: Job, files: Mapping[str, FileRecord]) -> JobRun:
         for o in job.asset.outputs
     ]
     asset = job.asset
+    command, args, local_command = _commands(job)
     return JobRun(
         job_id=job.id,
         consumer_id=job.consumer_id,
         asset_id=asset.id,
         image=asset.image,
-        command=asset.command,
-        args=asset.args,
+        command=command,
+        args=args,
         env={**asset.env, **as_env(job.parameters)},
         resources=Resources(
             cpu=asset.resources.cpu,
@@ -102,7 +104,8 @@ def build_run(job: Job, files: Mapping[str, FileRecord]) -> JobRun:
         outputs=outputs,
         log_key=storage_key(job.consumer_id, derived_file_id(job.id, "log")),
         run_timeout=asset.timeouts.run,
-        local_command=asset.local.command if asset.local else None,
+        local_command=local_command,
+        consumer_command=any(c != asset.command_line for c in job.details.commands),
         local_network=asset.local.network if asset.local else False,
         labels={"wml/job-id": job.id, "wml/consumer-id": job.consumer_id, "wml/asset-id": asset.id},
         output_dir=asset.output_directory,
@@ -113,6 +116,28 @@ def run_needs(asset: Asset) -> RunNeeds:
     """What a job of ``asset`` will ask of the backend (checked when the job is created)."""
     placed = asset.output_directory is not None or any(s.worker_path for s in asset.inputs)
     return RunNeeds(gpu=asset.resources.gpu, gpu_type=asset.resources.gpu_type, container_paths=placed)
+
+
+def _commands(job: Job) -> tuple[list[str] | None, list[str] | None, list[str] | None]:
+    """What the worker runs (command, args, and the local backend's command): the asset's, or the job's own
+    commands where the asset allowed them, in order in one shell that stops at the first failure (a job of
+    several commands needs ``/bin/sh`` in the image). The asset's own command among them is its local
+    command on the local backend."""
+    asset = job.asset
+    own = list(asset.local.command) if asset.local else None
+    given = job.details.commands
+    if not given:
+        return asset.command, asset.args, own
+    local = [own if c == asset.command_line and own else list(c) for c in given]
+    if len(given) == 1:
+        return list(given[0]), [], local[0]
+    return in_order([list(c) for c in given]), [], in_order(local, interpreter="sh")
+
+
+def in_order(commands: list[list[str]], interpreter: str = "/bin/sh") -> list[str]:
+    """One argv that runs ``commands`` one after another with ``interpreter -c``, stopping at the first
+    that fails (its exit code is the run's)."""
+    return [interpreter, "-c", "set -e\n" + "\n".join(shlex.join(c) for c in commands)]
 
 
 def change_for(job: Job, update: BackendUpdate, target: JobState, cancel_timeout: int) -> Change | None:

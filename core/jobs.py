@@ -6,7 +6,7 @@ Everything a consumer can do to a job passes here; the supervisor then owns the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from backends.storage.base import StorageBackend, StorageError
@@ -17,7 +17,7 @@ from core.backend_mapping import run_needs
 from core.errors import ConflictError, NotFoundError, QuotaExceededError, UnavailableError, ValidationError
 from core.live.bus import EventBus
 from core.metrics import Metrics
-from core.models import FileStatus, InputBinding, Job, Page, new_id
+from core.models import MAX_TAG_KEY, MAX_TAG_VALUE, FileStatus, InputBinding, Job, JobDetails, Page, new_id
 from core.parameters import resolve_parameters
 from core.states import JobState
 from core.store import LIVE_STATES, Store
@@ -25,6 +25,49 @@ from sidecar.dotenv import MAX_DOTENV_BYTES, accepted, parse_dotenv
 
 if TYPE_CHECKING:
     from core.supervisor import Supervisor
+
+# Bounds on what a consumer may say of a job (core.models.JobDetails).
+MAX_NAME = 200
+MAX_DESCRIPTION = 4096
+MAX_TAGS = 32
+MAX_COMMAND_BYTES = 64 * 1024  # all of a job's commands together
+MAX_COMMAND_ARGS = 256
+
+
+def check_details(asset: Asset, details: JobDetails) -> None:
+    """A job's name, description, tags and commands, bounded; commands only where the asset allows them
+    (its own command is always allowed), at most ``maxCommands`` of them. ValidationError says which."""
+    if details.name is not None and len(details.name) > MAX_NAME:
+        raise ValidationError(f"a job's name is at most {MAX_NAME} characters", field="name")
+    if details.description is not None and len(details.description) > MAX_DESCRIPTION:
+        raise ValidationError(f"a description is at most {MAX_DESCRIPTION} characters", field="description")
+    if len(details.tags) > MAX_TAGS:
+        raise ValidationError(f"at most {MAX_TAGS} tags", field="tags")
+    for key, value in details.tags.items():
+        if not key or len(key) > MAX_TAG_KEY or len(value) > MAX_TAG_VALUE:
+            raise ValidationError(
+                f"a tag key is 1 to {MAX_TAG_KEY} characters, its value at most {MAX_TAG_VALUE}", field="tags"
+            )
+    if len(details.commands) > asset.max_commands:
+        raise ValidationError(
+            f"asset {asset.id!r} runs at most {asset.max_commands} command(s) per job", field="commands"
+        )
+    own = asset.command_line
+    if any(c != own for c in details.commands) and not asset.consumer_commands:
+        raise ValidationError(
+            f"asset {asset.id!r} runs its own command: {list(own) or 'the image entrypoint'} "
+            "(it does not take a consumer's)",
+            field="commands",
+        )
+    size = 0
+    for command in details.commands:
+        if not command or len(command) > MAX_COMMAND_ARGS:
+            raise ValidationError(f"a command is 1 to {MAX_COMMAND_ARGS} arguments", field="commands")
+        if any("\x00" in part for part in command):
+            raise ValidationError("a command may not contain NUL characters", field="commands")
+        size += sum(len(part.encode()) for part in command)
+    if size > MAX_COMMAND_BYTES:
+        raise ValidationError(f"a job's commands are at most {MAX_COMMAND_BYTES} bytes", field="commands")
 
 
 class JobService:
@@ -54,6 +97,7 @@ class JobService:
         asset_id: str,
         inputs: Sequence[tuple[str, str]],
         parameters: dict[str, Any] | None,
+        details: JobDetails | None = None,
     ) -> Job:
         if principal.is_operator or principal.consumer_id is None:
             raise ValidationError("the operator cannot run jobs; use a consumer token")
@@ -66,6 +110,8 @@ class JobService:
             raise ValidationError(f"asset {asset.id!r} cannot run here: {refusal}", field="assetId")
         bindings = await self._check_inputs(principal, asset, inputs)
         values = resolve_parameters(asset, parameters)
+        if details is not None:
+            check_details(asset, details)
         job = Job.queued(
             job_id=new_id("j"),
             consumer_id=principal.consumer_id,
@@ -73,6 +119,7 @@ class JobService:
             asset=asset,
             inputs=bindings,
             parameters=values,
+            details=details,
         )
         # Count and insert as one step, in this process and across replicas: concurrent createJobs of one
         # consumer cannot overshoot the quota.
@@ -162,10 +209,18 @@ class JobService:
         asset_id: str | None,
         first: int,
         after: str | None,
+        name_prefix: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> Page[Job]:
         try:
             return await self._store.jobs.list_jobs(
-                principal.grant_scope, state=state, asset_id=asset_id, first=first, after=after
+                principal.grant_scope,
+                state=state,
+                asset_id=asset_id,
+                first=first,
+                after=after,
+                name_prefix=name_prefix,
+                tags=tags,
             )
         except ValueError:
             raise ValidationError("invalid cursor", field="after") from None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -12,6 +13,8 @@ from core.assets import Asset
 from core.states import JobState
 
 T = TypeVar("T")
+MAX_TAG_KEY = 100
+MAX_TAG_VALUE = 500
 
 
 def new_id(prefix: str) -> str:
@@ -110,6 +113,18 @@ class InputBinding:
 
 
 @dataclass(frozen=True, slots=True)
+class JobDetails:
+    """What a consumer may say of a job besides its asset, inputs and parameters: a name, a description and
+    tags to find it by (TES's), and commands of its own where the asset allows them (run in order in the
+    one job; none: the asset's command)."""
+
+    name: str | None = None
+    description: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    commands: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     id: str
     consumer_id: str
@@ -133,6 +148,7 @@ class Job:
     # The replica that started the job and follows it in its backend (None while QUEUED, see
     # core.supervisor): host-bound backends' jobs stay with it, a shared backend's are taken over.
     owner: str | None = None
+    details: JobDetails = JobDetails()
 
     @classmethod
     def queued(
@@ -144,6 +160,7 @@ class Job:
         asset: Asset,
         inputs: tuple[InputBinding, ...] = (),
         parameters: dict[str, Any] | None = None,
+        details: JobDetails | None = None,
         now: datetime | None = None,
     ) -> Job:
         """A new job as it enters the queue: QUEUED, with the asset's queue timeout as its deadline."""
@@ -168,6 +185,7 @@ class Job:
             updated_at=now,
             started_at=None,
             finished_at=None,
+            details=details or JobDetails(),
         )
 
 

@@ -8,13 +8,15 @@ own grant (another consumer's id answers 404 like an unknown one). The same bear
 - ``GET /service-info``: the service, the storage schemes, and the assets (images) the caller may run.
 - ``GET /tasks``: ``view`` (MINIMAL, BASIC, FULL), ``page_size`` (default 256, at most 2047),
   ``page_token`` (the last page's ``next_page_token``), ``state``, ``name_prefix`` and ``tag_key`` /
-  ``tag_value``. A job's tags are ``{"wml.asset": <asset id>}``; it has no TES name yet, so a name prefix
-  other than "" matches nothing.
+  ``tag_value``. A task's name, description and tags are kept with its job (core.models.JobDetails); every
+  task also has the tag ``wml.asset`` (its asset's id), which is how a list is filtered by asset.
 - ``GET /tasks/{id}``: one task in a view; ``POST /tasks/{id}:cancel``: TES's cancel (``{}``, idempotent).
 - ``POST /tasks``: a task becomes a job of an asset the token grants (:func:`_planned` says the rules); the
   answer is ``{"id": <job id>}``. A task the asset does not allow is a 400 saying why.
 
-A task's executor is its asset's image and command with the job's parameters as ``env``; its inputs and
+A task's executors are its asset's image with the asset's command, or the task's own commands where the
+asset allows them (``consumerCommands``, up to ``maxCommands``, run in order in the one job), and the job's
+parameters as ``env``; its inputs and
 outputs are the asset's slots at their paths in the container (``/wml/inputs/...``, ``/wml/outputs/...``),
 inputs named by ``wml://files/<file id>``, outputs by a signed download URL once they exist. FULL adds the
 log tail as the executor's ``stdout``, the full log's URL in ``metadata``, and ``system_logs`` (why a
@@ -34,9 +36,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from core import errors as domain
+from core.assets import Asset
 from core.auth import Principal, bearer_token
 from core.backend_mapping import derived_file_id
-from core.models import FileOrigin, FileRecord, Job
+from core.models import FileOrigin, FileRecord, Job, JobDetails
 from core.services import Services
 from core.states import JobState
 
@@ -108,15 +111,16 @@ def tes_routes(services: Services) -> list[Route]:
             return JSONResponse({"tasks": []})
         keys, values = params.getlist("tag_key"), params.getlist("tag_value")
         wanted = {k: (values[i] if i < len(values) else "") for i, k in enumerate(keys)}
-        if params.get("name_prefix") or set(wanted) - {ASSET_TAG}:
-            return JSONResponse({"tasks": []})  # jobs have no TES name and no tags but the asset's
+        asset_id = wanted.pop(ASSET_TAG, None) or None  # every task has this tag: "" matches them all
         try:
             page = await services.jobs.list(
                 principal,
                 state=JobState(state) if state else None,
-                asset_id=wanted.get(ASSET_TAG) or None,
+                asset_id=asset_id,
                 first=size,
                 after=params.get("page_token"),
+                name_prefix=params.get("name_prefix") or None,
+                tags=wanted,
             )
         except domain.ValidationError:
             return _error(400, "page_token is not one this service gave out")
@@ -159,7 +163,9 @@ def tes_routes(services: Services) -> list[Route]:
             return _error(400, "the task must be a JSON object")
         try:
             task = await _planned(services, principal, body)
-            job = await services.jobs.create(principal, task.asset_id, task.bindings, task.parameters)
+            job = await services.jobs.create(
+                principal, task.asset_id, task.bindings, task.parameters, task.details
+            )
         except TaskRefused as e:
             log.info("task refused", status=400, reason=e.args[0])
             return _error(400, e.args[0])
@@ -198,14 +204,15 @@ async def task_view(services: Services, job: Job, view: str) -> dict[str, Any]:
     outputs = {o.name: by_id.get(derived_file_id(job.id, f"output/{o.name}")) for o in asset.outputs}
     inputs = await services.store.files.files_by_ids([b.file_id for b in job.inputs])
     slots = {s.name: s for s in asset.inputs}
+    env = {**asset.env, **{k: _text(v) for k, v in job.parameters.items()}}
+    commands = job.details.commands or (asset.command_line,)
     task["executors"] = [
-        {
-            "image": asset.image,
-            "command": [*(asset.command or []), *(asset.args or [])] or ["(the image's entrypoint)"],
-            "env": {**asset.env, **{k: _text(v) for k, v in job.parameters.items()}},
-            "workdir": "/",
-        }
+        {"image": asset.image, "command": list(command) or ["(the image's entrypoint)"], "env": env}
+        for command in commands
     ]
+    for key in ("name", "description"):
+        if getattr(job.details, key) is not None:
+            task[key] = getattr(job.details, key)
     task["inputs"] = [
         {
             "name": b.slot,
@@ -229,7 +236,7 @@ async def task_view(services: Services, job: Job, view: str) -> dict[str, Any]:
         "cpu_cores": max(1, round(asset.resources.cpu)),
         "ram_gb": round(asset.resources.memory / 1024**3, 3),
     }
-    task["tags"] = {ASSET_TAG: asset.id}
+    task["tags"] = {**job.details.tags, ASSET_TAG: asset.id}
     task["creation_time"] = _time(job.created_at)
     executor_log: dict[str, Any] = {"exit_code": job.exit_code if job.exit_code is not None else -1}
     if job.started_at is not None:
@@ -272,6 +279,7 @@ class PlannedJob:
     asset_id: str
     bindings: list[tuple[str, str]]
     parameters: dict[str, Any]
+    details: JobDetails
 
 
 async def _planned(services: Services, principal: Principal, body: Any) -> PlannedJob:
@@ -283,39 +291,79 @@ async def _planned(services: Services, principal: Principal, body: Any) -> Plann
         raise TaskRefused("the task must be a JSON object")
     executors = body.get("executors")
     if not isinstance(executors, list) or not executors or not all(isinstance(e, dict) for e in executors):
-        raise TaskRefused("executors is required: a list with the asset's one executor")
-    if len(executors) > 1:
-        raise TaskRefused("an asset runs one executor per task")
-    executor = executors[0]
+        raise TaskRefused("executors is required: a list of the asset's executors")
+    first = executors[0]
     given_tags = body.get("tags")
-    tags: dict[str, Any] = given_tags if isinstance(given_tags, dict) else {}
+    if given_tags is not None and not (
+        isinstance(given_tags, dict) and all(isinstance(v, str) for v in given_tags.values())
+    ):
+        raise TaskRefused("tags must be an object of strings")
+    tags: dict[str, str] = dict(given_tags or {})
     assets = await services.store.assets.list_assets(sorted(principal.asset_ids))
-    wanted = tags.get(ASSET_TAG)
-    matching = [a for a in assets if (a.id == wanted if wanted else a.image == executor.get("image"))]
+    wanted = tags.pop(ASSET_TAG, None)
+    matching = [a for a in assets if (a.id == wanted if wanted else a.image == first.get("image"))]
     if len(matching) != 1:
-        what = f"asset {wanted!r}" if wanted else f"image {str(executor.get('image'))[:200]!r}"
+        what = f"asset {wanted!r}" if wanted else f"image {str(first.get('image'))[:200]!r}"
         more = " (several assets use it: name one with the tag wml.asset)" if len(matching) > 1 else ""
         raise TaskRefused(f"{what} is not an asset this token may run{more}")
     asset = matching[0]
-    if executor.get("image") not in (None, asset.image):
-        raise TaskRefused(f"asset {asset.id!r} runs the image {asset.image!r}")
-    own = [*(asset.command or []), *(asset.args or [])]
-    if executor.get("command") not in (None, [], own):
-        raise TaskRefused(f"asset {asset.id!r} runs its own command: {own} (or leave command empty)")
-    env = executor.get("env") or {}
-    if not isinstance(env, dict):
-        raise TaskRefused("env must be an object of parameter values")
-    parameters = {k: _typed(asset, k, v) for k, v in env.items()}
+    if len(executors) > asset.max_commands:
+        raise TaskRefused(f"asset {asset.id!r} runs at most {asset.max_commands} executor(s) per task")
+    parameters: dict[str, Any] = {}
+    commands = []
+    for executor in executors:
+        commands.append(_command(asset, executor))
+        env = executor.get("env") or {}
+        if not isinstance(env, dict):
+            raise TaskRefused("env must be an object of parameter values")
+        for name, value in env.items():
+            typed = _typed(asset, name, value)
+            if parameters.setdefault(name, typed) != typed:
+                raise TaskRefused(f"env {name} differs between executors; a task has one value for it")
     _fits(asset, body.get("resources"))
     bindings = [await _bind(services, principal, asset, i) for i in body.get("inputs") or []]
     declared = {f"{OUTPUTS}/{o.path}" for o in asset.outputs}
     for output in body.get("outputs") or []:
         if not isinstance(output, dict) or output.get("path") not in declared:
             raise TaskRefused(f"outputs are the asset's declared ones: {sorted(declared)}")
-    return PlannedJob(asset.id, bindings, parameters)
+    name, description = body.get("name"), body.get("description")
+    if not isinstance(name, str | None) or not isinstance(description, str | None):
+        raise TaskRefused("name and description are strings")
+    own = asset.command_line
+    details = JobDetails(
+        name=name,
+        description=description,
+        tags=tags,
+        commands=() if commands == [own] else tuple(commands),
+    )
+    return PlannedJob(asset.id, bindings, parameters, details)
 
 
-def _typed(asset: Any, name: str, value: Any) -> Any:
+def _command(asset: Asset, executor: dict[str, Any]) -> tuple[str, ...]:
+    """An executor's command; its image must be the asset's, and what it does not support is refused."""
+    if executor.get("image") not in (None, asset.image):
+        raise TaskRefused(f"asset {asset.id!r} runs the image {asset.image!r}")
+    for unsupported in ("stdin", "stdout", "stderr", "workdir"):
+        if executor.get(unsupported):
+            raise TaskRefused(
+                f"executor {unsupported} is not supported here: the worker's output is the task's log, "
+                "and it runs in the image's working directory"
+            )
+    if executor.get("ignore_error"):
+        raise TaskRefused("ignore_error is not supported: a task stops at its first failing executor")
+    command = executor.get("command")
+    if command in (None, []):
+        return asset.command_line
+    if not isinstance(command, list) or not all(isinstance(part, str) for part in command):
+        raise TaskRefused("an executor's command is a list of strings")
+    if tuple(command) != asset.command_line and not asset.consumer_commands:
+        raise TaskRefused(
+            f"asset {asset.id!r} runs its own command: {list(asset.command_line)} (or leave command empty)"
+        )
+    return tuple(command)
+
+
+def _typed(asset: Asset, name: str, value: Any) -> Any:
     """An ``env`` value (TES says strings) as the parameter's type; the job rules check it further."""
     param = next((p for p in asset.parameters if p.name == name), None)
     if param is None or not isinstance(value, str):
@@ -332,7 +380,7 @@ def _typed(asset: Any, name: str, value: Any) -> Any:
     return value
 
 
-def _fits(asset: Any, resources: Any) -> None:
+def _fits(asset: Asset, resources: Any) -> None:
     if not isinstance(resources, dict):
         return
     cores, ram = resources.get("cpu_cores"), resources.get("ram_gb")
@@ -343,7 +391,7 @@ def _fits(asset: Any, resources: Any) -> None:
         raise TaskRefused(f"asset {asset.id!r} runs in {limit:g} GB of memory, not {ram}")
 
 
-async def _bind(services: Services, principal: Principal, asset: Any, given: Any) -> tuple[str, str]:
+async def _bind(services: Services, principal: Principal, asset: Asset, given: Any) -> tuple[str, str]:
     """An input to its slot by path: inline content becomes a file of the consumer; a URL names one."""
     if not isinstance(given, dict):
         raise TaskRefused("each input must be an object")

@@ -66,6 +66,9 @@ class JobRun:
     log_key: str  # storage key for the full worker log
     run_timeout: int  # seconds the worker may run
     local_command: Sequence[str] | None = None  # for the local-process backend
+    # The commands are the consumer's (the asset allows that), not the provider's: nothing is trusted
+    # because they name it (the local sandbox binds no file they name; no unconfined local run).
+    consumer_command: bool = False
     local_network: bool = False  # the local backend's sandbox keeps the network (else loopback only)
     labels: Mapping[str, str] = field(default_factory=dict)
     output_dir: str | None = None  # where the worker writes its outputs (absolute); None: the default

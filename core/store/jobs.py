@@ -23,7 +23,7 @@ from core.models import FileRecord, Job, JobEvent, Page, utcnow
 from core.states import TERMINAL_STATES, JobState, can_transition
 from core.store.base import Repository
 from core.store.rows import file_fields, job_fields, job_record, storable
-from core.store.tables import FileRow, JobEventRow, JobRow
+from core.store.tables import FileRow, JobEventRow, JobRow, JobTagRow
 
 # The advisory lock that serialises event inserts on PostgreSQL, and the channel that announces them.
 EVENT_LOCK_KEY = 0x776D6C_5E0
@@ -36,6 +36,7 @@ ACTIVE_STATES = [JobState.INITIALIZING.value, JobState.RUNNING.value, JobState.C
 _JOB: Table = JobRow.__table__  # type: ignore[attr-defined]
 _EVENT: Table = JobEventRow.__table__  # type: ignore[attr-defined]
 _FILE: Table = FileRow.__table__  # type: ignore[attr-defined]
+_TAG: Table = JobTagRow.__table__  # type: ignore[attr-defined]
 MAX_MESSAGE_BYTES = 4096
 _CUT = b" [...]"
 _EVENT_FIELDS = ("job_id", "consumer_id", "grant_id", "reason", "message", "exit_code", "created_at")
@@ -89,6 +90,9 @@ class JobRepository(Repository):
         """Persist a new job and its first event in one transaction."""
         async with self.engine.begin() as conn:
             await conn.execute(insert(_JOB).values(**job_fields(job)))
+            tags = [{"job_id": job.id, "key": k, "value": v} for k, v in job.details.tags.items()]
+            if tags:
+                await conn.execute(insert(_TAG), tags)
             return await self._add_event(conn, job, job.created_at)
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -119,7 +123,11 @@ class JobRepository(Repository):
         asset_id: str | None,
         first: int,
         after: str | None,
+        name_prefix: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> Page[Job]:
+        """A page of jobs, newest first. ``tags``: each key must be set on the job, to the value given
+        unless that is "" (TES's tag filter)."""
         q = select(JobRow)
         if grant_ids is not None:
             q = q.where(col(JobRow.grant_id).in_(list(grant_ids)))
@@ -127,6 +135,13 @@ class JobRepository(Repository):
             q = q.where(JobRow.state == state.value)
         if asset_id is not None:
             q = q.where(JobRow.asset_id == asset_id if storable(asset_id) else false())
+        if name_prefix:
+            q = q.where(col(JobRow.name).startswith(name_prefix, autoescape=True))
+        for key, value in (tags or {}).items():
+            tagged = core_select(_TAG.c.job_id).where(_TAG.c.job_id == JobRow.id, _TAG.c.key == key)
+            if value:
+                tagged = tagged.where(_TAG.c.value == value)
+            q = q.where(tagged.exists())
         return await self._page(q, JobRow, job_record, first, after)
 
     async def live_jobs(self) -> list[Job]:
@@ -269,6 +284,7 @@ class JobRepository(Repository):
     async def delete_job(self, job_id: str) -> None:
         async with self.session() as s:
             await s.exec(delete(JobEventRow).where(col(JobEventRow.job_id) == job_id))
+            await s.exec(delete(JobTagRow).where(col(JobTagRow.job_id) == job_id))
             await s.exec(delete(JobRow).where(col(JobRow.id) == job_id))
             await s.commit()
 

@@ -21,6 +21,7 @@ from core.models import (
     GrantState,
     InputBinding,
     Job,
+    JobDetails,
     JobEvent,
 )
 from core.states import JobState
@@ -143,6 +144,10 @@ def job_fields(j: Job) -> dict[str, Any]:
         "started_at": j.started_at,
         "finished_at": j.finished_at,
         "owner": j.owner,
+        "name": j.details.name,
+        "description": j.details.description,
+        "tags": dict(j.details.tags) or None,
+        "commands": [list(c) for c in j.details.commands] or None,
     }
 
 
@@ -169,6 +174,12 @@ def job_record(r: Any) -> Job:
         started_at=as_utc(r.started_at),
         finished_at=as_utc(r.finished_at),
         owner=r.owner,
+        details=JobDetails(
+            name=r.name,
+            description=r.description,
+            tags=dict(r.tags or {}),
+            commands=tuple(tuple(c) for c in r.commands or ()),
+        ),
     )
 
 

@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, Text
 from sqlmodel import Field, SQLModel
 
+from core.models import MAX_TAG_KEY, MAX_TAG_VALUE
+
 # SQLite only auto-increments an INTEGER PRIMARY KEY; elsewhere a 64-bit sequence.
 BigIntPK = BigInteger().with_variant(Integer, "sqlite")
 
@@ -106,6 +108,22 @@ class JobRow(SQLModel, table=True):
     started_at: datetime | None = _ts(nullable=True)
     finished_at: datetime | None = _ts(nullable=True, index=True)  # the retention sweep's lookup
     owner: str | None = Field(default=None, max_length=100, index=True)  # the replica following it
+    # What the consumer said of the job (core.models.JobDetails); its tags are also rows of job_tag.
+    name: str | None = Field(default=None, max_length=200, index=True)
+    description: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    tags: dict[str, str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    commands: list[list[str]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class JobTagRow(SQLModel, table=True):
+    """A job's tag, one row each, so tasks are found by tag (TES's ``tag_key``/``tag_value``) on any
+    database without JSON operators."""
+
+    __tablename__ = "job_tag"
+    __table_args__ = (Index("ix_job_tag_key_value", "key", "value"),)
+    job_id: str = Field(primary_key=True, max_length=40)
+    key: str = Field(primary_key=True, max_length=MAX_TAG_KEY)
+    value: str = Field(max_length=MAX_TAG_VALUE)
 
 
 class ReplicaRow(SQLModel, table=True):

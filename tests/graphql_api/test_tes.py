@@ -177,7 +177,11 @@ DUMMY = {"image": "localhost/wml/dummy-job:1", "command": ["/bin/sh", "/app/entr
     [
         ({"executors": [{**DUMMY, "image": "docker.io/library/alpine"}]}, "not an asset this token may run"),
         ({"executors": [{**DUMMY, "command": ["sh", "-c", "cat /etc/passwd"]}]}, "runs its own command"),
-        ({"executors": [DUMMY, DUMMY]}, "one executor per task"),
+        ({"executors": [DUMMY, DUMMY]}, "at most 1 executor(s) per task"),
+        ({"executors": [{**DUMMY, "workdir": "/root"}]}, "workdir is not supported"),
+        ({"executors": [{**DUMMY, "stdout": "/wml/outputs/x"}]}, "stdout is not supported"),
+        ({"executors": [DUMMY], "tags": {"a": 1}}, "tags must be an object of strings"),
+        ({"executors": [DUMMY], "name": "x" * 201}, "at most 200 characters"),
         ({"executors": [{**DUMMY, "env": {"SLEEPTIME": "999999"}}]}, "SLEEPTIME"),
         ({"executors": [{**DUMMY, "env": {"BASH_ENV": "/x"}}]}, "unknown parameters: BASH_ENV"),
         ({"executors": [DUMMY], "resources": {"cpu_cores": 64}}, "CPU cores"),
@@ -239,3 +243,95 @@ async def test_py_tes_the_ga4gh_client_runs_the_dummy_job_end_to_end(api: Api) -
     async with asyncio.timeout(60):
         while (await api.job(token, long_id))["state"] != "CANCELED":  # type: ignore[index]
             await asyncio.sleep(0.2)
+
+
+async def test_tasks_are_found_by_name_prefix_and_by_tag_as_the_document_says(api: Api) -> None:
+    token = await api.consumer("alice")
+    created = {}
+    for name, tags in [
+        ("align-1", {"sample": "a", "run": "7"}),
+        ("align-2", {"sample": "b"}),
+        ("call%1", {"sample": ""}),
+        ("plain", {}),
+    ]:
+        task = {"name": name, "description": f"{name} step", "tags": tags, "executors": [HOLD]}
+        resp = await api.http.post(f"{BASE}/tasks", json=task, headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 200, resp.text
+        created[name] = resp.json()["id"]
+
+    async def names(**params: Any) -> set[str]:
+        found = (await tes(api, token, "GET", "/tasks", view="BASIC", **params)).json()["tasks"]
+        return {t["name"] for t in found if "name" in t} | {"?" for t in found if "name" not in t}
+
+    assert await names(name_prefix="align") == {"align-1", "align-2"}
+    assert await names(name_prefix="call%") == {"call%1"}
+    assert await names(name_prefix="%") == set()  # a prefix is text, never a pattern
+    # The document's table: a value must match exactly; an empty value matches any value, not a missing key.
+    assert await names(tag_key="sample", tag_value="a") == {"align-1"}
+    assert await names(tag_key="sample", tag_value="c") == set()
+    assert await names(tag_key="sample") == {"align-1", "align-2", "call%1"}
+    assert await names(tag_key=["sample", "run"], tag_value=["a", "7"]) == {"align-1"}
+    assert await names(tag_key=["sample", "run"], tag_value=["b", "7"]) == set()
+    assert await names(tag_key="wml.asset", tag_value="") == set(created)
+    assert await names(tag_key="wml.asset", tag_value="dummy-job", name_prefix="align-2") == {"align-2"}
+    got = (await tes(api, token, "GET", f"/tasks/{created['align-1']}", view="BASIC")).json()
+    assert (got["name"], got["description"]) == ("align-1", "align-1 step")
+    assert got["tags"] == {"sample": "a", "run": "7", "wml.asset": "dummy-job"}
+    bob = await api.consumer("bob")  # another consumer's names and tags find nothing of alice's
+    assert (await tes(api, bob, "GET", "/tasks", name_prefix="align")).json() == {"tasks": []}
+    for task_id in created.values():
+        await tes(api, token, "POST", f"/tasks/{task_id}:cancel")
+
+
+HOLD = {**DUMMY, "env": {"SLEEPTIME": "60"}}
+
+
+async def run_task(api: Api, token: str, task: dict[str, Any]) -> dict[str, Any]:
+    resp = await api.http.post(f"{BASE}/tasks", json=task, headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 200, resp.text
+    await api.wait_for(token, resp.json()["id"], {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR"})
+    got: dict[str, Any] = (await tes(api, token, "GET", f"/tasks/{resp.json()['id']}", view="FULL")).json()
+    return got
+
+
+def shell(script: str) -> dict[str, Any]:
+    return {"image": DUMMY["image"], "command": ["sh", "-c", script]}
+
+
+async def test_an_asset_that_allows_it_runs_a_tasks_own_executors_in_order(
+    api: Api, absolute_spec: dict[str, Any]
+) -> None:
+    token = await api.consumer("alice", ("shell-job",))
+    steps = [shell("echo one > /wml/outputs/result.txt"), shell("echo two >> /wml/outputs/result.txt")]
+    done = await run_task(api, token, {"executors": steps, "tags": {"wml.asset": "shell-job"}})
+    conforms(absolute_spec, "/tasks/{id}", "get", done)
+    assert done["state"] == "COMPLETE", done
+    assert [e["command"] for e in done["executors"]] == [s["command"] for s in steps]
+    [output] = done["logs"][0]["outputs"]
+    async with httpx.AsyncClient() as anonymous:
+        assert (await anonymous.get(output["url"])).text == "one\ntwo\n"
+
+    # The first failing executor ends the task: the next one never runs.
+    failed = await run_task(
+        api, token, {"executors": [shell("exit 3"), shell("echo ran > /wml/outputs/result.txt")]}
+    )
+    assert failed["state"] == "EXECUTOR_ERROR" and failed["logs"][0]["logs"][0]["exit_code"] == 3
+    assert failed["logs"][0]["outputs"] == []
+
+    too_many = {"executors": [shell("true")] * 4}
+    resp = await api.http.post(f"{BASE}/tasks", json=too_many, headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 400 and "at most 3 executor(s)" in resp.json()["message"]
+
+
+async def test_a_consumers_own_command_never_gets_a_file_it_names_bound_into_its_sandbox(api: Api) -> None:
+    """The local sandbox binds the files the provider's command names by absolute path (its script); a
+    consumer's command naming the server's database or secrets must not get them that way."""
+    token = await api.consumer("alice", ("shell-job",))
+    secret = api.server.settings.data_dir / "provider.key"  # beside the database and generated secrets
+    secret.write_text("TOP-SECRET-KEY\n")
+    script = f"cat {secret}; cat {secret} > /wml/outputs/result.txt"
+    task = {"executors": [{**shell(script), "command": ["sh", "-c", script, str(secret)]}]}
+    got = await run_task(api, token, task)
+    assert got["state"] == "EXECUTOR_ERROR", got["state"]
+    assert "TOP-SECRET-KEY" not in got["logs"][0]["logs"][0].get("stdout", "")
+    assert "No such file" in got["logs"][0]["logs"][0].get("stdout", "")

@@ -33,6 +33,8 @@ def standard_assets() -> list[dict[str, Any]]:
         dummy_asset("other-job", name="Another job"),
         dummy_asset("quick-timeout", timeouts={"queue": 2, "start": 30, "run": 1}),
         dummy_asset("no-output", local={"command": ["sh", "-c", "echo nothing here"]}),
+        # A TES task may bring its own commands (up to three, run in order) for this one.
+        dummy_asset("shell-job", name="Shell job", consumerCommands=True, maxCommands=3),
         dummy_asset(
             "small-input",
             inputs=[{"name": "data", "kind": "file", "path": "data", "required": True, "maxSize": 1024}],

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from backends.workflow.base import InputKind, RunPhase, StagedOutput, WorkflowBackend
+from core.backend_mapping import in_order
 
 
 async def test_successful_run_uploads_its_output_and_log(
@@ -182,3 +183,26 @@ async def test_following_logs_yields_progress_while_the_job_runs(
     await updates.terminal(ref)
     # Without follow: what is there, then the end.
     assert [line async for line in workflow_backend.logs(ref, follow=False)] == lines
+
+
+@pytest.mark.parametrize(("first", "outcome"), [("exit 0", RunPhase.SUCCEEDED), ("exit 4", RunPhase.FAILED)])
+async def test_a_jobs_own_commands_run_in_order_in_one_worker_and_stop_at_the_first_failure(
+    workflow_backend: WorkflowBackend, updates, make_run, read_object, first: str, outcome: RunPhase
+) -> None:
+    steps = [
+        ["sh", "-c", f'echo one > "$WML_OUTPUT_RESULT"; {first}'],
+        ["sh", "-c", 'echo two >> "$WML_OUTPUT_RESULT"'],
+    ]
+    run = make_run(
+        command=in_order(steps), args=[], local_command=in_order(steps, "sh"), consumer_command=True
+    )
+    final = await updates.terminal(await workflow_backend.submit(run))
+
+    assert final.phase == outcome, final
+    if outcome == RunPhase.SUCCEEDED:
+        [output] = final.outputs
+        assert await read_object(output.key) == b"one\ntwo\n"
+    else:
+        assert final.exit_code == 4  # and the second command never ran
+        for output in final.outputs:
+            assert await read_object(output.key) == b"one\n"

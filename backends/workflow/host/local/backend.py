@@ -154,6 +154,9 @@ class LocalWorkflowBackend(HostJobs):
         elif refusal is not None:
             message = f"asset {run.asset_id} cannot run here: {refusal}"
             await self._finish(job, BackendUpdate(ref, RunPhase.ERROR, "SUBMIT_FAILED", message))
+        elif run.consumer_command and not self._sandbox.enabled:
+            message = "a consumer's own command runs only in the local sandbox, which is off here"
+            await self._finish(job, BackendUpdate(ref, RunPhase.ERROR, "SUBMIT_FAILED", message))
         else:
             self._track(ref, self._pipeline(run, job))
         return ref

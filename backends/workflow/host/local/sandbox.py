@@ -121,6 +121,7 @@ def launch_spec(
             uid=uid,
             network=run.local_network,
             placed=placements(run, job),
+            trusted=not run.consumer_command,
         )
         paths = WorkerPaths(INPUTS, run.output_dir or OUTPUTS, SCRATCH, placed=True)
         if uid is not None:  # RLIMIT_NPROC counts a uid's processes: only where the job has its own
@@ -156,6 +157,7 @@ def command(
     uid: int | None,
     network: bool,
     placed: Sequence[Placement] = (),
+    trusted: bool = True,
 ) -> list[str]:
     """The argv that runs ``argv`` in the sandbox of the job at ``job_root``; ``placed``: more binds, at
     the absolute paths the asset chose (:func:`placements`)."""
@@ -177,7 +179,7 @@ def command(
     args += ["--ro-bind", str(job_root / "inputs"), INPUTS, "--bind", str(job_root / "outputs"), OUTPUTS]
     args += ["--bind", str(job_root / "tmp"), SCRATCH]
     args += _placed_binds(placed)
-    for file in _unseen_files(argv, hidden):
+    for file in _unseen_files(argv, hidden) if trusted else ():
         # bwrap makes missing directories 0700 (closed to the worker's uid): make the file's way open.
         for parent in reversed(Path(file).parents[:-2]):
             args += ["--perms", "0755", "--dir", str(parent)]
