@@ -79,6 +79,11 @@ class KubernetesSettings(BaseModel):
         default="",
         description="Tolerations of every job pod, as a JSON list of Kubernetes Toleration objects.",
     )
+    gpus: bool = Field(
+        default=True,
+        description="The cluster's nodes offer GPUs (nvidia.com/gpu); false refuses assets that need a GPU "
+        "at createJob instead of leaving their pods pending until the start timeout.",
+    )
     gpu_node_label: str = Field(
         default="nvidia.com/gpu.product",
         description="Node label an asset's gpuType is matched against (nodeSelector) for GPU jobs.",

@@ -134,8 +134,12 @@ class KubernetesWorkflowBackend:
     # -- submit ----------------------------------------------------------------------------------------
 
     def refusal(self, needs: RunNeeds) -> str | None:
-        """GPUs are ``nvidia.com/gpu`` limits (the scheduler finds a node) and every path is a volume mount:
-        nothing is refused here."""
+        """GPUs are ``nvidia.com/gpu`` limits (the scheduler finds a node) unless the cluster has none
+        (``gpus`` off); every path is a volume mount."""
+        if (needs.gpu > 0 or needs.gpu_type) and not self.options.gpus:
+            return (
+                "it asks for a GPU and the Kubernetes backend is configured without GPUs (WML_K8S_GPUS=false)"
+            )
         return None
 
     def reference(self, job_id: str, consumer_id: str) -> str:

@@ -42,6 +42,7 @@ _URL_OPTIONS = (
     "job_volume_size",
     "job_volume_storage_class",
     "keep_failed_for",
+    "gpus",
 )
 JOB_VOLUMES = ("emptyDir", "pvc")
 
@@ -65,6 +66,7 @@ class KubernetesOptions:
     image_pull_secrets: tuple[str, ...] = ()
     image_pull_policy: str = "IfNotPresent"
     tolerations: tuple[dict[str, Any], ...] = ()
+    gpus: bool = True  # the nodes offer nvidia.com/gpu; False: GPU jobs are refused at createJob
     gpu_node_label: str = "nvidia.com/gpu.product"
     ttl_after_finished: int = 3600
     namespace_per_consumer: bool = False

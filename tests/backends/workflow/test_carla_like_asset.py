@@ -10,12 +10,14 @@ from typing import Any
 
 import kubernetes_validate
 
+from backends.storage.file import FileStorageBackend
 from backends.workflow.base import JobRun
 from backends.workflow.host.container.cli import container_env, gpu_args, run_args
-from backends.workflow.kubernetes.config import KubernetesOptions
+from backends.workflow.kubernetes.backend import KubernetesWorkflowBackend
+from backends.workflow.kubernetes.config import KubernetesOptions, options_from
 from backends.workflow.kubernetes.manifests import job_manifest, job_name
 from core.assets import Asset, load_asset_file
-from core.backend_mapping import build_run
+from core.backend_mapping import build_run, run_needs
 from core.models import FileOrigin, FileRecord, FileStatus, InputBinding, Job
 from tests.support.catalog import CARLA
 
@@ -123,3 +125,15 @@ def test_the_container_runs_the_command_and_args_with_the_gpu_and_mounts_where_t
     env: dict[str, Any] = container_env(run, {"TOWN": "Town01"})
     assert env["WML_OUTPUT_ROSBAG"] == "/home/carla/rosbag/rosbag" and env["TOWN"] == "Town01"
     assert env["WML_INPUT_MAPS"] == "/opt/maps"
+
+
+def test_the_kubernetes_backend_refuses_gpus_only_when_configured_without(tmp_path: Path) -> None:
+    storage = FileStorageBackend(tmp_path / "files")
+    needs = run_needs(carla_asset(tmp_path))
+
+    assert KubernetesWorkflowBackend(KubernetesOptions(namespace="wml-jobs"), storage).refusal(needs) is None
+    refused = KubernetesWorkflowBackend(KubernetesOptions(namespace="wml-jobs", gpus=False), storage).refusal(
+        needs
+    )
+    assert refused is not None and "WML_K8S_GPUS=false" in refused
+    assert options_from("kubernetes://wml-jobs?gpus=false").gpus is False
