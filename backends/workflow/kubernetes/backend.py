@@ -260,12 +260,13 @@ class KubernetesWorkflowBackend:
         finishing = self._tracker.finishing.get(ref)
         if finishing is not None:  # the worker log is saved before its Pod goes
             await asyncio.shield(finishing)
+        outcome = self._tracker.final.get(ref)
         self._tracker.forget(ref)
         self._submitted.pop(ref, None)
         api = self._api()
         if ref in self._deleted:  # by cancel
             self._deleted.discard(ref)
-        elif await self._keep_if_failed(namespace, name):
+        elif await self._keep_if_failed(namespace, name, outcome):
             pass
         else:
             async with self._removing(ref):
@@ -275,20 +276,33 @@ class KubernetesWorkflowBackend:
         if self._namespaces is not None:
             await self._namespaces.release_if_empty(namespace)
 
-    async def _keep_if_failed(self, namespace: str, name: str) -> bool:
-        """With ``keep_failed_for``: leave a failed Job (its Pod, log and Secret with it) in the cluster for
-        that long, for debugging. It is marked with when it may go (the orphan sweep removes it then) and
-        its TTL is set to the same, so the cluster removes it even without us."""
+    async def _keep_if_failed(self, namespace: str, name: str, outcome: BackendUpdate | None) -> bool:
+        """With ``keep_failed_for``: leave a failed run's Job (its Pod, log and Secret with it) in the
+        cluster for that long, for debugging. It is marked with when it may go (the orphan sweep removes it
+        then) and its TTL is set to the same, so the cluster removes it even without us.
+
+        Failed: the run's terminal update here said FAILED or ERROR (the Job controller may not have marked
+        the Job yet, and an image that cannot be pulled never fails it); without one (a restarted service),
+        the Job's own ``Failed`` condition."""
         keep = self.options.keep_failed_for
         if keep <= 0:
             return False
-        job = await self._api().get("Job", namespace, name)
-        conditions = ((job or {}).get("status") or {}).get("conditions") or []
-        if not any(c.get("type") == "Failed" and c.get("status") == "True" for c in conditions):
+        if outcome is not None:
+            failed = outcome.phase in (RunPhase.FAILED, RunPhase.ERROR)
+        else:
+            job = await self._api().get("Job", namespace, name)
+            conditions = ((job or {}).get("status") or {}).get("conditions") or []
+            failed = any(c.get("type") == "Failed" and c.get("status") == "True" for c in conditions)
+        if not failed:
             return False
         until = int(time.time()) + keep
         patch = {"metadata": {"annotations": {KEEP_UNTIL_ANNOTATION: str(until)}}}
-        await self._api().patch("Job", namespace, name, {**patch, "spec": {"ttlSecondsAfterFinished": keep}})
+        try:
+            await self._api().patch(
+                "Job", namespace, name, {**patch, "spec": {"ttlSecondsAfterFinished": keep}}
+            )
+        except KubeNotFoundError:
+            return False  # gone already: nothing to keep (the Secret is removed as usual)
         log.info("kubernetes_failed_job_kept", job=f"{namespace}/{name}", seconds=keep)
         return True
 

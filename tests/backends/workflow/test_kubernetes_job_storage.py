@@ -15,9 +15,9 @@ from backends.workflow.base import InputKind, StagedInput
 from backends.workflow.kubernetes.manifests import KEEP_UNTIL_ANNOTATION, job_manifest, job_name
 from core.states import JobState
 from tests.backends.workflow.test_kubernetes_manifests import OPTIONS, RUN, containers
-from tests.support.kube_backend import fake_kube
+from tests.support.kube_backend import FakeKube, fake_kube
 from tests.support.kube_cluster import status, terminated, waiting
-from tests.support.kube_jobs import supervised
+from tests.support.kube_jobs import play_outputs, supervised
 
 PVC = replace(OPTIONS, job_volume="pvc", job_volume_size="50Gi", job_volume_storage_class="fast-ssd")
 
@@ -111,3 +111,45 @@ async def test_a_failed_job_is_kept_for_debugging_then_swept(tmp_path: Path) -> 
         )
         await s.backend.reconcile([])
         assert kube.api.state.get("jobs", namespace, name) is None
+
+
+async def test_a_job_whose_image_cannot_be_pulled_is_kept_too_and_a_complete_one_is_not(
+    tmp_path: Path,
+) -> None:
+    async with (
+        fake_kube(tmp_path, f"file://{tmp_path / 'files'}") as kube,
+        supervised(tmp_path, kube, keep_failed_for=600) as s,
+    ):
+        pulled = await s.queue()
+        ref = await s.ref(pulled.id)
+        await s.wait(pulled.id, JobState.INITIALIZING)
+        # The Job is never marked Failed: its Pod stays Pending. The run's own outcome decides.
+        await kube.cluster.set_status(
+            ref, status("Pending", terminated(0), waiting("ErrImagePull", "no"), waiting())
+        )
+        done = await s.wait(pulled.id, JobState.SYSTEM_ERROR)
+        assert done.reason == "IMAGE_PULL_FAILED"
+        namespace, name = ref.split("/")
+        assert await _kept_eventually(kube, namespace, name)
+
+        completed = await s.queue()
+        other = await s.ref(completed.id)
+        await s.wait(completed.id, JobState.INITIALIZING)
+        await kube.cluster.step(other, "working")
+        manifest = await play_outputs(kube, other, s.storage, {"result": b"ok\n"})
+        await kube.cluster.succeed(other, manifest)
+        await s.wait(completed.id, JobState.COMPLETE)
+        for _ in range(100):
+            if kube.api.state.get("jobs", *other.split("/")) is None:
+                break
+            await asyncio.sleep(0.05)
+        assert kube.api.state.get("jobs", *other.split("/")) is None  # removed at once, as before
+
+
+async def _kept_eventually(kube: FakeKube, namespace: str, name: str) -> bool:
+    for _ in range(100):
+        job = kube.api.state.get("jobs", namespace, name)
+        if job and KEEP_UNTIL_ANNOTATION in (job["metadata"].get("annotations") or {}):
+            return True
+        await asyncio.sleep(0.05)
+    return False
