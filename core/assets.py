@@ -1,12 +1,14 @@
 """Workflow assets: the provider's definition of a sellable workload, and the catalogue that loads them.
 
-An asset file is YAML validated into :class:`Asset`; an invalid file stops start-up with an error naming
-the file and the field. Jobs keep a frozen copy (``Asset.model_dump``) of the version they ran.
+An asset file is YAML validated into :class:`Asset`, or the original middle-layer's JSON service description
+(:mod:`core.original_assets`); an invalid file stops start-up with an error naming the file and the field.
+Jobs keep a frozen copy (``Asset.model_dump``) of the version they ran.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,20 +17,49 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from core.units import parse_cpu, parse_size
+from sidecar.dotenv import is_reserved_env_key
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,62}$"
 ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-ENV_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
-# Variables that configure a runtime (loader, shell, interpreter) rather than the job: an env slot may not
-# accept them, whatever the provider lists. The backends set PATH, HOME, LANG and the WML_* contract.
-RESERVED_ENV_KEYS = frozenset(
-    {"PATH", "HOME", "LANG", "IFS", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4", "GCONV_PATH"}
-    | {"NODE_OPTIONS", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS"}
-    | {"PERL5OPT", "PERL5LIB", "PERLLIB", "RUBYOPT", "RUBYLIB"}
-)
-RESERVED_ENV_PREFIXES = ("WML_", "LD_", "PYTHON")
+ENV_KEY_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]{0,127}|\*)$"  # "*": any key that is not reserved
+# Where an absolute container path (an input's ``mountPath``, the ``outputDirectory``) may not lead: the
+# system's own directories (a mount there hides what the runtime needs), the worker's /tmp and ours.
+SYSTEM_DIRS = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run", "/sbin",
+    "/sys", "/tmp", "/usr", "/var/run", "/var/lock", "/wml",  # noqa: S108
+)  # fmt: skip
+CONTAINER_PATH_PATTERN = re.compile(r"/[A-Za-z0-9._@+-]+(/[A-Za-z0-9._@+-]+)*")
+MAX_CONTAINER_PATH = 255
 MAX_COMMANDS = 16  # commands one job may run in order (TES executors), whatever an asset allows
 
+
+def container_path(value: object) -> str:
+    """An absolute path inside the worker, normalised (no trailing ``/``); ValueError says what is wrong.
+
+    Plain characters only (they end up in mount options and command lines), no ``.``/``..`` parts, not
+    ``/`` itself and nowhere in or above a system directory (:data:`SYSTEM_DIRS`).
+    """
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    path = value.rstrip("/") if len(value) > 1 else value
+    if not path.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path")
+    if path == "/":
+        raise ValueError("'/' cannot be mounted over")
+    if len(path) > MAX_CONTAINER_PATH or not CONTAINER_PATH_PATTERN.fullmatch(path):
+        raise ValueError(
+            f"{value!r}: only letters, digits and . _ @ + - between single slashes, at most "
+            f"{MAX_CONTAINER_PATH} characters"
+        )
+    if any(part in {".", ".."} for part in path.split("/")):
+        raise ValueError(f"{value!r}: '.' and '..' are not allowed")
+    for system in SYSTEM_DIRS:
+        if path == system or path.startswith(system + "/") or system.startswith(path + "/"):
+            raise ValueError(f"{value!r} is in or above the system directory {system}")
+    return path
+
+
+ContainerPath = Annotated[str, BeforeValidator(container_path)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 Cpu = Annotated[float, BeforeValidator(parse_cpu)]
 
@@ -66,6 +97,11 @@ class InputSlot(_Model):
     description: str = ""
     kind: InputSlotKind = InputSlotKind.FILE
     path: str | None = None  # relative to the inputs directory; defaults to the slot name
+    # Where the worker sees the input instead of under the inputs directory (absolute): a file at
+    # ``mountPath/<path>``, an archive extracted at ``mountPath``. Not for env slots.
+    mount_path: ContainerPath | None = Field(default=None, alias="mountPath")
+    # The input may land on a path the asset's command or args name (replacing the image's file there).
+    replaces_image_file: bool = Field(default=False, alias="replacesImageFile")
     required: bool = True
     max_size: Size | None = Field(default=None, alias="maxSize")
     # env slots: the keys an env file may set (any other key is refused); required in an asset file.
@@ -75,8 +111,17 @@ class InputSlot(_Model):
     def target(self) -> str:
         return self.path or self.name
 
+    @property
+    def worker_path(self) -> str | None:
+        """The absolute path the worker sees this input at, when the asset places it (``mountPath``)."""
+        if self.mount_path is None:
+            return None
+        return self.mount_path if self.kind == InputSlotKind.ARCHIVE else f"{self.mount_path}/{self.target}"
+
     @model_validator(mode="after")
     def _keys_fit_the_kind(self) -> InputSlot:
+        if self.mount_path is not None and self.kind == InputSlotKind.ENV:
+            raise ValueError(f"slot {self.name!r}: env slots are merged into the environment: no mountPath")
         if self.keys is None:
             return self
         if self.kind != InputSlotKind.ENV:
@@ -93,7 +138,7 @@ class InputSlot(_Model):
 class OutputSlot(_Model):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
-    path: str  # relative to the outputs directory
+    path: str  # relative to the outputs directory (the asset's outputDirectory, when it sets one)
     required: bool = True
 
 
@@ -129,6 +174,8 @@ class Asset(_Model):
     resources: Resources = Resources()
     inputs: list[InputSlot] = []
     outputs: list[OutputSlot] = []
+    # Where the worker writes its outputs (absolute), instead of the default outputs directory.
+    output_directory: ContainerPath | None = Field(default=None, alias="outputDirectory")
     timeouts: Timeouts = Timeouts()
     local: LocalSpec | None = None
     # Off by default, the provider decides what runs: whether a job may bring its own command instead of
@@ -156,7 +203,34 @@ class Asset(_Model):
             clash = sorted(taken.intersection(slot.keys or ()))
             if clash:
                 raise ValueError(f"slot {slot.name!r}: keys {clash} are the asset's env or parameters")
+        self._check_container_paths()
         return self
+
+    def _check_container_paths(self) -> None:
+        """Placed inputs and the output directory never overlap, and an input lands on a path the
+        command names (the image's own script, say) only where the slot allows it."""
+        placed = [(s, s.worker_path) for s in self.inputs if s.worker_path is not None]
+        for slot, path in placed:
+            container_path(path)  # a file's full path: still plain, still outside the system
+            if self.output_directory and _overlaps(path, self.output_directory):
+                raise ValueError(f"slot {slot.name!r}: {path} overlaps the outputDirectory")
+            for other, other_path in placed:
+                if other is not slot and _overlaps(path, other_path):
+                    if slot.kind == other.kind == InputSlotKind.FILE and path != other_path:
+                        continue  # two files side by side in one directory
+                    raise ValueError(f"slots {slot.name!r} and {other.name!r} overlap at {path}")
+            if not slot.replaces_image_file:
+                named = sorted(word for word in self.command_paths() if _overlaps(word, path, strict=True))
+                if named:
+                    raise ValueError(
+                        f"slot {slot.name!r}: {path} would replace {named[0]}, which the command or args "
+                        "name; set replacesImageFile: true on the slot to allow it"
+                    )
+
+    def command_paths(self) -> set[str]:
+        """The absolute paths the asset's command and args name (words of them starting with /)."""
+        words = [w for part in [*(self.command or ()), *(self.args or ())] for w in part.split()]
+        return {w.rstrip("/;") for w in words if w.startswith("/")}
 
     @property
     def command_line(self) -> tuple[str, ...]:
@@ -173,8 +247,11 @@ class Asset(_Model):
         return self.model_dump(mode="json", by_alias=True)
 
 
-def is_reserved_env_key(key: str) -> bool:
-    return key in RESERVED_ENV_KEYS or key.startswith(RESERVED_ENV_PREFIXES)
+def _overlaps(a: str, b: str, *, strict: bool = False) -> bool:
+    """One path is the other or lies under it (``strict``: ``a`` is ``b`` or lies under it)."""
+    if a == b or a.startswith(b + "/"):
+        return True
+    return not strict and b.startswith(a + "/")
 
 
 def _is_safe_relative(path: str) -> bool:
@@ -188,6 +265,9 @@ class CatalogError(Exception):
 
 
 def load_asset_file(path: Path) -> Asset:
+    """One asset file: our YAML, or (``.json``) the original middle-layer's service description."""
+    if path.suffix.lower() == ".json":
+        return _load_original(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
@@ -202,10 +282,7 @@ def load_asset_file(path: Path) -> Asset:
     try:
         asset = Asset.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in err['loc']) or '<root>'}': {err['msg']}" for err in e.errors()
-        )
-        raise CatalogError(f"{path}: invalid asset: {problems}") from None
+        raise CatalogError(f"{path}: invalid asset: {_problems(e)}") from None
     for slot in asset.inputs:
         if slot.kind == InputSlotKind.ENV and slot.keys is None:
             # (Jobs' frozen copies of older assets may lack keys: they then accept none.)
@@ -216,6 +293,35 @@ def load_asset_file(path: Path) -> Asset:
     return asset
 
 
+def _load_original(path: Path) -> Asset:
+    from core.original_assets import asset_from_original  # (it builds on this module)
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CatalogError(f"{path}: cannot read asset file: {e}") from None
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{path}: a service description must be a JSON object")
+    try:
+        return asset_from_original(raw)
+    except ValidationError as e:
+        raise CatalogError(f"{path}: invalid service description: {_problems(e)}") from None
+
+
+def _problems(e: ValidationError) -> str:
+    return "; ".join(
+        f"field '{'.'.join(str(p) for p in err['loc']) or '<root>'}': {err['msg']}" for err in e.errors()
+    )
+
+
+def asset_yaml(asset: Asset, source: str | None = None) -> str:
+    """``asset`` as an asset YAML file with every field explicit (defaults included; sizes in bytes),
+    which loads back to the same asset (``wml assets convert``)."""
+    header = f"# Converted from {source} by `wml assets convert`: every field explicit.\n" if source else ""
+    data = asset.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+
+
 def _resolve_local(base: Path, part: str) -> str:
     if part.startswith(("./", "../")):
         return str((base / part).resolve())
@@ -223,12 +329,13 @@ def _resolve_local(base: Path, part: str) -> str:
 
 
 def load_catalog(directory: Path) -> list[Asset]:
-    """Every ``*.yaml``/``*.yml`` asset in ``directory``; ids must be unique."""
+    """Every ``*.yaml``/``*.yml`` asset and ``*.json`` service description in ``directory``; ids must be
+    unique."""
     if not directory.is_dir():
         raise CatalogError(f"{directory}: asset catalogue directory does not exist")
     assets: list[Asset] = []
     seen: dict[str, Path] = {}
-    for file in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+    for file in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml"), *directory.glob("*.json")]):
         asset = load_asset_file(file)
         if asset.id in seen:
             raise CatalogError(

@@ -26,11 +26,13 @@ from backends.workflow.base import (
     JobRun,
     OutputRecord,
     Resources,
+    RunNeeds,
     RunPhase,
     StagedInput,
     StagedOutput,
 )
 from backends.workflow.base import InputKind as BackendInputKind
+from core.assets import Asset
 from core.files import storage_key
 from core.models import FileOrigin, FileRecord, FileStatus, Job, utcnow
 from core.parameters import as_env
@@ -69,6 +71,7 @@ def build_run(job: Job, files: Mapping[str, FileRecord]) -> JobRun:
                 size=record.size,
                 sha256=record.sha256,
                 keys=tuple(slot.keys or ()),
+                worker_path=slot.worker_path,
             )
         )
     # Output and log file ids are fixed now, so a backend that restarts uploads to the same keys.
@@ -105,7 +108,14 @@ def build_run(job: Job, files: Mapping[str, FileRecord]) -> JobRun:
         consumer_command=any(c != asset.command_line for c in job.details.commands),
         local_network=asset.local.network if asset.local else False,
         labels={"wml/job-id": job.id, "wml/consumer-id": job.consumer_id, "wml/asset-id": asset.id},
+        output_dir=asset.output_directory,
     )
+
+
+def run_needs(asset: Asset) -> RunNeeds:
+    """What a job of ``asset`` will ask of the backend (checked when the job is created)."""
+    placed = asset.output_directory is not None or any(s.worker_path for s in asset.inputs)
+    return RunNeeds(gpu=asset.resources.gpu, gpu_type=asset.resources.gpu_type, container_paths=placed)
 
 
 def _commands(job: Job) -> tuple[list[str] | None, list[str] | None, list[str] | None]:

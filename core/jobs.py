@@ -10,8 +10,10 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from backends.storage.base import StorageBackend, StorageError
+from backends.workflow.base import WorkflowBackend
 from core.assets import Asset, InputSlot, InputSlotKind
 from core.auth import Principal
+from core.backend_mapping import run_needs
 from core.errors import ConflictError, NotFoundError, QuotaExceededError, UnavailableError, ValidationError
 from core.live.bus import EventBus
 from core.metrics import Metrics
@@ -75,6 +77,7 @@ class JobService:
         bus: EventBus,
         supervisor: Supervisor,
         storage: StorageBackend,
+        backend: WorkflowBackend,
         *,
         max_queued_per_consumer: int,
         metrics: Metrics | None = None,
@@ -82,6 +85,7 @@ class JobService:
         self._metrics = metrics or Metrics()
         self._store = store
         self._storage = storage
+        self._backend = backend
         self._bus = bus
         self._supervisor = supervisor
         self._max_queued = max_queued_per_consumer
@@ -100,6 +104,10 @@ class JobService:
         asset = await self._store.assets.get_asset(asset_id) if principal.may_use_asset(asset_id) else None
         if asset is None:
             raise NotFoundError("asset", asset_id)
+        refusal = self._backend.refusal(run_needs(asset))
+        if refusal is not None:
+            # Refused now rather than run without what it needs (a GPU job on a host without one).
+            raise ValidationError(f"asset {asset.id!r} cannot run here: {refusal}", field="assetId")
         bindings = await self._check_inputs(principal, asset, inputs)
         values = resolve_parameters(asset, parameters)
         if details is not None:

@@ -109,6 +109,7 @@ async def open_services(settings: Settings, storage: StorageBackend, backend: Wo
         bus,
         supervisor,
         storage,
+        backend,
         max_queued_per_consumer=settings.max_queued_jobs_per_consumer,
         metrics=metrics,
     )

@@ -79,6 +79,11 @@ class KubernetesSettings(BaseModel):
         default="",
         description="Tolerations of every job pod, as a JSON list of Kubernetes Toleration objects.",
     )
+    gpus: bool = Field(
+        default=True,
+        description="The cluster's nodes offer GPUs (nvidia.com/gpu); false refuses assets that need a GPU "
+        "at createJob instead of leaving their pods pending until the start timeout.",
+    )
     gpu_node_label: str = Field(
         default="nvidia.com/gpu.product",
         description="Node label an asset's gpuType is matched against (nodeSelector) for GPU jobs.",
@@ -125,6 +130,27 @@ class KubernetesSettings(BaseModel):
     )
     outputs_size_limit: str = Field(
         default="10Gi", description="sizeLimit of the emptyDir volume a job's worker writes its outputs to."
+    )
+    job_volume: Literal["emptyDir", "pvc"] = Field(
+        default="emptyDir",
+        description="Where a job's inputs and outputs live: emptyDir volumes on the node (sized by "
+        "WML_K8S_INPUTS_SIZE_LIMIT and WML_K8S_OUTPUTS_SIZE_LIMIT), or pvc: one PersistentVolumeClaim per "
+        "job (a generic ephemeral volume: created with the job's Pod, owned by it and deleted with it), for "
+        "workers that need more than a node's ephemeral storage.",
+    )
+    job_volume_size: str = Field(
+        default="20Gi", description="Size of each job's PersistentVolumeClaim (WML_K8S_JOB_VOLUME=pvc)."
+    )
+    job_volume_storage_class: str | None = Field(
+        default=None,
+        description="StorageClass of each job's PersistentVolumeClaim (WML_K8S_JOB_VOLUME=pvc); unset: the "
+        "cluster's default class.",
+    )
+    keep_failed_for: int = Field(
+        default=0,
+        ge=0,
+        description="Seconds a failed job's Kubernetes Job and Pod stay in the cluster after it ended, for "
+        "debugging (kubectl describe, kubectl logs); 0 removes them at once, as every other job's.",
     )
     sidecar_cpu: str = Field(default="500m", description="CPU request and limit of each side-car container.")
     sidecar_memory: str = Field(

@@ -8,6 +8,12 @@
 # Parameters: SLEEPTIME (seconds, default 2), FAIL (exit code at the end, default 0).
 # Like the original middle-layer's example, SOURCE / DESTINATION may come from an env-file
 # input: merged into the environment by the backend, or read here from WML_INPUT_CONFIG when it is not.
+#
+# The original's mode: when SOURCE or DESTINATION is an absolute path (the original's example env file:
+# SOURCE="/etc/os-release", DESTINATION="/output/result", SLEEPTIME=10), both are required; the job sleeps
+# SLEEPTIME seconds (default 10, as the original's) printing progress, then runs `mv -v SOURCE DESTINATION`
+# (a SOURCE on the image's read-only root is copied instead, and said so). Otherwise SOURCE and DESTINATION
+# are only listed in the result, as below.
 set -u
 
 sleep_pid=""
@@ -48,6 +54,48 @@ require_integer() {
 if [ -n "${WML_INPUT_CONFIG:-}" ] && [ -f "$WML_INPUT_CONFIG" ]; then
     read_config "$WML_INPUT_CONFIG"
 fi
+
+# The original middle-layer's example job: wait, then move SOURCE to DESTINATION.
+move_like_the_original() {
+    if [ -z "${SOURCE:-}" ] || [ -z "${DESTINATION:-}" ]; then
+        echo "FAIL: SOURCE or DESTINATION unset" >&2
+        exit 1
+    fi
+    if [ ! -f "$SOURCE" ]; then
+        echo "FAIL: SOURCE $SOURCE does not exist" >&2
+        exit 1
+    fi
+    echo "dummy-job: moving $SOURCE to $DESTINATION after $SLEEPTIME seconds"
+    i=1
+    while [ "$i" -le "$SLEEPTIME" ]; do
+        sleep 1 &
+        sleep_pid=$!
+        wait "$sleep_pid"
+        sleep_pid=""
+        echo "progress $i/$SLEEPTIME"
+        i=$((i + 1))
+    done
+    if ! mv -v "$SOURCE" "$DESTINATION"; then
+        # A file of the image's read-only root can be copied but not removed.
+        if [ -f "$SOURCE" ] && cp -v "$SOURCE" "$DESTINATION"; then
+            echo "note: $SOURCE is read-only here: copied instead of moved"
+        else
+            echo "FAIL: cannot move $SOURCE to $DESTINATION" >&2
+            exit 1
+        fi
+    fi
+    exit 0
+}
+
+original=""
+case "${SOURCE:-}" in /*) original=yes ;; esac
+case "${DESTINATION:-}" in /*) original=yes ;; esac
+if [ -n "$original" ]; then
+    SLEEPTIME=${SLEEPTIME:-10}
+    require_integer SLEEPTIME "$SLEEPTIME"
+    move_like_the_original
+fi
+
 SLEEPTIME=${SLEEPTIME:-2}
 FAIL=${FAIL:-0}
 require_integer SLEEPTIME "$SLEEPTIME"

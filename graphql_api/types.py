@@ -76,6 +76,8 @@ class InputSlot:
     path: str
     required: bool
     max_size: Long | None
+    # Where the worker sees the input when the asset places it (absolute); null: under its inputs directory.
+    worker_path: str | None = None
 
 
 @strawberry.type
@@ -113,6 +115,8 @@ class Asset:
     outputs: list[OutputSlot]
     resources: Resources
     timeouts: Timeouts
+    # Where the worker writes its outputs when the asset says (absolute); null: its outputs directory.
+    output_directory: str | None
 
     @classmethod
     def from_domain(cls, a: A.Asset) -> Asset:
@@ -143,6 +147,7 @@ class Asset:
                     path=s.target,
                     required=s.required,
                     max_size=Long(s.max_size) if s.max_size is not None else None,
+                    worker_path=s.worker_path,
                 )
                 for s in a.inputs
             ],
@@ -157,6 +162,7 @@ class Asset:
                 gpu_type=a.resources.gpu_type,
             ),
             timeouts=Timeouts(queue=a.timeouts.queue, start=a.timeouts.start, run=a.timeouts.run),
+            output_directory=a.output_directory,
         )
 
 

@@ -8,7 +8,9 @@ expansion. Errors name the line number only: the content may be a secret.
 An env input is data for the job, never configuration of its runtime: the asset's slot lists the keys it
 accepts (``keys: [...]``) and :func:`accepted` refuses any other key by name, so ``BASH_ENV``,
 ``PYTHONPATH``, ``LD_PRELOAD`` or a parameter's name cannot reach the worker this way. The same checks run
-when the job is created (``core.jobs``) and again wherever a backend reads the file.
+when the job is created (``core.jobs``) and again wherever a backend reads the file. A slot that lists
+:data:`ANY_KEY` (the original middle-layer's env inputs, which declared no keys) accepts every key but the
+reserved ones (:func:`is_reserved_env_key`): variables that configure a runtime rather than the job.
 """
 
 from __future__ import annotations
@@ -20,6 +22,16 @@ from pathlib import Path
 MAX_DOTENV_BYTES = 64 * 1024  # an env input is a handful of settings, never bulk data
 MAX_KEY_LENGTH = 128
 MAX_VALUE_LENGTH = 4096  # characters, as for string parameters
+
+ANY_KEY = "*"
+# Variables that configure a runtime (loader, shell, interpreter) rather than the job: an env slot never
+# accepts them, whatever the provider lists. The backends set PATH, HOME, LANG and the WML_* contract.
+RESERVED_ENV_KEYS = frozenset(
+    {"PATH", "HOME", "LANG", "IFS", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4", "GCONV_PATH"}
+    | {"NODE_OPTIONS", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS"}
+    | {"PERL5OPT", "PERL5LIB", "PERLLIB", "RUBYOPT", "RUBYLIB"}
+)
+RESERVED_ENV_PREFIXES = ("WML_", "LD_", "PYTHON")
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _EXPORT = re.compile(r"export\s+")
@@ -54,12 +66,21 @@ def parse_dotenv(data: bytes) -> dict[str, str]:
     return values
 
 
+def is_reserved_env_key(key: str) -> bool:
+    return key in RESERVED_ENV_KEYS or key.startswith(RESERVED_ENV_PREFIXES)
+
+
 def accepted(values: Mapping[str, str], keys: Collection[str]) -> dict[str, str]:
-    """``values`` if every key is one of ``keys``; else ValueError naming the keys refused."""
-    refused = sorted(set(values) - set(keys))
+    """``values`` if every key is one of ``keys`` (with :data:`ANY_KEY` among them: any key that is not
+    reserved); else ValueError naming the keys refused."""
+    if ANY_KEY in keys:
+        refused = sorted(k for k in values if is_reserved_env_key(k))
+        allowed = "any key but WML_*, LD_*, PYTHON*, PATH, HOME, BASH_ENV and the other reserved ones"
+    else:
+        refused = sorted(set(values) - set(keys))
+        allowed = ", ".join(sorted(keys)) or "none"
     if refused:
         shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
-        allowed = ", ".join(sorted(keys)) or "none"
         raise ValueError(f"keys not accepted by this slot: {shown} (it accepts: {allowed})")
     return dict(values)
 

@@ -134,3 +134,26 @@ def test_sigterm_ends_it_promptly_with_143(shell, tmp_path) -> None:
     assert time.monotonic() - started < 1  # not after the current sleep
     assert "terminated" in proc.stdout.read()
     proc.stdout.close()
+
+
+def test_absolute_source_and_destination_move_like_the_original(shell, tmp_path) -> None:
+    source, destination = tmp_path / "os-release", tmp_path / "output" / "result"
+    source.write_text('NAME="test"\n')
+    destination.parent.mkdir()
+    env = {"SOURCE": str(source), "DESTINATION": str(destination), "SLEEPTIME": "1"}
+
+    done = run_job(shell, env, tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert destination.read_text() == 'NAME="test"\n' and not source.exists()
+    lines = done.stdout.splitlines()
+    assert "progress 1/1" in lines
+    assert str(source) in lines[-1] and str(destination) in lines[-1]  # mv -v says what it moved
+
+
+def test_the_original_mode_requires_both_and_an_existing_source(shell, tmp_path) -> None:
+    only_source = run_job(shell, {"SOURCE": str(tmp_path / "x"), "SLEEPTIME": "0"}, tmp_path)
+    missing = run_job(shell, {"SOURCE": "/nonexistent", "DESTINATION": str(tmp_path / "r")}, tmp_path)
+
+    assert only_source.returncode == 1 and "SOURCE or DESTINATION unset" in only_source.stderr
+    assert missing.returncode == 1 and "does not exist" in missing.stderr

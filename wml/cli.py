@@ -75,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--asset", action="append", required=True, help="asset id (repeatable)")
     create.add_argument("--expires-in", type=int, help="grant lifetime in seconds (default: no expiry)")
+    assets = sub.add_parser("assets", help="asset catalogue tools").add_subparsers(
+        dest="action", required=True
+    )
+    convert = assets.add_parser(
+        "convert",
+        help="print an asset file (the original middle-layer's service description JSON, or our YAML) "
+        "as asset YAML with every field explicit",
+    )
+    convert.add_argument("file", type=Path, metavar="FILE")
     _add_sidecar(sub)
     return p
 
@@ -183,6 +192,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             attempts=args.attempts,
             termination_message=getattr(args, "termination_message", None),
         )
+    if args.command == "assets" and args.action == "convert":
+        from core.assets import asset_yaml, load_asset_file
+
+        sys.stdout.write(asset_yaml(load_asset_file(args.file), source=args.file.name))
+        return 0
     if args.command == "consumers" and args.action == "create":
         return asyncio.run(_create_consumer(settings, args.name, args.asset, args.expires_in))
     raise AssertionError(f"unhandled command {args.command}")

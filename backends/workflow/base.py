@@ -28,6 +28,9 @@ class StagedInput:
     size: int
     sha256: str
     keys: tuple[str, ...] = ()  # env inputs: the only keys the file may set (any other is refused)
+    # Where the worker sees it, when the asset places it (absolute: a file's own path, an archive's
+    # directory); None: ``<inputs directory>/<path>``.
+    worker_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,17 @@ class JobRun:
     consumer_command: bool = False
     local_network: bool = False  # the local backend's sandbox keeps the network (else loopback only)
     labels: Mapping[str, str] = field(default_factory=dict)
+    output_dir: str | None = None  # where the worker writes its outputs (absolute); None: the default
+
+
+@dataclass(frozen=True, slots=True)
+class RunNeeds:
+    """What a job will ask of the backend beyond CPU and memory, known before the job exists: createJob
+    refuses a job the backend cannot honour (:meth:`WorkflowBackend.refusal`) rather than run it without."""
+
+    gpu: int = 0
+    gpu_type: str | None = None
+    container_paths: bool = False  # inputs or outputs at absolute paths of the worker's file system
 
 
 class RunPhase(enum.StrEnum):
@@ -120,6 +134,10 @@ class WorkflowBackend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    def refusal(self, needs: RunNeeds) -> str | None:
+        """Why this backend cannot run a job with ``needs`` (a sentence naming the backend), or None."""
+        ...
 
     def reference(self, job_id: str, consumer_id: str) -> str:
         """The reference ``submit`` will return for this job, known before it starts: the supervisor

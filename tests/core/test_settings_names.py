@@ -19,6 +19,7 @@ SAMPLES = {
     "deprovision_retention": "keep",
     "callback_origins": "https://connector.example:8443",
     "sandbox": "off",
+    "job_volume": "pvc",
     "management_url": "http://provider-edc:8181/management",
 }
 PAIRED = {"s3_access_key_id": "s3_secret_access_key", "s3_secret_access_key": "s3_access_key_id"}

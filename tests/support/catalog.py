@@ -40,3 +40,28 @@ def standard_assets() -> list[dict[str, Any]]:
             inputs=[{"name": "data", "kind": "file", "path": "data", "required": True, "maxSize": 1024}],
         ),
     ]
+
+
+# Like the original middle-layer's CARLA service description: an absolute output directory, command and
+# args, a GPU; plus inputs placed at absolute paths (a file and an archive).
+CARLA: dict[str, Any] = {
+    "service_id": "carla",
+    "inputs": [
+        {"resource_name": "env", "type": 1, "description": "List of environment variables for CARLA"},
+        {
+            "resource_name": "scenario.xosc",
+            "type": 2,
+            "mount_path": "/home/carla/scenarios/",
+            "description": "",
+        },
+        {"resource_name": "maps", "type": 3, "mount_path": "/opt/maps", "description": "Extra maps"},
+    ],
+    "outputs": [{"resource_name": "rosbag", "type": 2, "description": "Generated rosbag file"}],
+    "workflow_resource": {
+        "worker_image": "harbor.example.org/gx4ki/carla:latest",
+        "worker_image_output_directory": "/home/carla/rosbag",
+        "worker_image_command": ["/bin/bash", "-c"],
+        "worker_image_args": ["./run-scenario.sh --record /home/carla/rosbag"],
+        "gpu": True,
+    },
+}

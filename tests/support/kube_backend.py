@@ -53,13 +53,20 @@ class FakeKube:
 
 
 @contextlib.asynccontextmanager
-async def fake_kube(work_dir: Path, storage_url: str, *, run_pods: bool = False) -> AsyncIterator[FakeKube]:
-    """A fake cluster with the jobs namespace; with ``run_pods`` the Pods really run (slower)."""
+async def fake_kube(
+    work_dir: Path,
+    storage_url: str,
+    *,
+    run_pods: bool = False,
+    images: dict[str, dict[str, Path]] | None = None,
+) -> AsyncIterator[FakeKube]:
+    """A fake cluster with the jobs namespace; with ``run_pods`` the Pods really run (slower), their images'
+    container paths mapped to host directories by ``images`` (default :data:`IMAGES`)."""
     api = FakeKubernetes()
     async with api.serving():
         api.state.create("namespaces", None, {"metadata": {"name": NAMESPACE}})
         cluster = FakeCluster(api)
-        kubelet = ProcessKubelet(cluster, work_dir / "kubelet", IMAGES) if run_pods else None
+        kubelet = ProcessKubelet(cluster, work_dir / "kubelet", images or IMAGES) if run_pods else None
         options = KubernetesOptions(
             namespace=NAMESPACE,
             connection=Connection(api_url=api.url),

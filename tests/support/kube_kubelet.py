@@ -3,8 +3,8 @@
 For every Pod the controller creates it does what a node would, in order, reporting each container's state
 through :class:`tests.support.kube_cluster.FakeCluster` (so the backend sees it on its watch):
 
-- volumes are host directories (emptyDirs; the Secret's items written as files), mounted by rewriting
-  the container paths in the command, args and environment;
+- volumes are host directories (emptyDirs; the Secret's items written as files), mounted (``subPath``
+  too) by rewriting the container paths in the command, args and environment;
 - ``stage-in`` / ``stage-out`` (the side-car image) run the side-car's staging code in-process through the
   presigned URLs of their manifest, or else against the storage named by ``WML_STORAGE`` in their
   environment (resolved from the job's Secret), with the
@@ -61,6 +61,8 @@ from tests.support.kube_cluster import (
 from tests.support.kube_state import Obj
 
 SIDECAR_IMAGE = "localhost/wml/sidecar:0.1.0"
+# The ENTRYPOINT of images whose container gives no command (as dummy-job/Containerfile declares it).
+ENTRYPOINTS = {"localhost/wml/dummy-job:1": ["sh", "/app/entrypoint.sh"]}
 FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES = 80, 2048  # what FallbackToLogsOnError takes from the log
 
 
@@ -113,7 +115,9 @@ class ProcessKubelet:
             phase = "Running" if step == STAGE_OUT else "Pending"
             states = [*done, running(), *later]  # stage-in, worker, stage-out
             await self.cluster.set_status(ref, status(phase, states[0], states[1], states[2]))
-            mounts = {m["mountPath"]: volumes[m["name"]] for m in containers[step]["volumeMounts"]}
+            mounts = {
+                m["mountPath"]: _sub_path(volumes[m["name"]], m) for m in containers[step]["volumeMounts"]
+            }
             message_file = self._termination_file(namespace, name, containers[step], mounts)
             env = _environment(containers[step], secret)
             remaining = deadline - loop.time()
@@ -233,7 +237,8 @@ class ProcessKubelet:
         remaining: float,
     ) -> tuple[int, bool]:
         paths = {**mounts, **self.images[container["image"]]}
-        argv = [str(_rewrite(a, paths)) for a in [*container.get("command", []), *container.get("args", [])]]
+        command = container.get("command") or ENTRYPOINTS.get(container["image"], [])  # else the image's
+        argv = [str(_rewrite(a, paths)) for a in [*command, *container.get("args", [])]]
         env = {k: str(_rewrite(v, paths)) for k, v in env.items()}
         env["PATH"] = "/usr/bin:/bin"
         process = await asyncio.create_subprocess_exec(
@@ -283,6 +288,17 @@ def _environment(container: Obj, secret: dict[str, str]) -> dict[str, str]:
         else:
             env[item["name"]] = secret[item["valueFrom"]["secretKeyRef"]["key"]]
     return env
+
+
+def _sub_path(volume: Path, mount: Obj) -> Path:
+    """The host path of a mount: its volume, or its ``subPath`` of it (made a directory when missing, as a
+    kubelet does)."""
+    if not mount.get("subPath"):
+        return volume
+    path: Path = volume / mount["subPath"]
+    if not path.exists():
+        path.mkdir(parents=True)
+    return path
 
 
 def _rewrite(value: str, paths: dict[str, Path]) -> Any:

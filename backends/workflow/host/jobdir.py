@@ -303,16 +303,17 @@ def remove(job: JobDir, wait: float) -> None:
 
 def _group_alive(pgid: int) -> bool:
     """A process of group ``pgid`` still runs (zombies do not count: they are dead, waiting to be reaped)."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
+    with os.scandir("/proc") as entries:  # closed on the early return too (else a ResourceWarning)
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+                return True
     return False
 
 
@@ -382,6 +383,7 @@ class WorkerPaths:
     inputs: str
     outputs: str
     home: str
+    placed: bool = False  # inputs the asset places at absolute paths are there (the sandbox binds them)
 
     @classmethod
     def of(cls, job: JobDir) -> WorkerPaths:
@@ -398,7 +400,8 @@ def worker_env(run: JobRun, paths: WorkerPaths, dotenv: Mapping[str, str]) -> di
     env["WML_INPUTS_DIR"] = paths.inputs
     env["WML_OUTPUTS_DIR"] = paths.outputs
     for staged in run.inputs:
-        env[f"WML_INPUT_{staged.slot.upper()}"] = f"{paths.inputs}/{staged.path}"
+        placed = staged.worker_path if paths.placed else None
+        env[f"WML_INPUT_{staged.slot.upper()}"] = placed or f"{paths.inputs}/{staged.path}"
     for output in run.outputs:
         env[f"WML_OUTPUT_{output.name.upper()}"] = f"{paths.outputs}/{output.path}"
     return env

@@ -122,6 +122,15 @@ class KubeApi:
         except KubeNotFoundError:
             return None
 
+    async def patch(
+        self, kind: str, namespace: str | None, name: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Change the object by a JSON merge patch (RFC 7386): ``body`` holds only what changes."""
+        args = [name, *self._args(kind, namespace), body]
+        return await self._json(
+            "patch", kind, namespace, name, args, _content_type="application/merge-patch+json"
+        )
+
     async def delete(
         self, kind: str, namespace: str | None, name: str, *, propagation: str | None = None
     ) -> bool:

@@ -43,11 +43,12 @@ from typing import Any, Self
 import structlog
 
 from backends.storage.base import StorageBackend, StorageError
-from backends.workflow.base import BackendUpdate, InputKind, JobRun, RunPhase, WorkflowBackendError
+from backends.workflow.base import BackendUpdate, InputKind, JobRun, RunNeeds, RunPhase, WorkflowBackendError
 from backends.workflow.kubernetes.api import KubeApi, KubeConflictError, KubeNotFoundError
 from backends.workflow.kubernetes.config import KubernetesOptions, options_from
 from backends.workflow.kubernetes.manifests import (
     JOB_LABEL,
+    KEEP_UNTIL_ANNOTATION,
     SELECTOR,
     WORKER,
     PresignedUrls,
@@ -131,6 +132,15 @@ class KubernetesWorkflowBackend:
         return self._client
 
     # -- submit ----------------------------------------------------------------------------------------
+
+    def refusal(self, needs: RunNeeds) -> str | None:
+        """GPUs are ``nvidia.com/gpu`` limits (the scheduler finds a node) unless the cluster has none
+        (``gpus`` off); every path is a volume mount."""
+        if (needs.gpu > 0 or needs.gpu_type) and not self.options.gpus:
+            return (
+                "it asks for a GPU and the Kubernetes backend is configured without GPUs (WML_K8S_GPUS=false)"
+            )
+        return None
 
     def reference(self, job_id: str, consumer_id: str) -> str:
         """``NAMESPACE/wml-<job id>``: the namespace is the consumer's with namespace-per-consumer."""
@@ -250,11 +260,14 @@ class KubernetesWorkflowBackend:
         finishing = self._tracker.finishing.get(ref)
         if finishing is not None:  # the worker log is saved before its Pod goes
             await asyncio.shield(finishing)
+        outcome = self._tracker.final.get(ref)
         self._tracker.forget(ref)
         self._submitted.pop(ref, None)
         api = self._api()
         if ref in self._deleted:  # by cancel
             self._deleted.discard(ref)
+        elif await self._keep_if_failed(namespace, name, outcome):
+            pass
         else:
             async with self._removing(ref):
                 if not await api.delete("Job", namespace, name, propagation="Background"):
@@ -262,6 +275,36 @@ class KubernetesWorkflowBackend:
                     await api.delete("Secret", namespace, name)
         if self._namespaces is not None:
             await self._namespaces.release_if_empty(namespace)
+
+    async def _keep_if_failed(self, namespace: str, name: str, outcome: BackendUpdate | None) -> bool:
+        """With ``keep_failed_for``: leave a failed run's Job (its Pod, log and Secret with it) in the
+        cluster for that long, for debugging. It is marked with when it may go (the orphan sweep removes it
+        then) and its TTL is set to the same, so the cluster removes it even without us.
+
+        Failed: the run's terminal update here said FAILED or ERROR (the Job controller may not have marked
+        the Job yet, and an image that cannot be pulled never fails it); without one (a restarted service),
+        the Job's own ``Failed`` condition."""
+        keep = self.options.keep_failed_for
+        if keep <= 0:
+            return False
+        if outcome is not None:
+            failed = outcome.phase in (RunPhase.FAILED, RunPhase.ERROR)
+        else:
+            job = await self._api().get("Job", namespace, name)
+            conditions = ((job or {}).get("status") or {}).get("conditions") or []
+            failed = any(c.get("type") == "Failed" and c.get("status") == "True" for c in conditions)
+        if not failed:
+            return False
+        until = int(time.time()) + keep
+        patch = {"metadata": {"annotations": {KEEP_UNTIL_ANNOTATION: str(until)}}}
+        try:
+            await self._api().patch(
+                "Job", namespace, name, {**patch, "spec": {"ttlSecondsAfterFinished": keep}}
+            )
+        except KubeNotFoundError:
+            return False  # gone already: nothing to keep (the Secret is removed as usual)
+        log.info("kubernetes_failed_job_kept", job=f"{namespace}/{name}", seconds=keep)
+        return True
 
     @contextlib.asynccontextmanager
     async def _removing(self, ref: str) -> AsyncIterator[None]:
@@ -322,10 +365,15 @@ class KubernetesWorkflowBackend:
         self._removed = {ref: at for ref, at in self._removed.items() if at >= now - _REMOVED_MEMORY}
         removed = {ref for ref, at in self._removed.items() if at >= listed_at}
         api, swept = self._api(), set()
+        kept = {
+            ref_of(j, "Job") for j in jobs if _kept(j)
+        }  # failed Jobs kept for debugging, and their Secrets
         for kind, objects in (("Job", jobs), ("Secret", secrets)):
             for obj in objects:
                 ref = ref_of(obj, kind)
-                if ref is None or ref in live or ref in recent or ref in removed or _age(obj) < grace:
+                if ref is None or ref in live or ref in recent or ref in removed or ref in kept:
+                    continue
+                if _age(obj) < grace:
                     continue
                 namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
                 await api.delete(kind, namespace, name, propagation="Background" if kind == "Job" else None)
@@ -421,6 +469,15 @@ async def _read_bounded(storage: StorageBackend, key: str, size: int) -> bytes:
 def _log_key(pod: dict[str, Any]) -> str | None:
     info = RunInfo.of(pod)
     return None if info is None else info.log_key
+
+
+def _kept(job: dict[str, Any]) -> bool:
+    """A failed Job kept for debugging whose time has not come yet (see ``keep_failed_for``)."""
+    until = ((job.get("metadata") or {}).get("annotations") or {}).get(KEEP_UNTIL_ANNOTATION)
+    try:
+        return until is not None and float(until) > time.time()
+    except ValueError:
+        return False
 
 
 def _age(obj: dict[str, Any]) -> float:

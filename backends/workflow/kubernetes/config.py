@@ -38,7 +38,13 @@ _URL_OPTIONS = (
     "log_tail_lines",
     "worker_read_only_root",
     "worker_ephemeral_storage",
+    "job_volume",
+    "job_volume_size",
+    "job_volume_storage_class",
+    "keep_failed_for",
+    "gpus",
 )
+JOB_VOLUMES = ("emptyDir", "pvc")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,7 @@ class KubernetesOptions:
     image_pull_secrets: tuple[str, ...] = ()
     image_pull_policy: str = "IfNotPresent"
     tolerations: tuple[dict[str, Any], ...] = ()
+    gpus: bool = True  # the nodes offer nvidia.com/gpu; False: GPU jobs are refused at createJob
     gpu_node_label: str = "nvidia.com/gpu.product"
     ttl_after_finished: int = 3600
     namespace_per_consumer: bool = False
@@ -75,6 +82,10 @@ class KubernetesOptions:
     orphan_grace: int = 300  # labelled objects younger than this are never swept
     inputs_size_limit: str = "10Gi"
     outputs_size_limit: str = "10Gi"
+    job_volume: str = "emptyDir"  # or "pvc": one generic ephemeral volume (a PVC owned by the Pod) per job
+    job_volume_size: str = "20Gi"
+    job_volume_storage_class: str | None = None  # None: the cluster's default StorageClass
+    keep_failed_for: int = 0  # seconds a failed job's Job and Pod are kept for debugging
     sidecar_cpu: str = "500m"
     sidecar_memory: str = "256Mi"
     run_as_user: int = 65534
@@ -88,6 +99,10 @@ class KubernetesOptions:
     def __post_init__(self) -> None:
         if not _DNS_LABEL.fullmatch(self.namespace) or len(self.namespace) > 63:
             raise ValueError(f"{self.namespace!r} is not a valid namespace name")
+        if self.job_volume not in JOB_VOLUMES:
+            raise ValueError(f"job_volume must be one of {', '.join(JOB_VOLUMES)}")
+        if self.keep_failed_for < 0:
+            raise ValueError("keep_failed_for must not be negative")
         if self.image_pull_policy not in _PULL_POLICIES:
             raise ValueError(f"image_pull_policy must be one of {', '.join(_PULL_POLICIES)}")
         if self.requests_per_second <= 0 or self.burst < 1 or self.retries < 0:

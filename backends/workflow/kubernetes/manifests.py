@@ -6,12 +6,15 @@ One ``batch/v1`` Job per job; its pod runs, in order:
    ``inputs`` emptyDir;
 2. init container ``worker`` (the asset's image, command, args, env and resources; GPUs as
    ``nvidia.com/gpu`` limits, ``gpuType`` as a node selector): sees the inputs read-only and writes the
-   ``outputs`` emptyDir;
+   ``outputs`` emptyDir (at the asset's ``outputDirectory`` when it sets one; inputs the asset places at
+   absolute paths are ``subPath`` mounts of the inputs volume there);
 3. main container ``stage-out`` (side-car image): ``wml sidecar stage-out`` uploads the outputs and
    prints the output manifest (see :mod:`backends.workflow.kubernetes.outcome`; also its termination message).
 
 Init containers run in order, so results are uploaded only after the worker exited 0, with no wrapper in
-the worker image. The side-car manifests, the storage settings and the values of ``env`` inputs live in one
+the worker image. The ``inputs`` and ``outputs`` volumes are emptyDirs, or (``job_volume=pvc``) directories of
+one PersistentVolumeClaim per job, a generic ephemeral volume the cluster creates and deletes with the Pod.
+The side-car manifests, the storage settings and the values of ``env`` inputs live in one
 Secret owned by the Job (garbage-collected with it); only the side-cars mount the manifests or get the
 storage credentials, the worker gets only its own env-input values. The worker's log is saved to storage
 by the backend through the API (``pods/log``), since stage-out cannot read another container's stdout.
@@ -44,13 +47,19 @@ SIDECAR_TMP = WORKER_TMP = "/tmp"  # noqa: S108
 SIDECAR_EPHEMERAL_STORAGE = "128Mi"  # a side-car writes only into its volumes; this bounds its logs
 OUTPUT_MANIFEST_PATH = f"{SIDECAR_TMP}/output-manifest.json"
 DOTENV_PREFIX = "dotenv."
+JOB_VOLUME = (
+    "job-data"  # with job_volume=pvc: the one volume (a PVC of the Pod's own) inputs and outputs live on
+)
+KEEP_UNTIL_ANNOTATION = (
+    "wml/keep-until"  # a failed Job kept for debugging: removed after this (epoch seconds)
+)
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 
 # Every API request the backend makes, as RBAC rules (a test checks the requests of its suite against
 # them). The jobs namespace needs the first four; namespace-per-consumer needs them cluster-wide (one watch
 # and one list over all namespaces) and the last three as well.
 RBAC_NEEDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("batch", "jobs", ("create", "delete", "get", "list")),
+    ("batch", "jobs", ("create", "delete", "get", "list", "patch")),
     ("", "pods", ("list", "watch")),
     ("", "pods/log", ("get",)),
     ("", "secrets", ("create", "delete", "list")),
@@ -219,6 +228,8 @@ def pod_spec(
         ],
         "containers": [_sidecar(STAGE_OUT, secret, options, presigned)],
     }
+    if options.job_volume == "pvc":
+        _on_job_volume(spec, run, options)
     if options.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": n} for n in options.image_pull_secrets]
     if options.tolerations:
@@ -226,6 +237,30 @@ def pod_spec(
     if run.resources.gpu_type:
         spec["nodeSelector"] = {options.gpu_node_label: run.resources.gpu_type}
     return spec
+
+
+def _on_job_volume(spec: dict[str, Any], run: JobRun, options: KubernetesOptions) -> None:
+    """Put the ``inputs`` and ``outputs`` volumes on one per-job PersistentVolumeClaim instead of emptyDirs.
+
+    A generic ephemeral volume: the cluster creates the claim with the Pod, owned by it, and deletes it with
+    it (no API permission of ours is needed). Each former volume is a directory of it (``subPath``).
+    """
+    claim: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": options.job_volume_size}},
+    }
+    if options.job_volume_storage_class:
+        claim["storageClassName"] = options.job_volume_storage_class
+    template = {"metadata": {"labels": labels(run)}, "spec": claim}
+    spec["volumes"] = [
+        {"name": JOB_VOLUME, "ephemeral": {"volumeClaimTemplate": template}},
+        *(v for v in spec["volumes"] if v["name"] not in ("inputs", "outputs")),
+    ]
+    for container in [*spec["initContainers"], *spec["containers"]]:
+        for mount in container["volumeMounts"]:
+            if mount["name"] in ("inputs", "outputs"):
+                mount["subPath"] = "/".join(p for p in (mount["name"], mount.get("subPath")) if p)
+                mount["name"] = JOB_VOLUME
 
 
 def _restricted(read_only_root: bool) -> dict[str, Any]:
@@ -277,10 +312,16 @@ def _worker(run: JobRun, secret: str, options: KubernetesOptions, dotenv_keys: l
             for key in dotenv_keys
         }
     )
+    outputs_dir = run.output_dir or OUTPUTS_DIR
     env["WML_INPUTS_DIR"] = {"value": INPUTS_DIR}
-    env["WML_OUTPUTS_DIR"] = {"value": OUTPUTS_DIR}
-    env.update({f"WML_INPUT_{i.slot.upper()}": {"value": f"{INPUTS_DIR}/{i.path}"} for i in run.inputs})
-    env.update({f"WML_OUTPUT_{o.name.upper()}": {"value": f"{OUTPUTS_DIR}/{o.path}"} for o in run.outputs})
+    env["WML_OUTPUTS_DIR"] = {"value": outputs_dir}
+    env.update(
+        {
+            f"WML_INPUT_{i.slot.upper()}": {"value": i.worker_path or f"{INPUTS_DIR}/{i.path}"}
+            for i in run.inputs
+        }
+    )
+    env.update({f"WML_OUTPUT_{o.name.upper()}": {"value": f"{outputs_dir}/{o.path}"} for o in run.outputs})
     limits = {
         "cpu": _cpu(run.resources.cpu),
         "memory": str(run.resources.memory),
@@ -295,8 +336,14 @@ def _worker(run: JobRun, secret: str, options: KubernetesOptions, dotenv_keys: l
         "env": [{"name": name, **value} for name, value in env.items()],
         "volumeMounts": [
             {"name": "inputs", "mountPath": INPUTS_DIR, "readOnly": True},
-            {"name": "outputs", "mountPath": OUTPUTS_DIR},
+            {"name": "outputs", "mountPath": outputs_dir},
             {"name": "worker-tmp", "mountPath": WORKER_TMP},
+            # Inputs the asset places: the staged file or directory alone, at its absolute path.
+            *[
+                {"name": "inputs", "mountPath": i.worker_path, "subPath": i.path, "readOnly": True}
+                for i in run.inputs
+                if i.worker_path
+            ],
         ],
         "resources": {
             "requests": {k: v for k, v in limits.items() if k != "nvidia.com/gpu"},

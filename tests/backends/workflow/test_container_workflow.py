@@ -9,8 +9,11 @@ checks the kill and its mapping, which the backend infers from a SIGKILL exit it
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import shutil
+import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -247,3 +250,49 @@ async def test_a_cancel_during_stage_in_ends_the_run_before_any_container_exists
         assert not (container_work_dir / ref).exists()
     finally:
         await backend.close()
+
+
+PLACED = """
+{
+  echo "outputs at $WML_OUTPUTS_DIR"
+  cat /data/in.txt
+  ls /opt/maps
+  ls /app
+  (echo replaced > /data/in.txt) 2>/dev/null && echo "wrote the input"
+  true
+} > "$WML_OUTPUT_RESULT"
+"""
+
+
+@pytest.mark.parametrize("sidecar", [False, True], ids=["in-process", "side-car-image"])
+async def test_inputs_and_outputs_are_mounted_at_the_absolute_paths_the_asset_chose(
+    container_work_dir: Path, storage, make_run, updates_of, upload, read_object, sidecar: bool
+) -> None:
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        member = tarfile.TarInfo("town01.xodr")
+        member.size = 4
+        tar.addfile(member, io.BytesIO(b"road"))
+    data = await upload("consumers/c1/files/in-1", b"input text\n", "data", InputKind.FILE, "in.txt")
+    maps = await upload("consumers/c1/files/in-2", archive.getvalue(), "maps", InputKind.ARCHIVE, "maps")
+    backend = make_container_backend(container_work_dir, storage, sidecar=sidecar)
+    await backend.start()
+    run = make_run(
+        command=["/bin/sh", "-c", PLACED],
+        inputs=(replace(data, worker_path="/data/in.txt"), replace(maps, worker_path="/opt/maps")),
+        output_dir="/results",
+    )
+    try:
+        ref = await backend.submit(run)
+        final = await updates_of(backend).terminal(ref, timeout=30)
+    finally:
+        await backend.close()
+
+    assert (final.phase, final.exit_code) == (RunPhase.SUCCEEDED, 0), final
+    assert (await read_object(final.outputs[0].key)).decode().splitlines() == [
+        "outputs at /results",
+        "input text",
+        "town01.xodr",
+        "entrypoint.sh",  # a file placed beside the image's own leaves them in place
+    ]
+    await backend.cleanup(ref)

@@ -4,19 +4,22 @@ hostile one would, and asserts the denial, not the flag that should cause it."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shutil
 import socket
+import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from backends.storage.file import FileStorageBackend
-from backends.workflow.base import RunPhase
+from backends.workflow.base import InputKind, Resources, RunNeeds, RunPhase
 from backends.workflow.host.local.backend import LocalWorkflowBackend
 from backends.workflow.host.local.sandbox import SandboxOptions, SandboxUnavailableError, command
 from core.settings import Settings
@@ -257,3 +260,63 @@ async def test_the_assets_script_runs_where_the_sandbox_hides_its_directory(
     final = await run(sandboxed(), updates_of, job)
 
     assert (await result_of(final, read_object)) == "from the script; beside it: entrypoint.sh\n"
+
+
+PLACED = """
+out="$WML_OUTPUT_RESULT"
+{
+  echo "outputs at $WML_OUTPUTS_DIR, data at $WML_INPUT_DATA, maps at $WML_INPUT_MAPS"
+  cat /data/in.txt
+  ls /home/carla/maps
+  ls /home
+  (echo replaced > /data/in.txt) 2>/dev/null && echo "wrote the input"
+  touch /home/carla/escape 2>/dev/null && echo "wrote beside the placements"
+  touch /data/escape 2>/dev/null && echo "wrote beside the input"
+  true
+} > "$out"
+"""
+
+
+async def test_inputs_and_outputs_are_bound_at_the_absolute_paths_the_asset_chose(
+    sandboxed, updates_of, make_run, read_object, upload
+) -> None:
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        member = tarfile.TarInfo("town01.xodr")
+        member.size = 4
+        tar.addfile(member, io.BytesIO(b"road"))
+    data = await upload("consumers/c1/files/in-1", b"input text\n", "data", InputKind.FILE, "in.txt")
+    maps = await upload("consumers/c1/files/in-2", archive.getvalue(), "maps", InputKind.ARCHIVE, "maps")
+    job = make_run(
+        **shell(PLACED),
+        inputs=(replace(data, worker_path="/data/in.txt"), replace(maps, worker_path="/home/carla/maps")),
+        output_dir="/home/carla/rosbag",
+    )
+
+    final = await run(sandboxed(), updates_of, job)
+
+    assert (await result_of(final, read_object)).splitlines() == [
+        "outputs at /home/carla/rosbag, data at /data/in.txt, maps at /home/carla/maps",
+        "input text",
+        "town01.xodr",
+        "carla",  # the host's /home is not shown: an empty directory holds the placements
+    ]
+
+
+async def test_the_local_backend_refuses_gpus_and_placements_without_its_sandbox(sandboxed) -> None:
+    backend = sandboxed()
+
+    assert "local backend has none" in (backend.refusal(RunNeeds(gpu=1)) or "")
+    assert backend.refusal(RunNeeds(container_paths=True)) is None
+    assert "sandbox" in (sandboxed(enabled=False).refusal(RunNeeds(container_paths=True)) or "")
+
+
+async def test_a_gpu_run_that_reaches_the_local_backend_fails_instead_of_running_without(
+    sandboxed, updates_of, make_run
+) -> None:
+    job = make_run(resources=Resources(cpu=1.0, memory=64 * 1024 * 1024, gpu=1))
+
+    final = await run(sandboxed(), updates_of, job)
+
+    assert (final.phase, final.reason) == (RunPhase.ERROR, "SUBMIT_FAILED")
+    assert "local backend has none" in (final.message or "")

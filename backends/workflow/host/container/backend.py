@@ -48,10 +48,11 @@ from typing import Self
 import structlog
 
 from backends.storage.base import StorageBackend, StorageError
-from backends.workflow.base import BackendUpdate, JobRun, RunPhase, WorkflowBackendError
+from backends.workflow.base import BackendUpdate, JobRun, Resources, RunNeeds, RunPhase, WorkflowBackendError
 from backends.workflow.host.container.cli import (
     SIDECAR_STEPS,
     ContainerState,
+    GpuUnavailableError,
     container_env,
     gpu_args,
     run_args,
@@ -127,6 +128,19 @@ class ContainerWorkflowBackend(HostJobs):
     async def close(self) -> None:
         """Stop following; containers keep running so a new instance can re-attach to them."""
         await self._stop_tasks()
+
+    def refusal(self, needs: RunNeeds) -> str | None:
+        """GPUs only as configured (``gpus``/``gpu_type`` options); absolute container paths always work."""
+        options = self._options
+        try:
+            gpu_args(
+                Resources(gpu=needs.gpu, gpu_type=needs.gpu_type),
+                gpus=options.gpus,
+                gpu_type=options.gpu_type,
+            )
+        except GpuUnavailableError as e:
+            return f"the container backend cannot honour its GPU request: {e}"
+        return None
 
     async def submit(self, run: JobRun) -> str:
         options = self._options

@@ -191,12 +191,15 @@ def run_args(
         "--cpus", f"{run.resources.cpu:g}", "--memory", mem, "--memory-swap", mem,
         "--cap-drop=all", "--security-opt=no-new-privileges", f"--pids-limit={pids_limit}",
         "--read-only", "--tmpfs", f"/tmp:rw,nosuid,nodev,size={tmp_size},mode=1777",  # noqa: S108
-        "--volume", f"{inputs}:{INPUTS_MOUNT}:ro", "--volume", f"{outputs}:{OUTPUTS_MOUNT}:rw",
+        "--volume", f"{inputs}:{INPUTS_MOUNT}:ro", "--volume", f"{outputs}:{outputs_mount(run)}:rw",
         "--env-file", env_file,
         "--label", MANAGED_BY, "--label", f"{INSTANCE_LABEL}={instance}",
         "--label", f"wml/job-id={run.job_id}", "--label", f"wml/consumer-id={run.consumer_id}",
         "--label", f"wml/asset-id={run.asset_id}",
     ]  # fmt: skip
+    for staged in run.inputs:
+        if staged.worker_path:  # placed by the asset: the staged file or directory, mounted there alone
+            args += ["--volume", f"{inputs}/{staged.path}:{staged.worker_path}:ro"]
     for key, value in run.labels.items():
         args += ["--label", f"{key}={value}"]
     if user:
@@ -258,12 +261,17 @@ def container_env(run: JobRun, dotenv: Mapping[str, str]) -> dict[str, str]:
     checked at stage-in), the run's env over them (never overridden by a file), then the slot paths."""
     env: dict[str, Any] = {**dotenv, **run.env}
     env["WML_INPUTS_DIR"] = INPUTS_MOUNT
-    env["WML_OUTPUTS_DIR"] = OUTPUTS_MOUNT
+    env["WML_OUTPUTS_DIR"] = outputs_mount(run)
     for staged in run.inputs:
-        env[f"WML_INPUT_{staged.slot.upper()}"] = f"{INPUTS_MOUNT}/{staged.path}"
+        env[f"WML_INPUT_{staged.slot.upper()}"] = staged.worker_path or f"{INPUTS_MOUNT}/{staged.path}"
     for output in run.outputs:
-        env[f"WML_OUTPUT_{output.name.upper()}"] = f"{OUTPUTS_MOUNT}/{output.path}"
+        env[f"WML_OUTPUT_{output.name.upper()}"] = f"{outputs_mount(run)}/{output.path}"
     return {k: str(v) for k, v in env.items() if "\0" not in str(v) and "=" not in k}
+
+
+def outputs_mount(run: JobRun) -> str:
+    """Where the worker writes its outputs: the asset's output directory, or :data:`OUTPUTS_MOUNT`."""
+    return run.output_dir or OUTPUTS_MOUNT
 
 
 SIDECAR_JOB_MOUNT = "/wml/job"  # the job directory, as a side-car container sees it

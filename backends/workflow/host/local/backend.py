@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlsplit
 import structlog
 
 from backends.storage.base import StorageBackend, StorageError
-from backends.workflow.base import BackendUpdate, JobRun, RunPhase
+from backends.workflow.base import BackendUpdate, JobRun, RunNeeds, RunPhase
 from backends.workflow.host.jobdir import (
     ExitStatus,
     JobDir,
@@ -127,13 +127,32 @@ class LocalWorkflowBackend(HostJobs):
         await self._stop_tasks()
         await asyncio.gather(*self._removals, return_exceptions=True)
 
+    def refusal(self, needs: RunNeeds) -> str | None:
+        """No GPUs ever; absolute container paths only in the sandbox (which can bind them anywhere)."""
+        if needs.gpu > 0 or needs.gpu_type:
+            return (
+                "it asks for a GPU and the local backend has none (use the container or Kubernetes backend)"
+            )
+        if needs.container_paths and not self._sandbox.enabled:
+            return (
+                "the local backend places inputs and outputs at absolute paths only in its sandbox, "
+                "which is off (WML_LOCAL_SANDBOX=off)"
+            )
+        return None
+
     async def submit(self, run: JobRun) -> str:
         ref = run.job_id
         job = await self._new_job(run)
         if job is None:
             return ref
+        placed = run.output_dir is not None or any(i.worker_path for i in run.inputs)
+        needs = RunNeeds(gpu=run.resources.gpu, gpu_type=run.resources.gpu_type, container_paths=placed)
+        refusal = self.refusal(needs)  # createJob refused it already; a job queued before is refused here
         if not run.local_command:
             message = f"asset {run.asset_id} has no local command, which the local backend needs"
+            await self._finish(job, BackendUpdate(ref, RunPhase.ERROR, "SUBMIT_FAILED", message))
+        elif refusal is not None:
+            message = f"asset {run.asset_id} cannot run here: {refusal}"
             await self._finish(job, BackendUpdate(ref, RunPhase.ERROR, "SUBMIT_FAILED", message))
         elif run.consumer_command and not self._sandbox.enabled:
             message = "a consumer's own command runs only in the local sandbox, which is off here"

@@ -120,9 +120,10 @@ def launch_spec(
             hidden=hidden,
             uid=uid,
             network=run.local_network,
+            placed=placements(run, job),
             trusted=not run.consumer_command,
         )
-        paths = WorkerPaths(INPUTS, OUTPUTS, SCRATCH)
+        paths = WorkerPaths(INPUTS, run.output_dir or OUTPUTS, SCRATCH, placed=True)
         if uid is not None:  # RLIMIT_NPROC counts a uid's processes: only where the job has its own
             limits["nproc"] = options.max_processes
     return {
@@ -155,9 +156,11 @@ def command(
     hidden: Sequence[Path],
     uid: int | None,
     network: bool,
+    placed: Sequence[Placement] = (),
     trusted: bool = True,
 ) -> list[str]:
-    """The argv that runs ``argv`` in the sandbox of the job at ``job_root``."""
+    """The argv that runs ``argv`` in the sandbox of the job at ``job_root``; ``placed``: more binds, at
+    the absolute paths the asset chose (:func:`placements`)."""
     args = [options.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     args += ["--unshare-cgroup-try"]
     if not network:
@@ -175,6 +178,7 @@ def command(
     args += ["--perms", "0755", "--dir", "/wml"]  # (bwrap would make it 0700: closed to the worker)
     args += ["--ro-bind", str(job_root / "inputs"), INPUTS, "--bind", str(job_root / "outputs"), OUTPUTS]
     args += ["--bind", str(job_root / "tmp"), SCRATCH]
+    args += _placed_binds(placed)
     for file in _unseen_files(argv, hidden) if trusted else ():
         # bwrap makes missing directories 0700 (closed to the worker's uid): make the file's way open.
         for parent in reversed(Path(file).parents[:-2]):
@@ -185,6 +189,63 @@ def command(
         args += [_tool("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
         args += ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
     return [*args, _tool("env"), "--default-signal=TERM", "--", *argv]
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A bind at a path the asset chose: an input (read-only) or the output directory (writable)."""
+
+    source: str  # on the host
+    target: str  # in the sandbox, absolute (validated by the asset: no system directory, no ..)
+    writable: bool = False
+
+
+def placements(run: JobRun, job: JobDir) -> list[Placement]:
+    """The run's inputs placed at absolute paths and its output directory, as sandbox binds."""
+    placed = [Placement(str(job.inputs / i.path), i.worker_path) for i in run.inputs if i.worker_path]
+    if run.output_dir:
+        placed.append(Placement(str(job.outputs), run.output_dir, writable=True))
+    return placed
+
+
+def _placed_binds(placed: Sequence[Placement]) -> list[str]:
+    """bwrap arguments that bind each placement at its target.
+
+    The system is bound read-only, so a target whose directory does not exist cannot be created in it:
+    an empty tmpfs (made read-only again afterwards) goes over the deepest directory of the target's
+    path that exists on the host (``/home`` for ``/home/carla/rosbag``; nothing for ``/output``, which
+    bwrap makes in its own root), and the missing directories are made in it, open to the worker.
+    """
+    covers: set[str] = set()
+    for place in placed:
+        anchor = _existing_ancestor(place.target)
+        if anchor != "/":
+            covers.add(anchor)
+    covers = {c for c in covers if not any(c.startswith(o + "/") for o in covers)}  # outermost only
+    args: list[str] = []
+    for cover in sorted(covers):
+        args += ["--perms", "0755", "--tmpfs", cover]
+    for place in placed:
+        for parent in reversed(Path(place.target).parents[:-1]):
+            inside = any(str(parent) == c or str(parent).startswith(c + "/") for c in covers)
+            if inside or not os.path.isdir(parent):
+                args += ["--perms", "0755", "--dir", str(parent)]
+        args += ["--bind" if place.writable else "--ro-bind", place.source, place.target]
+    for cover in sorted(covers):
+        args += ["--remount-ro", cover]
+    return args
+
+
+def _existing_ancestor(target: str) -> str:
+    """The deepest proper ancestor directory of ``target`` that exists on the host (not a symbolic link),
+    or ``target`` itself when it exists (it is then mounted over directly)."""
+    path = Path(target)
+    if os.path.lexists(path) and not path.is_symlink():
+        return "/"
+    for parent in path.parents:
+        if parent.is_dir() and not parent.is_symlink():
+            return str(parent)
+    return "/"
 
 
 def prepare(job_root: Path, uid: int | None) -> None:
