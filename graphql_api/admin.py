@@ -1,4 +1,4 @@
-"""Operator-only queries and mutations: grants and their deprovisioning."""
+"""Operator-only queries and mutations: consumers, grants and their deprovisioning."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from core import models as M
 from graphql_api.context import Context
 from graphql_api.errors import NotFoundError, PermissionDeniedError, domain_errors_as_payload
 from graphql_api.permissions import AUTHENTICATED, OPERATOR
+from graphql_api.types import Consumer
 
 Info = strawberry.Info[Context, None]
 
@@ -57,17 +58,39 @@ class Grant:
         )
 
 
+@strawberry.type(description="A consumer whose grants were all deprovisioned.")
+class RevokedConsumer:
+    consumer: Consumer
+    grants: list[Grant]
+
+
 DeprovisionGrantPayload = Annotated[
     Grant | NotFoundError | PermissionDeniedError, strawberry.union("DeprovisionGrantPayload")
 ]
+RevokeConsumerPayload = Annotated[RevokedConsumer | NotFoundError, strawberry.union("RevokeConsumerPayload")]
+
+
+def _consumer(c: M.Consumer) -> Consumer:
+    return Consumer(id=strawberry.ID(c.id), name=c.name, created_at=c.created_at)
 
 
 @strawberry.type
 class AdminQuery:
-    @strawberry.field(permission_classes=OPERATOR, description="Operator only: every grant, oldest first.")
-    async def grants(self, info: Info, state: GrantState | None = None) -> list[Grant]:
-        found = await info.context.services.provisioning.list_grants()
+    @strawberry.field(
+        permission_classes=OPERATOR,
+        description="Operator only: every grant (or one consumer's), oldest first.",
+    )
+    async def grants(
+        self, info: Info, state: GrantState | None = None, consumer_id: strawberry.ID | None = None
+    ) -> list[Grant]:
+        found = await info.context.services.provisioning.list_grants(
+            str(consumer_id) if consumer_id is not None else None
+        )
         return [Grant.from_domain(g) for g in found if state is None or g.state.value == state.value]
+
+    @strawberry.field(permission_classes=OPERATOR, description="Operator only: every consumer, oldest first.")
+    async def consumers(self, info: Info) -> list[Consumer]:
+        return [_consumer(c) for c in await info.context.services.provisioning.list_consumers()]
 
 
 @strawberry.type
@@ -87,3 +110,15 @@ class AdminMutation:
             str(id), "deprovisioned by the operator"
         )
         return Grant.from_domain(grant)
+
+    @strawberry.mutation(
+        permission_classes=OPERATOR,
+        description="Operator only: deprovision every grant of a consumer (its tokens stop working, its "
+        "jobs are cancelled, its files removed).",
+    )
+    @domain_errors_as_payload
+    async def revoke_consumer(self, info: Info, id: strawberry.ID) -> RevokeConsumerPayload:
+        consumer, grants = await info.context.services.provisioning.revoke_consumer(
+            str(id), "consumer revoked by the operator"
+        )
+        return RevokedConsumer(consumer=_consumer(consumer), grants=[Grant.from_domain(g) for g in grants])
