@@ -513,7 +513,14 @@ class Settings(BaseSettings):
         "connection_init (4403, TOO_MANY_CONNECTIONS).",
     )
     token: SecretStr | None = Field(
-        default=None, description="Consumer token the client commands (wml watch) send to the API."
+        default=None,
+        description="Token the client commands (wml watch, upload, run, jobs, ...) send to the API: a "
+        "consumer's, or the operator's for the operator commands.",
+    )
+    url: str | None = Field(
+        default=None,
+        description="The API's base URL the client commands talk to; default PUBLIC_URL, else "
+        "http://HOST:PORT.",
     )
 
     graphiql_assets_dir: Path | None = Field(

@@ -1,4 +1,5 @@
-"""The ``wml`` command: serve, demo, export-schema, operator commands, and the data side-car."""
+"""The ``wml`` command: serve, demo, export-schema, the consumer's and the operator's client commands, and
+the data side-car."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import asyncio
 import io
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -14,13 +16,25 @@ from core.assets import CatalogError
 from core.errors import DomainError
 from core.settings import Settings, setting_name
 from wml.client.connector import DIALECTS, NEWEST
+from wml.commands.common import EXIT_CODES, client_options, run_client_command
+from wml.commands.consumer import add_consumer_commands
+from wml.commands.operator import add_operator_commands
 from wml.logs import configure_logging
 from wml.single import AlreadyServingError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wml", description="Workflow middle-layer: sell container workloads.")
+    p = argparse.ArgumentParser(
+        prog="wml",
+        description="Workflow middle-layer: sell container workloads. The client commands (upload, run, "
+        "download, jobs, job, logs, cancel, files, rm; consumers list|tokens|revoke, grants) talk to the API "
+        "at --url (WML_URL) with --token (WML_TOKEN).",
+        epilog=f"{EXIT_CODES}.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
+    common = client_options()
+    add_consumer_commands(sub, common)
 
     serve = sub.add_parser("serve", help="run the API server (settings from WML_* variables)")
     serve.add_argument("--host", help="listen address (WML_HOST)")
@@ -75,8 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--asset", action="append", required=True, help="asset id (repeatable)")
     create.add_argument("--expires-in", type=int, help="grant lifetime in seconds (default: no expiry)")
+    add_operator_commands(consumers, sub, common)
     _add_sidecar(sub)
     return p
+
+
+def _version() -> str:
+    try:
+        return version("workflow-middlelayer")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _add_sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -133,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "client_command", None) is not None:
+        return run_client_command(settings, args, args.client_command)
     if args.command == "serve":
         from wml.server import serve
 
@@ -197,7 +221,7 @@ async def _watch(settings: Settings, job_id: str, url: str | None, token: str | 
         print("error: no token: pass --token or set WML_TOKEN", file=sys.stderr)
         return 2
     try:
-        return await watch(url or settings.resolved_public_url(), token, job_id)
+        return await watch(url or settings.url or settings.resolved_public_url(), token, job_id)
     except (ApiError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
