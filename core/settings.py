@@ -36,6 +36,12 @@ from pydantic_settings import (
 from backends.storage.base import StorageCredentials
 from core.origins import Origin, parse_origins
 
+# Database URL schemes without a driver, and the async driver this service installs for each.
+ASYNC_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
 MIN_SECRET_KEY = 32  # bytes: the signing key is an HMAC-SHA256 key
 _SECRET_FILES = ("secret.key", "admin-token")  # generated into the data directory when not set
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -392,8 +398,8 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(
         default=None,
-        description="SQLAlchemy async URL (sqlite+aiosqlite:///..., postgresql+asyncpg://...); "
-        "default: SQLite in DATA_DIR.",
+        description="Database URL (postgresql://user:pass@host/db, or sqlite:///path; without a driver the "
+        "installed async one is used: asyncpg, aiosqlite); default: SQLite in DATA_DIR.",
     )
     storage: str | None = Field(
         default=None,
@@ -555,6 +561,16 @@ class Settings(BaseSettings):
         if self.s3.access_key_id is None or self.s3.secret_access_key is None:
             return None
         return StorageCredentials(self.s3.access_key_id, self.s3.secret_access_key.get_secret_value())
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        """A URL without a driver (``postgresql://``, as most tools write it) names the async driver the
+        service installs; SQLAlchemy would otherwise pick a synchronous one that is not installed."""
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition("://")
+        return f"{ASYNC_DRIVERS.get(scheme.lower(), scheme)}{sep}{rest}"
 
     @field_validator("secret_key")
     @classmethod
