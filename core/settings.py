@@ -394,7 +394,7 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(
         default=None,
         description="Key that signs download/upload URLs and derives provisioned tokens, at least 32 "
-        "bytes; when unset, one is generated into DATA_DIR/secret.key.",
+        "bytes (a shorter one stops the start); when unset, one is generated into DATA_DIR/secret.key.",
     )
     database_url: str | None = Field(
         default=None,
@@ -487,7 +487,7 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest GraphQL request body (JSON), in bytes; a larger one, announced or streamed, is "
         "answered 413 as soon as the limit is crossed, before authentication and without buffering it. "
-        "Uploads have their own limit (WML_MAX_UPLOAD_SIZE).",
+        "Uploads have their own limit (WML_MAX_UPLOAD_SIZE), /provision bodies theirs (64 KiB).",
     )
     max_query_depth: int = Field(default=10, gt=0, description="Deepest GraphQL query accepted.")
     max_query_tokens: int = Field(
