@@ -33,6 +33,9 @@ class ApiError(Exception):
         self.message = message
         self.code = code
 
+    def __str__(self) -> str:
+        return self.message if self.code == "API_ERROR" else f"{self.code}: {self.message}"
+
     @property
     def unreachable(self) -> bool:
         """The server was not reached or failed (not a refusal of this request)."""

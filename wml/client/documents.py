@@ -5,10 +5,11 @@ from __future__ import annotations
 ERROR = "... on Error { message code }"
 FILE_FIELDS = "id name size sha256 contentType origin createdAt expiresAt"
 JOB_FIELDS = (
-    "id assetId state reason message exitCode parameters createdAt updatedAt startedAt finishedAt logTail"
+    "id assetId consumerId state reason message exitCode parameters createdAt updatedAt startedAt finishedAt"
+    " logTail"
     f" inputs {{ slot fileId }} outputs {{ {FILE_FIELDS} downloadUrl }} log {{ {FILE_FIELDS} downloadUrl }}"
 )
-JOB_ROW = "id assetId state reason exitCode createdAt finishedAt"
+JOB_ROW = "id assetId consumerId state reason exitCode createdAt finishedAt"
 GRANT_FIELDS = (
     "id consumerId assetId state createdAt expiresAt transferProcessId callbackState callbackAttempts"
     " callbackError deprovisionedAt"

@@ -22,6 +22,18 @@ STATES = ("QUEUED", "INITIALIZING", "RUNNING", "COMPLETE", "EXECUTOR_ERROR", "SY
           "CANCELED")  # fmt: skip
 
 
+JOB_HEADERS = {
+    "id": "JOB",
+    "consumerId": "CONSUMER",
+    "assetId": "ASSET",
+    "state": "STATE",
+    "reason": "REASON",
+    "exitCode": "EXIT",
+    "createdAt": "CREATED",
+    "finishedAt": "FINISHED",
+}
+
+
 def add_consumer_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     upload = sub.add_parser("upload", parents=[common], help="upload files; prints their ids")
     upload.add_argument("files", nargs="+", metavar="FILE")
@@ -242,23 +254,11 @@ async def jobs_command(client: Client, out: Output, args: argparse.Namespace) ->
             "--all lists every consumer's jobs: it needs the operator's token", "PERMISSION_DENIED"
         )
     jobs = await client.jobs(state=args.state, limit=args.limit)
+    columns = ["id", "assetId", "state", "reason", "exitCode", "createdAt", "finishedAt"]
+    if args.all:
+        columns.insert(1, "consumerId")
     out.result(
-        jobs,
-        lambda: out.table(
-            ("JOB", "ASSET", "STATE", "REASON", "EXIT", "CREATED", "FINISHED"),
-            [
-                (
-                    j["id"],
-                    j["assetId"],
-                    j["state"],
-                    j["reason"],
-                    j["exitCode"],
-                    j["createdAt"],
-                    j["finishedAt"],
-                )
-                for j in jobs
-            ],
-        ),
+        jobs, lambda: out.table([JOB_HEADERS[c] for c in columns], [[j[c] for c in columns] for j in jobs])
     )
     return OK
 
@@ -267,8 +267,8 @@ async def job_command(client: Client, out: Output, args: argparse.Namespace) -> 
     job = await _job(client, args.job_id)
 
     def text() -> None:
-        for key in ("id", "assetId", "state", "reason", "message", "exitCode", "createdAt", "startedAt",
-                    "finishedAt"):  # fmt: skip
+        for key in ("id", "assetId", "consumerId", "state", "reason", "message", "exitCode", "createdAt",
+                    "startedAt", "finishedAt"):  # fmt: skip
             if job.get(key) is not None:
                 out.line(f"{key + ':':12} {job[key]}")
         out.line(f"{'parameters:':12} {json.dumps(job['parameters'])}")
