@@ -180,7 +180,11 @@ def test_errors_are_one_line_with_their_code_and_a_documented_exit_code(
     assert (missing.code, missing.err.strip()) == (2, f"error: USAGE: no such file: {tmp_path / 'nothing'}")
     down = wml(server, "jobs", "--url", f"http://127.0.0.1:{free_port()}", token=token)
     assert down.code == 4 and down.err.startswith("error: UNREACHABLE: ")
-    for done in (unknown, refused, bad_token, no_token, missing, down):
+    running = wml(server, "run", "dummy-job", "-p", "SLEEPTIME=60", token=token).out.strip()
+    early = wml(server, "download", running, "-o", str(tmp_path), token=token)
+    assert (early.code, early.err.split(":")[1]) == (3, " CONFLICT")
+    assert wml(server, "cancel", running, token=token).code == 0
+    for done in (unknown, refused, bad_token, no_token, missing, down, early):
         assert "Traceback" not in done.err and done.err.count("\n") == 1
 
 

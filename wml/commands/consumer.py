@@ -222,8 +222,10 @@ async def download_command(client: Client, out: Output, args: argparse.Namespace
             raise ApiError(f"job {args.job_id} has no output {', '.join(missing)}", "NOT_FOUND")
     if args.log and job["log"]:
         wanted = [*wanted, job["log"]]
+    if not wanted and job["finishedAt"] is None:
+        raise ApiError(f"job {args.job_id} is {job['state']}: its outputs are saved when it ends", "CONFLICT")
     if not wanted:
-        raise ApiError(f"job {args.job_id} has no outputs (it is {job['state']})", "NOT_FOUND")
+        raise ApiError(f"job {args.job_id} has no outputs (it ended {job['state']})", "NOT_FOUND")
     await asyncio.to_thread(args.dir.mkdir, parents=True, exist_ok=True)
     with out.progress() as bars:
         saved = [await _download(bars, record, args.dir) for record in wanted]
