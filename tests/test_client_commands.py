@@ -4,8 +4,10 @@ real process, with ``--json`` output parsed."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -224,3 +226,29 @@ def test_version_and_the_exit_codes_are_in_the_help() -> None:
     assert done.stdout.startswith("wml 0.") and done.returncode == 0
     help_text = subprocess.run([sys.executable, "-m", "wml.cli", "--help"], capture_output=True, text=True)
     assert "exit codes: 0 done" in " ".join(help_text.stdout.split())
+
+
+def test_upload_shows_a_progress_bar_on_a_terminal(server: ServerProcess, tmp_path: Path) -> None:
+    """On a terminal (stderr is a pseudo-terminal here) an upload draws a rich progress bar with the file's
+    name and size; through a pipe (every other test) stderr stays clean."""
+    token = consumer(server, "watcher")
+    data = tmp_path / "big-input.bin"
+    data.write_bytes(b"x" * 300_000)
+    primary, replica = os.openpty()
+    env = {**server.env, "WML_URL": server.url, "WML_TOKEN": token, "COLUMNS": "120"}
+    done = subprocess.run(
+        [sys.executable, "-m", "wml.cli", "upload", str(data)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=replica,
+        timeout=120,
+    )
+    os.close(replica)
+    drawn = b""
+    with contextlib.suppress(OSError):  # EIO once everything written has been read
+        while chunk := os.read(primary, 65536):
+            drawn += chunk
+    os.close(primary)
+    assert done.returncode == 0
+    text = drawn.decode(errors="replace")
+    assert "big-input.bin" in text and "━" in text and "300.0" in text, text
