@@ -108,6 +108,12 @@ def test_a_consumer_uploads_runs_follows_downloads_and_lists_with_the_cli_alone(
     jobs = wml(server, "jobs", "--json", token=token).json()
     assert [(j["id"], j["state"]) for j in jobs] == [(job_id, "COMPLETE")]
     assert wml(server, "jobs", "--state", "RUNNING", "--json", token=token).json() == []
+    table = wml(server, "jobs", token=token).out.splitlines()  # for people: a table, whole rows in a pipe
+    assert table[0].split()[:3] == ["JOB", "ASSET", "STATE"] and table[1].split()[:3] == [
+        job_id,
+        "dummy-job",
+        "COMPLETE",
+    ]
     detail = wml(server, "job", job_id, "--json", token=token).json()
     assert detail["inputs"][0]["slot"] == "data" and detail["parameters"]["SLEEPTIME"] == 1
 

@@ -46,6 +46,9 @@ EXIT_CODES = (
 )
 
 
+PIPE_WIDTH = 500
+
+
 class UsageError(Exception):
     """The command line cannot be carried out as given (exit code 2)."""
 
@@ -69,10 +72,11 @@ class Output:
 
     @classmethod
     def create(cls, json_mode: bool) -> Output:
+        console = Console(soft_wrap=True, highlight=False)
+        if not console.is_terminal:  # a pipe or a file: whole rows, never cut to an assumed 80 columns
+            console = Console(soft_wrap=True, highlight=False, width=PIPE_WIDTH)
         return cls(
-            json=json_mode,
-            console=Console(soft_wrap=True, highlight=False),
-            errors=Console(stderr=True, soft_wrap=True, highlight=False),
+            json=json_mode, console=console, errors=Console(stderr=True, soft_wrap=True, highlight=False)
         )
 
     def emit(self, value: Any) -> None:
@@ -84,7 +88,9 @@ class Output:
         self.console.print(text, markup=False)
 
     def table(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        table = Table(*columns, box=None, pad_edge=False, header_style="bold")
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in columns:
+            table.add_column(column, overflow="fold")  # a narrow terminal wraps an id, never elides it
         for row in rows:
             table.add_row(*("" if v is None else str(v) for v in row))
         self.console.print(table)
