@@ -62,6 +62,11 @@ def client_options() -> argparse.ArgumentParser:
     return p
 
 
+def client_parser(sub: Any, name: str, common: argparse.ArgumentParser, **options: Any) -> Any:
+    """A client command's parser: the common options, and the exit codes in its help."""
+    return sub.add_parser(name, parents=[common], epilog=f"{EXIT_CODES}.", **options)
+
+
 @dataclass
 class Output:
     """Where a command's results go: JSON lines, or tables and text for people."""

@@ -14,7 +14,7 @@ from core.units import parse_size
 from wml.client.api import ApiError, Client
 from wml.client.documents import JOB_LOGS
 from wml.client.transfer import TransferError, download_file, file_sha256, put_file
-from wml.commands.common import JOB_FAILED, OK, Bars, Output, UsageError
+from wml.commands.common import JOB_FAILED, OK, Bars, Output, UsageError, client_parser
 from wml.watch import describe, follow_job
 
 LARGE = 32 * 1024 * 1024  # files from this size go through createUpload (one PUT of the bytes)
@@ -35,7 +35,7 @@ JOB_HEADERS = {
 
 
 def add_consumer_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    upload = sub.add_parser("upload", parents=[common], help="upload files; prints their ids")
+    upload = client_parser(sub, "upload", common, help="upload files; prints their ids")
     upload.add_argument("files", nargs="+", metavar="FILE")
     upload.add_argument(
         "--large-from",
@@ -46,7 +46,7 @@ def add_consumer_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     upload.set_defaults(client_command=upload_command)
 
-    run = sub.add_parser("run", parents=[common], help="start a job of an asset; prints its id")
+    run = client_parser(sub, "run", common, help="start a job of an asset; prints its id")
     run.add_argument("asset", metavar="ASSET")
     run.add_argument(
         "--input",
@@ -70,8 +70,8 @@ def add_consumer_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     run.add_argument("--large-from", type=parse_size, default=LARGE, metavar="SIZE", help=argparse.SUPPRESS)
     run.set_defaults(client_command=run_command)
 
-    download = sub.add_parser(
-        "download", parents=[common], help="download a job's outputs (sha256 verified, resumed)"
+    download = client_parser(
+        sub, "download", common, help="download a job's outputs (sha256 verified, resumed)"
     )
     download.add_argument("job_id", metavar="JOB")
     download.add_argument("--output", action="append", metavar="NAME", help="only this output (repeatable)")
@@ -79,32 +79,30 @@ def add_consumer_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     download.add_argument("-o", "--dir", type=Path, default=Path(), metavar="DIR", help="where to (.)")
     download.set_defaults(client_command=download_command)
 
-    jobs = sub.add_parser("jobs", parents=[common], help="list jobs, newest first")
+    jobs = client_parser(sub, "jobs", common, help="list jobs, newest first")
     jobs.add_argument("--state", choices=STATES, help="only jobs in this state")
     jobs.add_argument("--limit", type=int, default=50, help="at most this many (50)")
     jobs.add_argument("--all", action="store_true", help="every consumer's jobs (the operator's token)")
     jobs.set_defaults(client_command=jobs_command)
 
-    job = sub.add_parser("job", parents=[common], help="one job in detail")
+    job = client_parser(sub, "job", common, help="one job in detail")
     job.add_argument("job_id", metavar="JOB")
     job.set_defaults(client_command=job_command)
 
-    logs = sub.add_parser("logs", parents=[common], help="a job's log lines")
+    logs = client_parser(sub, "logs", common, help="a job's log lines")
     logs.add_argument("job_id", metavar="JOB")
     logs.add_argument("--follow", "-f", action="store_true", help="then new lines until the job ends")
     logs.set_defaults(client_command=logs_command)
 
-    cancel = sub.add_parser("cancel", parents=[common], help="stop a job (a finished one is left as it is)")
+    cancel = client_parser(sub, "cancel", common, help="stop a job (a finished one is left as it is)")
     cancel.add_argument("job_id", metavar="JOB")
     cancel.set_defaults(client_command=cancel_command)
 
-    files = sub.add_parser(
-        "files", parents=[common], help="list files (uploads, outputs, logs), newest first"
-    )
+    files = client_parser(sub, "files", common, help="list files (uploads, outputs, logs), newest first")
     files.add_argument("--limit", type=int, default=50, help="at most this many (50)")
     files.set_defaults(client_command=files_command)
 
-    rm = sub.add_parser("rm", parents=[common], help="delete files")
+    rm = client_parser(sub, "rm", common, help="delete files")
     rm.add_argument("file_ids", nargs="+", metavar="FILE")
     rm.set_defaults(client_command=rm_command)
 

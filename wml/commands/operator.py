@@ -8,7 +8,7 @@ import argparse
 from typing import Any
 
 from wml.client.api import Client
-from wml.commands.common import OK, Output
+from wml.commands.common import OK, Output, client_parser
 
 GRANT_STATES = ("PROVISIONING", "ACTIVE", "FAILED_CALLBACK", "DEPROVISIONED")
 GRANT_COLUMNS = ("GRANT", "CONSUMER", "ASSET", "STATE", "CREATED", "EXPIRES", "TRANSFER")
@@ -16,22 +16,23 @@ GRANT_COLUMNS = ("GRANT", "CONSUMER", "ASSET", "STATE", "CREATED", "EXPIRES", "T
 
 def add_operator_commands(consumers: Any, sub: Any, common: argparse.ArgumentParser) -> None:
     """``consumers`` is the ``wml consumers`` sub-command set (``create`` is added elsewhere)."""
-    listing = consumers.add_parser("list", parents=[common], help="every consumer, oldest first")
+    listing = client_parser(consumers, "list", common, help="every consumer, oldest first")
     listing.set_defaults(client_command=consumers_list)
-    tokens = consumers.add_parser(
+    tokens = client_parser(
+        consumers,
         "tokens",
-        parents=[common],
+        common,
         help="a consumer's tokens: one per grant (the tokens themselves are never stored, only their hashes)",
     )
     tokens.add_argument("consumer_id", metavar="CONSUMER")
     tokens.set_defaults(client_command=consumers_tokens)
-    revoke = consumers.add_parser(
-        "revoke", parents=[common], help="revoke all of a consumer's grants: tokens stop, jobs are cancelled"
+    revoke = client_parser(
+        consumers, "revoke", common, help="revoke all of a consumer's grants: tokens stop, jobs are cancelled"
     )
     revoke.add_argument("consumer_id", metavar="CONSUMER")
     revoke.set_defaults(client_command=consumers_revoke)
 
-    grants = sub.add_parser("grants", parents=[common], help="every grant (operator), oldest first")
+    grants = client_parser(sub, "grants", common, help="every grant (operator), oldest first")
     grants.add_argument("--consumer", metavar="CONSUMER", help="only this consumer's")
     grants.add_argument("--state", choices=GRANT_STATES, help="only grants in this state")
     grants.set_defaults(client_command=grants_command)
