@@ -10,6 +10,8 @@ STAMP   := $(VENV)/.installed-$(HASH)
 RUNTIME := $(VENV)/.runtime-$(HASH)
 # GraphiQL's browser files, served by the app so the page works without a public CDN.
 GRAPHIQL := $(VENV)/share/wml-graphiql/.installed
+# The JavaScript client libraries of the README's graphql-ws snippet (tests/test_readme.py runs it).
+JSCLIENT := $(VENV)/share/wml-js-client/.installed
 
 .PHONY: demo test check serve system-deps demo-deps podman-setup clean
 
@@ -53,7 +55,11 @@ $(GRAPHIQL): scripts/get-graphiql | $(RUNTIME)
 	scripts/get-graphiql $(VENV)
 	touch $@
 
-test: $(STAMP) system-deps podman-setup $(BIN)/helm $(GRAPHIQL)
+$(JSCLIENT): scripts/get-js-client | $(RUNTIME)
+	scripts/get-js-client $(VENV)
+	touch $@
+
+test: $(STAMP) system-deps podman-setup $(BIN)/helm $(GRAPHIQL) $(JSCLIENT)
 	scripts/check
 
 clean:

@@ -1,5 +1,5 @@
-"""The README teaches what the code does: its consumer walk-through and its Python client snippet run
-verbatim against a real server, its settings table is the code's, and nothing links outside the
+"""The README teaches what the code does: its consumer walk-through and its Python and JavaScript client
+snippets run verbatim against a real server, its settings table is the code's, and nothing links outside the
 repository."""
 
 from __future__ import annotations
@@ -89,6 +89,35 @@ def test_the_python_gql_snippet_runs_verbatim(consumer: tuple[ServerProcess, str
     lines = done.stdout.splitlines()
     assert lines[1:5] == ["QUEUED", "INITIALIZING", "RUNNING", "COMPLETE"]
     assert "data first line: hello from gql" in done.stdout
+
+
+def test_the_javascript_graphql_ws_snippet_runs_verbatim(
+    consumer: tuple[ServerProcess, str], tmp_path: Path
+) -> None:
+    """With the pinned libraries scripts/get-js-client installs (make test runs it)."""
+    server, token = consumer
+    libraries = Path(sys.executable).parents[1] / "share" / "wml-js-client" / "node_modules"
+    assert libraries.is_dir(), "the JavaScript client libraries are missing: run scripts/get-js-client"
+    (tmp_path / "node_modules").symlink_to(libraries)
+    (tmp_path / "follow.mjs").write_text(code_block("### From JavaScript", "js"))
+    env = _env(server, token)
+    job_id = subprocess.run(
+        ["wml", "run", "dummy-job", "--param", "SLEEPTIME=1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    done = subprocess.run(
+        ["node", "follow.mjs", job_id], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert [line.strip() for line in done.stdout.splitlines()] == [
+        "QUEUED",
+        "INITIALIZING",
+        "RUNNING",
+        "COMPLETE",
+    ]
 
 
 def test_the_settings_table_is_generated_from_the_code() -> None:
