@@ -9,8 +9,9 @@ from typing import Annotated
 import strawberry
 
 from core import models as M
+from core.grants import create_consumer_with_grants
 from graphql_api.context import Context
-from graphql_api.errors import NotFoundError, PermissionDeniedError, domain_errors_as_payload
+from graphql_api.errors import NotFoundError, PermissionDeniedError, ValidationError, domain_errors_as_payload
 from graphql_api.permissions import AUTHENTICATED, OPERATOR
 from graphql_api.types import Consumer
 
@@ -64,10 +65,34 @@ class RevokedConsumer:
     grants: list[Grant]
 
 
+@strawberry.input
+class CreateConsumerInput:
+    name: str
+    asset_ids: list[strawberry.ID] = strawberry.field(description="One grant, and token, per asset.")
+    expires_in: int | None = strawberry.field(
+        default=None, description="Seconds the grants last (default: no expiry)."
+    )
+
+
+@strawberry.type(description="A grant's token, shown this once: only its hash is kept.")
+class IssuedToken:
+    grant: Grant
+    token: str
+
+
+@strawberry.type(description="A new consumer with its grants and their tokens.")
+class CreatedConsumer:
+    consumer: Consumer
+    tokens: list[IssuedToken]
+
+
 DeprovisionGrantPayload = Annotated[
     Grant | NotFoundError | PermissionDeniedError, strawberry.union("DeprovisionGrantPayload")
 ]
 RevokeConsumerPayload = Annotated[RevokedConsumer | NotFoundError, strawberry.union("RevokeConsumerPayload")]
+CreateConsumerPayload = Annotated[
+    CreatedConsumer | ValidationError | NotFoundError, strawberry.union("CreateConsumerPayload")
+]
 
 
 def _consumer(c: M.Consumer) -> Consumer:
@@ -122,3 +147,20 @@ class AdminMutation:
             str(id), "consumer revoked by the operator"
         )
         return RevokedConsumer(consumer=_consumer(consumer), grants=[Grant.from_domain(g) for g in grants])
+
+    @strawberry.mutation(
+        permission_classes=OPERATOR,
+        description="Operator only: a new consumer with a grant per asset; its tokens appear here only.",
+    )
+    @domain_errors_as_payload
+    async def create_consumer(self, info: Info, input: CreateConsumerInput) -> CreateConsumerPayload:
+        issued = await create_consumer_with_grants(
+            info.context.services.store,
+            input.name,
+            [str(a) for a in input.asset_ids],
+            lifetime=input.expires_in,
+        )
+        return CreatedConsumer(
+            consumer=_consumer(issued[0].consumer),
+            tokens=[IssuedToken(grant=Grant.from_domain(i.grant), token=i.token) for i in issued],
+        )

@@ -223,6 +223,13 @@ def test_the_operator_lists_and_revokes_consumers_and_sees_grants_and_all_jobs(s
     assert wml(server, "jobs", token=token).code == 3  # the token stopped working
     again = wml(server, "grants", "--consumer", cid, "--state", "ACTIVE", "--json", token=ADMIN).json()
     assert again == []
+    # create, over the API (a URL is given): its token works at once
+    created = wml(
+        server, "consumers", "create", "remote", "--asset", "dummy-job", "--json", token=ADMIN
+    ).json()
+    assert created["consumer"]["name"] == "remote"
+    assert wml(server, "jobs", "--json", token=created["tokens"][0]["token"]).json() == []
+    assert wml(server, "consumers", "create", "nope", "--asset", "dummy-job", token=token).code == 3
     unknown = wml(server, "consumers", "revoke", "c_unknown", token=ADMIN)
     assert unknown.code == 3 and unknown.err.startswith("error: NOT_FOUND: ")
 

@@ -83,12 +83,6 @@ def _parser() -> argparse.ArgumentParser:
     consumers = sub.add_parser("consumers", help="operator commands for consumers").add_subparsers(
         dest="action", required=True
     )
-    create = consumers.add_parser(
-        "create", help="create a consumer with a grant per asset; prints its tokens once"
-    )
-    create.add_argument("name")
-    create.add_argument("--asset", action="append", required=True, help="asset id (repeatable)")
-    create.add_argument("--expires-in", type=int, help="grant lifetime in seconds (default: no expiry)")
     add_operator_commands(consumers, sub, common)
     _add_sidecar(sub)
     return p
@@ -155,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    if getattr(args, "client_command", None) is not None:
+    local_create = args.command == "consumers" and args.action == "create" and not (args.url or settings.url)
+    if getattr(args, "client_command", None) is not None and not local_create:
         return run_client_command(settings, args, args.client_command)
     if args.command == "serve":
         from wml.server import serve
@@ -207,8 +202,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             attempts=args.attempts,
             termination_message=getattr(args, "termination_message", None),
         )
-    if args.command == "consumers" and args.action == "create":
-        return asyncio.run(_create_consumer(settings, args.name, args.asset, args.expires_in))
+    if local_create:
+        return asyncio.run(_create_consumer(settings, args.name, args.asset, args.expires_in, args.json))
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -227,20 +222,44 @@ async def _watch(settings: Settings, job_id: str, url: str | None, token: str | 
         return 1
 
 
-async def _create_consumer(settings: Settings, name: str, assets: list[str], lifetime: int | None) -> int:
+async def _create_consumer(
+    settings: Settings, name: str, assets: list[str], lifetime: int | None, json_mode: bool
+) -> int:
+    """``wml consumers create`` without a URL: straight into the database."""
     from core.grants import create_consumer_with_grants
     from core.services import open_store
+    from wml.commands.common import Output
+    from wml.commands.operator import print_created
 
     store = await open_store(settings)
     try:
         issued = await create_consumer_with_grants(store, name, assets, lifetime=lifetime)
     finally:
         await store.engine.dispose()
-    print(f"consumer {issued[0].consumer.id} ({name})")
-    for item in issued:
-        expiry = item.grant.expires_at.isoformat() if item.grant.expires_at else "never"
-        print(f"  asset {item.grant.asset_id}: grant {item.grant.id}, expires {expiry}")
-        print(f"    token (shown once): {item.token}")
+    consumer = issued[0].consumer
+    print_created(
+        Output.create(json_mode),
+        {
+            "consumer": {
+                "id": consumer.id,
+                "name": consumer.name,
+                "createdAt": consumer.created_at.isoformat(),
+            },
+            "tokens": [
+                {
+                    "token": item.token,
+                    "grant": {
+                        "id": item.grant.id,
+                        "consumerId": consumer.id,
+                        "assetId": item.grant.asset_id,
+                        "state": item.grant.state.value,
+                        "expiresAt": item.grant.expires_at.isoformat() if item.grant.expires_at else None,
+                    },
+                }
+                for item in issued
+            ],
+        },
+    )
     return 0
 
 

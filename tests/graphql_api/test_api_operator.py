@@ -1,5 +1,5 @@
-"""The operator's queries and mutations over the API (consumers, grants by consumer, revokeConsumer): the
-operator token may use them, a consumer's token is refused with PERMISSION_DENIED."""
+"""The operator's queries and mutations over the API (consumers, grants by consumer, createConsumer,
+revokeConsumer): the operator token may use them, a consumer's token is refused with PERMISSION_DENIED."""
 
 from __future__ import annotations
 
@@ -14,6 +14,32 @@ REVOKE = (
     " ... on Error { code message } ... on NotFoundError { id } } }"
 )
 ME = "{ me { id } }"
+CREATE = (
+    "mutation($input: CreateConsumerInput!) { createConsumer(input: $input) { __typename"
+    " ... on CreatedConsumer { consumer { id name } tokens { token grant { assetId expiresAt } } }"
+    " ... on Error { code message } } }"
+)
+
+
+async def test_the_operator_creates_a_consumer_whose_tokens_work_at_once(api: Api) -> None:
+    created = (
+        await api.data(
+            CREATE,
+            {"input": {"name": "carol", "assetIds": ["dummy-job", "other-job"], "expiresIn": 3600}},
+            token=ADMIN,
+        )
+    )["createConsumer"]
+    assert created["__typename"] == "CreatedConsumer" and created["consumer"]["name"] == "carol"
+    assert [t["grant"]["assetId"] for t in created["tokens"]] == ["dummy-job", "other-job"]
+    assert all(t["grant"]["expiresAt"] for t in created["tokens"])
+    me = (await api.data(ME, token=created["tokens"][0]["token"]))["me"]
+    assert me["id"] == created["consumer"]["id"]
+    unknown = await api.data(CREATE, {"input": {"name": "dan", "assetIds": ["no-such"]}}, token=ADMIN)
+    assert unknown["createConsumer"]["code"] == "NOT_FOUND"
+    never = await api.data(
+        CREATE, {"input": {"name": "dan", "assetIds": ["dummy-job"], "expiresIn": 0}}, token=ADMIN
+    )
+    assert never["createConsumer"]["code"] == "VALIDATION"
 
 
 async def test_the_operator_lists_consumers_and_a_consumers_grants(api: Api) -> None:
@@ -55,7 +81,13 @@ async def test_revoking_a_consumer_ends_its_tokens_and_cancels_its_jobs(api: Api
 async def test_a_consumer_token_is_refused_the_operators_fields(api: Api) -> None:
     alice = await api.consumer("alice")
     alice_id = (await api.data(ME, token=alice))["me"]["id"]
-    for query, variables in ((CONSUMERS, {}), (GRANTS, {"c": alice_id}), (REVOKE, {"id": alice_id})):
+    create = {"input": {"name": "mallory", "assetIds": ["dummy-job"]}}
+    for query, variables in (
+        (CONSUMERS, {}),
+        (GRANTS, {"c": alice_id}),
+        (REVOKE, {"id": alice_id}),
+        (CREATE, create),
+    ):
         body = await api.gql(query, variables, token=alice)
         assert body["errors"][0]["extensions"]["code"] == "PERMISSION_DENIED", query
     assert (await api.data(ME, token=alice))["me"]["id"] == alice_id  # nothing was revoked

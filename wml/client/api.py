@@ -173,6 +173,12 @@ class Client:
         )["grants"]
         return found
 
+    async def create_consumer(
+        self, name: str, asset_ids: list[str], expires_in: int | None
+    ) -> dict[str, Any]:
+        variables = {"input": {"name": name, "assetIds": asset_ids, "expiresIn": expires_in}}
+        return _payload((await self.query(Q.CREATE_CONSUMER, variables))["createConsumer"])
+
     async def revoke_consumer(self, consumer_id: str) -> dict[str, Any]:
         return _payload((await self.query(Q.REVOKE_CONSUMER, {"id": consumer_id}))["revokeConsumer"])
 

@@ -57,6 +57,11 @@ GRANTS = (
     "query($consumerId: ID, $state: GrantState) { grants(consumerId: $consumerId, state: $state) {"
     f" {GRANT_FIELDS} }} }}"
 )
+CREATE_CONSUMER = (
+    "mutation($input: CreateConsumerInput!) { createConsumer(input: $input) { __typename"
+    " ... on CreatedConsumer { consumer { id name createdAt }"
+    f" tokens {{ token grant {{ {GRANT_FIELDS} }} }} }} {ERROR} }} }}"
+)
 REVOKE_CONSUMER = (
     "mutation($id: ID!) { revokeConsumer(id: $id) { __typename"
     f" ... on RevokedConsumer {{ consumer {{ id name }} grants {{ {GRANT_FIELDS} }} }} {ERROR} }} }}"

@@ -1,6 +1,7 @@
 """The operator's commands over the API with the operator token, so they work against a remote deployment
-as well as a local one: ``wml consumers list|tokens|revoke`` and ``wml grants``. (``wml consumers create``
-writes to the database directly: it bootstraps a deployment before anything serves the API.)"""
+as well as a local one: ``wml consumers create|list|tokens|revoke`` and ``wml grants``. (Without a URL,
+``wml consumers create`` writes to the database directly: it bootstraps a deployment before anything
+serves the API.)"""
 
 from __future__ import annotations
 
@@ -15,7 +16,19 @@ GRANT_COLUMNS = ("GRANT", "CONSUMER", "ASSET", "STATE", "CREATED", "EXPIRES", "T
 
 
 def add_operator_commands(consumers: Any, sub: Any, common: argparse.ArgumentParser) -> None:
-    """``consumers`` is the ``wml consumers`` sub-command set (``create`` is added elsewhere)."""
+    """``consumers`` is the ``wml consumers`` sub-command set."""
+    create = client_parser(
+        consumers,
+        "create",
+        common,
+        help="create a consumer with a grant per asset; prints its tokens once",
+        description="With --url (or WML_URL) through the API with the operator token; without, straight "
+        "into the database (WML_DATABASE_URL), to bootstrap a deployment before anything serves.",
+    )
+    create.add_argument("name")
+    create.add_argument("--asset", action="append", required=True, help="asset id (repeatable)")
+    create.add_argument("--expires-in", type=int, help="grant lifetime in seconds (default: no expiry)")
+    create.set_defaults(client_command=consumers_create)
     listing = client_parser(consumers, "list", common, help="every consumer, oldest first")
     listing.set_defaults(client_command=consumers_list)
     tokens = client_parser(
@@ -51,6 +64,27 @@ def _grant_rows(grants: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         )
         for g in grants
     ]
+
+
+def print_created(out: Output, created: dict[str, Any]) -> None:
+    """A new consumer and its tokens (``createConsumer``'s answer, or the same shape from the database)."""
+
+    def text() -> None:
+        consumer = created["consumer"]
+        out.line(f"consumer {consumer['id']} ({consumer['name']})")
+        for issued in created["tokens"]:
+            grant = issued["grant"]
+            out.line(
+                f"  asset {grant['assetId']}: grant {grant['id']}, expires {grant['expiresAt'] or 'never'}"
+            )
+            out.line(f"    token (shown once): {issued['token']}")
+
+    out.result(created, text)
+
+
+async def consumers_create(client: Client, out: Output, args: argparse.Namespace) -> int:
+    print_created(out, await client.create_consumer(args.name, args.asset, args.expires_in))
+    return OK
 
 
 async def consumers_list(client: Client, out: Output, args: argparse.Namespace) -> int:
