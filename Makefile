@@ -3,10 +3,15 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# The virtual environment is rebuilt whenever pyproject.toml changes.
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# The virtual environment is rebuilt whenever pyproject.toml changes: the runtime dependencies alone for
+# `make demo` and `make serve` (RUNTIME), with the dev extra (linters, test servers, browser) for the rest.
+HASH    := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
+STAMP   := $(VENV)/.installed-$(HASH)
+RUNTIME := $(VENV)/.runtime-$(HASH)
 # GraphiQL's browser files, served by the app so the page works without a public CDN.
 GRAPHIQL := $(VENV)/share/wml-graphiql/.installed
+# The JavaScript client libraries of the README's graphql-ws snippet (tests/test_readme.py runs it).
+JSCLIENT := $(VENV)/share/wml-js-client/.installed
 
 .PHONY: demo test check serve system-deps demo-deps podman-setup clean
 
@@ -14,13 +19,20 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	rm -f $(VENV)/.installed-*
+	rm -f $(VENV)/.installed-* $(VENV)/.runtime-*
+	touch $@ $(RUNTIME)
+
+$(RUNTIME): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	rm -f $(VENV)/.runtime-*
 	touch $@
 
-demo: $(STAMP) demo-deps
+demo: $(RUNTIME) demo-deps
 	$(BIN)/wml demo
 
-serve: $(STAMP) $(GRAPHIQL) demo-deps
+serve: $(RUNTIME) $(GRAPHIQL) demo-deps
 	$(BIN)/wml serve
 
 system-deps:
@@ -39,11 +51,15 @@ podman-setup: system-deps | $(STAMP)
 $(BIN)/helm: scripts/get-helm | $(STAMP)
 	scripts/get-helm
 
-$(GRAPHIQL): scripts/get-graphiql | $(STAMP)
+$(GRAPHIQL): scripts/get-graphiql | $(RUNTIME)
 	scripts/get-graphiql $(VENV)
 	touch $@
 
-test: $(STAMP) system-deps podman-setup $(BIN)/helm $(GRAPHIQL)
+$(JSCLIENT): scripts/get-js-client | $(RUNTIME)
+	scripts/get-js-client $(VENV)
+	touch $@
+
+test: $(STAMP) system-deps podman-setup $(BIN)/helm $(GRAPHIQL) $(JSCLIENT)
 	scripts/check
 
 clean:

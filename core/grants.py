@@ -30,6 +30,8 @@ async def create_consumer_with_grants(
         raise ValidationError("consumer name must be 1 to 200 characters", field="name")
     if not asset_ids:
         raise ValidationError("name at least one asset", field="asset")
+    if lifetime is not None and lifetime <= 0:
+        raise ValidationError("a grant's lifetime must be a positive number of seconds", field="expires_in")
     for asset_id in asset_ids:
         if await store.assets.get_asset(asset_id) is None:
             raise NotFoundError("asset", asset_id)

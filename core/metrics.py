@@ -2,12 +2,26 @@
 
 Counters and histograms are observed where things happen (supervisor, file service, provisioner,
 GraphQL); the gauges that describe stored state (jobs by state) are read from the database when
-``/metrics`` is scraped, so every replica reports the same truth.
+``/metrics`` is scraped, so every replica reports the same truth. Beside them: the process (CPU, memory,
+open files) and the Python runtime (version, garbage collection), and ``wml_build_info`` with the
+version running, for dashboards that compare replicas during an upgrade.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -17,6 +31,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)  # process_*, python_info, python_gc_*: stateless, shared by registries
+        build = Gauge("wml_build_info", "The running build (always 1).", ["version", "python"], registry=r)
+        build.labels(version=build_version(), python=platform.python_version()).set(1)
         self.jobs = Gauge(
             "wml_jobs", "Jobs by state (from the database, at scrape time).", ["state"], registry=r
         )
@@ -62,3 +80,10 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def build_version() -> str:
+    try:
+        return version("workflow-middlelayer")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"

@@ -433,5 +433,20 @@ class ProvisioningService:
             for grant in await self._store.grants.grants_to_purge():
                 await self.purge(grant.id)
 
-    async def list_grants(self) -> list[Grant]:
-        return await self._store.grants.list_grants()
+    async def list_grants(self, consumer_id: str | None = None) -> list[Grant]:
+        return await self._store.grants.list_grants(consumer_id)
+
+    async def list_consumers(self) -> list[Consumer]:
+        return await self._store.grants.list_consumers()
+
+    async def revoke_consumer(self, consumer_id: str, why: str) -> tuple[Consumer, list[Grant]]:
+        """Deprovision every grant of a consumer (their tokens stop, their jobs are cancelled); returns the
+        consumer and the grants it held. Repeating it changes nothing."""
+        consumer = await self._store.grants.get_consumer(consumer_id)
+        if consumer is None:
+            raise NotFoundError("consumer", consumer_id)
+        grants = [
+            await self.deprovision_grant(grant.id, why)
+            for grant in await self._store.grants.list_grants(consumer_id)
+        ]
+        return consumer, grants

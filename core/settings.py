@@ -36,6 +36,12 @@ from pydantic_settings import (
 from backends.storage.base import StorageCredentials
 from core.origins import Origin, parse_origins
 
+# Database URL schemes without a driver, and the async driver this service installs for each.
+ASYNC_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
 MIN_SECRET_KEY = 32  # bytes: the signing key is an HMAC-SHA256 key
 _SECRET_FILES = ("secret.key", "admin-token")  # generated into the data directory when not set
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -414,12 +420,12 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(
         default=None,
         description="Key that signs download/upload URLs and derives provisioned tokens, at least 32 "
-        "bytes; when unset, one is generated into DATA_DIR/secret.key.",
+        "bytes (a shorter one stops the start); when unset, one is generated into DATA_DIR/secret.key.",
     )
     database_url: str | None = Field(
         default=None,
-        description="SQLAlchemy async URL (sqlite+aiosqlite:///..., postgresql+asyncpg://...); "
-        "default: SQLite in DATA_DIR.",
+        description="Database URL (postgresql://user:pass@host/db, or sqlite:///path; without a driver the "
+        "installed async one is used: asyncpg, aiosqlite); default: SQLite in DATA_DIR.",
     )
     storage: str | None = Field(
         default=None,
@@ -507,7 +513,7 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest GraphQL request body (JSON), in bytes; a larger one, announced or streamed, is "
         "answered 413 as soon as the limit is crossed, before authentication and without buffering it. "
-        "Uploads have their own limit (WML_MAX_UPLOAD_SIZE).",
+        "Uploads have their own limit (WML_MAX_UPLOAD_SIZE), /provision bodies theirs (64 KiB).",
     )
     max_query_depth: int = Field(default=10, gt=0, description="Deepest GraphQL query accepted.")
     max_query_tokens: int = Field(
@@ -539,7 +545,14 @@ class Settings(BaseSettings):
         "connection_init (4403, TOO_MANY_CONNECTIONS).",
     )
     token: SecretStr | None = Field(
-        default=None, description="Consumer token the client commands (wml watch) send to the API."
+        default=None,
+        description="Token the client commands (wml watch, upload, run, jobs, ...) send to the API: a "
+        "consumer's, or the operator's for the operator commands.",
+    )
+    url: str | None = Field(
+        default=None,
+        description="The API's base URL the client commands talk to; default PUBLIC_URL, else "
+        "http://HOST:PORT.",
     )
 
     graphiql_assets_dir: Path | None = Field(
@@ -574,6 +587,16 @@ class Settings(BaseSettings):
         if self.s3.access_key_id is None or self.s3.secret_access_key is None:
             return None
         return StorageCredentials(self.s3.access_key_id, self.s3.secret_access_key.get_secret_value())
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        """A URL without a driver (``postgresql://``, as most tools write it) names the async driver the
+        service installs; SQLAlchemy would otherwise pick a synchronous one that is not installed."""
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition("://")
+        return f"{ASYNC_DRIVERS.get(scheme.lower(), scheme)}{sep}{rest}"
 
     @field_validator("secret_key")
     @classmethod

@@ -232,6 +232,9 @@ class JobInput:
 class Job:
     id: strawberry.ID
     asset_id: strawberry.ID
+    consumer_id: strawberry.ID = strawberry.field(
+        description="Whose job it is (the operator's `jobs` lists every consumer's)."
+    )
     state: JobState  # type: ignore[valid-type]
     reason: str | None
     message: str | None
@@ -249,6 +252,7 @@ class Job:
         return cls(
             id=strawberry.ID(j.id),
             asset_id=strawberry.ID(j.asset_id),
+            consumer_id=strawberry.ID(j.consumer_id),
             state=j.state,
             reason=j.reason,
             message=j.message,

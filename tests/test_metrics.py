@@ -82,3 +82,14 @@ async def test_client_chosen_names_never_become_metric_labels(api: Api) -> None:
     labels = {dict(k[1]).get("fields") for k in m if k[0].startswith("wml_graphql_operation_seconds")}
     assert "definitelyNotAField" not in labels
     assert m[("wml_graphql_operation_seconds_count", (("fields", "-"), ("type", "invalid")))] >= 1
+
+
+async def test_metrics_include_the_process_the_python_runtime_and_the_build(tmp_path: Path) -> None:
+    async with running_api(tmp_path / "data") as api:
+        m = await _scrape(api)
+    assert m[("process_cpu_seconds_total", ())] > 0
+    assert m[("process_resident_memory_bytes", ())] > 0
+    assert any(name == "python_gc_objects_collected_total" for name, _ in m)
+    assert next(value for (name, _), value in m.items() if name == "python_info") == 1
+    build = next(dict(labels) for (name, labels) in m if name == "wml_build_info")
+    assert build["version"].startswith("0.") and build["python"].count(".") == 2

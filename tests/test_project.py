@@ -154,3 +154,38 @@ def test_every_distribution_the_product_imports_is_declared() -> None:
             if not distributions & declared:
                 undeclared.add(f"{path.relative_to(ROOT)}: {top} ({', '.join(sorted(distributions))})")
     assert not undeclared, sorted(undeclared)
+
+
+def test_make_demo_installs_only_the_runtime_dependencies(tmp_path: Path) -> None:
+    planned = subprocess.run(
+        ["make", "-n", "demo", f"VENV={tmp_path / 'venv'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    installs = [
+        line for line in planned.splitlines() if "pip install" in line and "--upgrade pip" not in line
+    ]
+    assert installs == [f"{tmp_path / 'venv'}/bin/python -m pip install --quiet -e ."]
+
+
+# The top-level modules of the dev extra's packages: the demo and the server must run without them.
+DEV_MODULES = (
+    "pytest", "moto", "playwright", "hypothesis", "hypothesis_graphql", "jsonschema", "kubernetes_validate",
+    "tes", "mypy", "ruff", "importlinter", "xdist",
+)  # fmt: skip
+
+
+def test_the_demo_and_the_server_import_nothing_of_the_dev_extra() -> None:
+    probe = (
+        "import sys\n"
+        "class Refuse:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {DEV_MODULES!r}: raise ImportError('dev-only: ' + name)\n"
+        "sys.meta_path.insert(0, Refuse())\n"
+        "import wml.cli, wml.demo, wml.server, wml.app, wml.client.connector, wml.commands.consumer\n"
+        "import graphql_api.schema, core.services, backends.workflow.registry, backends.storage.registry\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

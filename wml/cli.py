@@ -1,4 +1,5 @@
-"""The ``wml`` command: serve, demo, export-schema, operator commands, and the data side-car."""
+"""The ``wml`` command: serve, demo, export-schema, the consumer's and the operator's client commands, and
+the data side-car."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import asyncio
 import io
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -14,13 +16,25 @@ from core.assets import CatalogError
 from core.errors import DomainError
 from core.settings import Settings, setting_name
 from wml.client.connector import DIALECTS, NEWEST
+from wml.commands.common import EXIT_CODES, client_options, run_client_command
+from wml.commands.consumer import add_consumer_commands
+from wml.commands.operator import add_operator_commands
 from wml.logs import configure_logging
 from wml.single import AlreadyServingError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wml", description="Workflow middle-layer: sell container workloads.")
+    p = argparse.ArgumentParser(
+        prog="wml",
+        description="Workflow middle-layer: sell container workloads. The client commands (upload, run, "
+        "download, jobs, job, logs, cancel, files, rm; consumers list|tokens|revoke, grants) talk to the API "
+        "at --url (WML_URL) with --token (WML_TOKEN).",
+        epilog=f"{EXIT_CODES}.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
+    common = client_options()
+    add_consumer_commands(sub, common)
 
     serve = sub.add_parser("serve", help="run the API server (settings from WML_* variables)")
     serve.add_argument("--host", help="listen address (WML_HOST)")
@@ -69,12 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     consumers = sub.add_parser("consumers", help="operator commands for consumers").add_subparsers(
         dest="action", required=True
     )
-    create = consumers.add_parser(
-        "create", help="create a consumer with a grant per asset; prints its tokens once"
-    )
-    create.add_argument("name")
-    create.add_argument("--asset", action="append", required=True, help="asset id (repeatable)")
-    create.add_argument("--expires-in", type=int, help="grant lifetime in seconds (default: no expiry)")
+    add_operator_commands(consumers, sub, common)
     assets = sub.add_parser("assets", help="asset catalogue tools").add_subparsers(
         dest="action", required=True
     )
@@ -86,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("file", type=Path, metavar="FILE")
     _add_sidecar(sub)
     return p
+
+
+def _version() -> str:
+    try:
+        return version("workflow-middlelayer")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _add_sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -142,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    local_create = args.command == "consumers" and args.action == "create" and not (args.url or settings.url)
+    if getattr(args, "client_command", None) is not None and not local_create:
+        return run_client_command(settings, args, args.client_command)
     if args.command == "serve":
         from wml.server import serve
 
@@ -197,8 +216,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         sys.stdout.write(asset_yaml(load_asset_file(args.file), source=args.file.name))
         return 0
-    if args.command == "consumers" and args.action == "create":
-        return asyncio.run(_create_consumer(settings, args.name, args.asset, args.expires_in))
+    if local_create:
+        return asyncio.run(_create_consumer(settings, args.name, args.asset, args.expires_in, args.json))
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -211,26 +230,50 @@ async def _watch(settings: Settings, job_id: str, url: str | None, token: str | 
         print("error: no token: pass --token or set WML_TOKEN", file=sys.stderr)
         return 2
     try:
-        return await watch(url or settings.resolved_public_url(), token, job_id)
+        return await watch(url or settings.url or settings.resolved_public_url(), token, job_id)
     except (ApiError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
 
-async def _create_consumer(settings: Settings, name: str, assets: list[str], lifetime: int | None) -> int:
+async def _create_consumer(
+    settings: Settings, name: str, assets: list[str], lifetime: int | None, json_mode: bool
+) -> int:
+    """``wml consumers create`` without a URL: straight into the database."""
     from core.grants import create_consumer_with_grants
     from core.services import open_store
+    from wml.commands.common import Output
+    from wml.commands.operator import print_created
 
     store = await open_store(settings)
     try:
         issued = await create_consumer_with_grants(store, name, assets, lifetime=lifetime)
     finally:
         await store.engine.dispose()
-    print(f"consumer {issued[0].consumer.id} ({name})")
-    for item in issued:
-        expiry = item.grant.expires_at.isoformat() if item.grant.expires_at else "never"
-        print(f"  asset {item.grant.asset_id}: grant {item.grant.id}, expires {expiry}")
-        print(f"    token (shown once): {item.token}")
+    consumer = issued[0].consumer
+    print_created(
+        Output.create(json_mode),
+        {
+            "consumer": {
+                "id": consumer.id,
+                "name": consumer.name,
+                "createdAt": consumer.created_at.isoformat(),
+            },
+            "tokens": [
+                {
+                    "token": item.token,
+                    "grant": {
+                        "id": item.grant.id,
+                        "consumerId": consumer.id,
+                        "assetId": item.grant.asset_id,
+                        "state": item.grant.state.value,
+                        "expiresAt": item.grant.expires_at.isoformat() if item.grant.expires_at else None,
+                    },
+                }
+                for item in issued
+            ],
+        },
+    )
     return 0
 
 

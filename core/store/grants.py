@@ -38,6 +38,11 @@ class GrantRepository(Repository):
             row = await s.get(ConsumerRow, consumer_id)
             return consumer_record(row) if row else None
 
+    async def list_consumers(self) -> list[Consumer]:
+        async with self.session() as s:
+            q = select(ConsumerRow).order_by(col(ConsumerRow.created_at), col(ConsumerRow.id))
+            return [consumer_record(r) for r in (await s.exec(q)).all()]
+
     async def consumer_by_participant(self, participant_id: str) -> Consumer | None:
         async with self.session() as s:
             row = (

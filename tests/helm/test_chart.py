@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +269,73 @@ def test_replicas_roll_one_at_a_time_and_a_disruption_budget_keeps_one_serving()
     assert not [d for d in embedded if d["kind"] == "PodDisruptionBudget"]
     [single] = [d for d in embedded if d["kind"] == "Deployment"]
     assert single["spec"]["strategy"] == {"type": "Recreate"}
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ("workflow:\n  backend: kubernets\n", "value must be one of 'kubernetes', 'local'"),
+        ("workflow:\n  sidecarImage: localhost/wml/sidecar:1\n", "/workflow/sidecarImage"),
+        ("replicas: 2\n", "additional properties 'replicas' not allowed"),
+        ("service:\n  port: 80000\n", "/service/port"),
+    ],
+)
+def test_the_values_schema_refuses_a_misspelt_value_at_lint_and_install(
+    values: str, complaint: str, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad-values.yaml"
+    bad.write_text(values)
+    linted = helm("lint", "--strict", str(CHART), "-f", str(bad))
+    assert linted.returncode != 0 and complaint in linted.stdout + linted.stderr
+    rendered = helm("template", "wml", str(CHART), "-f", str(bad))
+    assert rendered.returncode != 0 and complaint in rendered.stderr
+
+
+def test_the_chart_readme_matches_the_comments_of_values_yaml() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "chart-readme"), "--check"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    readme = (CHART / "README.md").read_text()
+    assert '| `workflow.backend` | string | `"kubernetes"` |' in readme
+
+
+def test_images_take_their_tags_from_the_chart_app_version_unless_set() -> None:
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+
+    def images(*args: str) -> tuple[str, str]:
+        [deployment] = [d for d in render(*args) if d["kind"] == "Deployment"]
+        [api] = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in api["env"]}
+        return api["image"], env["WML_K8S_SIDECAR_IMAGE"]
+
+    assert images() == (f"localhost/wml/api:{app_version}", f"localhost/wml/sidecar:{app_version}")
+    chosen = images(
+        "--set", "image.repository=registry.example/wml/api", "--set", "image.tag=2.0",
+        "--set", "workflow.sidecarImage.repository=registry.example/wml/sidecar",
+        "--set", "workflow.sidecarImage.tag=2.1",
+    )  # fmt: skip
+    assert chosen == ("registry.example/wml/api:2.0", "registry.example/wml/sidecar:2.1")
+
+
+def test_service_monitor_disruption_budget_and_pod_annotations_follow_their_toggles() -> None:
+    production = str(CHART / "ci" / "production-values.yaml")
+    assert not [d for d in render("-f", production) if d["kind"] == "ServiceMonitor"]
+    docs = render(
+        "-f", production, "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", "metrics.serviceMonitor.labels.release=prom", "--set", "podAnnotations.team=data",
+        "--set", "podDisruptionBudget.minAvailable=2",
+    )  # fmt: skip
+    [monitor] = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    [service] = [d for d in docs if d["kind"] == "Service"]
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert (endpoint["port"], endpoint["path"]) == (service["spec"]["ports"][0]["name"], "/metrics")
+    assert endpoint["authorization"]["credentials"] == {"name": "wml-auth", "key": "adminToken"}
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["team"] == "data"
+    [budget] = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert budget["spec"]["minAvailable"] == 2
+    off = render("-f", production, "--set", "podDisruptionBudget.enabled=false")
+    assert not [d for d in off if d["kind"] == "PodDisruptionBudget"]

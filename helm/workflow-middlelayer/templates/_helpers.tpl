@@ -69,3 +69,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "wml.authSecret" -}}
 {{- default (printf "%s-auth" (include "wml.fullname" .)) .Values.auth.existingSecret }}
 {{- end }}
+
+{{/* An image reference from {repository, tag}: the tag defaults to the chart's appVersion. */}}
+{{- define "wml.image" -}}
+{{- printf "%s:%s" .image.repository (.image.tag | default .root.Chart.AppVersion) }}
+{{- end }}
