@@ -45,6 +45,20 @@ read_config() {
     done <"$1"
 }
 
+# SLEEPTIME seconds, a progress line each.
+sleep_with_progress() {
+    i=1
+    while [ "$i" -le "$SLEEPTIME" ]; do
+        # Backgrounded so the TERM trap runs at once instead of after the sleep.
+        sleep 1 &
+        sleep_pid=$!
+        wait "$sleep_pid"
+        sleep_pid=""
+        echo "progress $i/$SLEEPTIME"
+        i=$((i + 1))
+    done
+}
+
 require_integer() {
     case "$2" in
         '' | *[!0-9]*) echo "error: $1 must be a non-negative integer, got '$2'" >&2; exit 2 ;;
@@ -66,15 +80,7 @@ move_like_the_original() {
         exit 1
     fi
     echo "dummy-job: moving $SOURCE to $DESTINATION after $SLEEPTIME seconds"
-    i=1
-    while [ "$i" -le "$SLEEPTIME" ]; do
-        sleep 1 &
-        sleep_pid=$!
-        wait "$sleep_pid"
-        sleep_pid=""
-        echo "progress $i/$SLEEPTIME"
-        i=$((i + 1))
-    done
+    sleep_with_progress
     if ! mv -v "$SOURCE" "$DESTINATION"; then
         # A file of the image's read-only root can be copied but not removed.
         if [ -f "$SOURCE" ] && cp -v "$SOURCE" "$DESTINATION"; then
@@ -144,16 +150,7 @@ if [ -n "${DESTINATION:-}" ]; then
     note "DESTINATION=$DESTINATION"
 fi
 
-i=1
-while [ "$i" -le "$SLEEPTIME" ]; do
-    # Backgrounded so the TERM trap runs at once instead of after the sleep.
-    sleep 1 &
-    sleep_pid=$!
-    wait "$sleep_pid"
-    sleep_pid=""
-    echo "progress $i/$SLEEPTIME"
-    i=$((i + 1))
-done
+sleep_with_progress
 
 mkdir -p "$(dirname "$result")"
 printf '%s' "$summary" >"$result"
