@@ -17,6 +17,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from core import errors as domain
+from core.models import JobDetails
 from core.states import JobState as DomainJobState
 from graphql_api.admin import AdminMutation, AdminQuery
 from graphql_api.context import ClientError, Context
@@ -85,11 +86,25 @@ class JobInputBinding:
     file_id: strawberry.ID
 
 
+@strawberry.input(description="A label: in createJob a job's tag; in jobs a filter (an empty value: any).")
+class TagInput:
+    key: str
+    value: str = ""
+
+
 @strawberry.input
 class CreateJobInput:
     asset_id: strawberry.ID
     inputs: list[JobInputBinding] = strawberry.field(default_factory=list)
     parameters: JSON | None = None
+    name: str | None = None
+    description: str | None = None
+    tags: list[TagInput] = strawberry.field(default_factory=list)
+    commands: list[list[str]] = strawberry.field(
+        default_factory=list,
+        description="Commands of the job's own, run in order in its image, where the asset allows them "
+        "(consumerCommands, at most maxCommands); empty: the asset's command.",
+    )
 
 
 @strawberry.input
@@ -145,6 +160,8 @@ class Query(AdminQuery):
         after: str | None = None,
         state: JobState | None = None,  # type: ignore[valid-type]
         asset_id: strawberry.ID | None = None,
+        name_prefix: str | None = None,
+        tags: list[TagInput] | None = None,
     ) -> JobConnection:
         principal = info.context.caller
         page = await _call(
@@ -154,6 +171,8 @@ class Query(AdminQuery):
                 asset_id=asset_id,
                 first=_page_size(first),
                 after=after,
+                name_prefix=name_prefix or None,
+                tags={t.key: t.value for t in tags or ()},
             )
         )
         edges = [JobEdge(cursor=cursor_of(j.created_at, j.id), node=Job.from_domain(j)) for j in page.items]
@@ -275,8 +294,17 @@ class Mutation(AdminMutation):
         params = input.parameters
         if params is not None and not isinstance(params, dict):
             raise domain.ValidationError("parameters must be a JSON object", field="parameters")
+        tags = {t.key: t.value for t in input.tags}
+        if len(tags) != len(input.tags):
+            raise domain.ValidationError("a tag key is given twice", field="tags")
+        details = JobDetails(
+            name=input.name,
+            description=input.description,
+            tags=tags,
+            commands=tuple(tuple(c) for c in input.commands),
+        )
         job = await info.context.services.jobs.create(
-            principal, str(input.asset_id), [(b.slot, str(b.file_id)) for b in input.inputs], params
+            principal, str(input.asset_id), [(b.slot, str(b.file_id)) for b in input.inputs], params, details
         )
         return Job.from_domain(job)
 

@@ -228,6 +228,12 @@ class JobInput:
         return File.from_domain(record)
 
 
+@strawberry.type(description="A label on a job: a key and its value (GA4GH TES tags are these).")
+class Tag:
+    key: str
+    value: str
+
+
 @strawberry.type
 class Job:
     id: strawberry.ID
@@ -245,6 +251,12 @@ class Job:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    name: str | None = strawberry.field(description="The name the consumer gave the job, if any.")
+    description: str | None = strawberry.field(description="What the consumer said the job is for.")
+    tags: list[Tag] = strawberry.field(description="The consumer's labels on the job, by key.")
+    commands: list[list[str]] = strawberry.field(
+        description="The job's own commands, run in order, where its asset allows them; empty: the asset's."
+    )
     record: strawberry.Private[M.Job]
 
     @classmethod
@@ -263,6 +275,10 @@ class Job:
             updated_at=j.updated_at,
             started_at=j.started_at,
             finished_at=j.finished_at,
+            name=j.details.name,
+            description=j.details.description,
+            tags=[Tag(key=k, value=v) for k, v in sorted(j.details.tags.items())],
+            commands=[list(c) for c in j.details.commands],
             record=j,
         )
 
