@@ -168,6 +168,33 @@ def test_a_job_that_fails_makes_run_follow_exit_1(server: ServerProcess) -> None
     assert "job is EXECUTOR_ERROR (NONZERO_EXIT), exit code 3" in run.out
 
 
+def test_run_names_and_tags_a_job_and_a_bad_tag_is_a_usage_error(server: ServerProcess) -> None:
+    token = consumer(server, "tagger")
+    done = wml(
+        server,
+        "run",
+        "dummy-job",
+        "-p",
+        "SLEEPTIME=0",
+        "--name",
+        "lane-1",
+        "--tag",
+        "sample=a",
+        "--tag",
+        "run=7",
+        "--json",
+        token=token,
+    )
+    assert done.code == 0, done.err
+    job = done.json()
+    assert job["name"] == "lane-1"
+    assert sorted((t["key"], t["value"]) for t in job["tags"]) == [("run", "7"), ("sample", "a")]
+    shown = wml(server, "job", job["id"], "--json", token=token)
+    assert shown.json()["name"] == "lane-1"
+    bad = wml(server, "run", "dummy-job", "--tag", "novalue", token=token)
+    assert bad.code == 2 and "--tag must be NAME=VALUE" in bad.err
+
+
 def test_errors_are_one_line_with_their_code_and_a_documented_exit_code(
     server: ServerProcess, tmp_path: Path
 ) -> None:

@@ -119,7 +119,13 @@ class Client:
     # -- jobs --------------------------------------------------------------------------------------
 
     async def create_job(
-        self, asset_id: str, inputs: dict[str, str], parameters: dict[str, Any] | None = None
+        self,
+        asset_id: str,
+        inputs: dict[str, str],
+        parameters: dict[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         data = await self.query(
             Q.CREATE_JOB,
@@ -128,6 +134,8 @@ class Client:
                     "assetId": asset_id,
                     "inputs": [{"slot": s, "fileId": f} for s, f in inputs.items()],
                     "parameters": parameters or {},
+                    "name": name,
+                    "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
                 }
             },
         )

@@ -6,7 +6,7 @@ ERROR = "... on Error { message code }"
 FILE_FIELDS = "id name size sha256 contentType origin createdAt expiresAt"
 JOB_FIELDS = (
     "id assetId consumerId state reason message exitCode parameters createdAt updatedAt startedAt finishedAt"
-    " logTail"
+    " logTail name description tags { key value } commands"
     f" inputs {{ slot fileId }} outputs {{ {FILE_FIELDS} downloadUrl }} log {{ {FILE_FIELDS} downloadUrl }}"
 )
 JOB_ROW = "id assetId consumerId state reason exitCode createdAt finishedAt"
@@ -38,7 +38,7 @@ DELETE_FILE = (
 
 CREATE_JOB = (
     "mutation($input: CreateJobInput!) { createJob(input: $input) {"
-    f" __typename ... on Job {{ id assetId state createdAt }} {ERROR}"
+    f" __typename ... on Job {{ id assetId state createdAt name tags {{ key value }} }} {ERROR}"
     " ... on ValidationError { field } } }"
 )
 JOB = f"query($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"

@@ -64,6 +64,10 @@ def add_consumer_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help='a parameter; the value is read as JSON when it parses (2, true, "text"), else as text',
     )
+    run.add_argument("--name", help="a name for the job (shown by wml job, found with jobs(namePrefix))")
+    run.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE", help="a label on the job (repeatable)"
+    )
     run.add_argument(
         "--follow", "-f", action="store_true", help="print state changes and log lines until the job ends"
     )
@@ -178,7 +182,8 @@ async def run_command(client: Client, out: Output, args: argparse.Namespace) -> 
     with out.progress() as bars:
         for slot, path, value in bindings:
             inputs[slot] = (await _upload(client, bars, path, args.large_from))["id"] if path else value
-    job = await client.create_job(args.asset, inputs, parameters)
+    tags = dict(_pairs(args.tag, "--tag"))
+    job = await client.create_job(args.asset, inputs, parameters, name=args.name, tags=tags)
     if not args.follow:
         out.result(job, lambda: out.line(job["id"]))
         return OK
