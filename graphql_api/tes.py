@@ -161,19 +161,21 @@ def tes_routes(services: Services) -> list[Route]:
             body = await request.json()
         except ValueError:
             return _error(400, "the task must be a JSON object")
+        uploaded: list[str] = []  # inline inputs made files: removed again if the task is refused
         try:
-            task = await _planned(services, principal, body)
+            task = await _planned(services, principal, body, uploaded)
             job = await services.jobs.create(
                 principal, task.asset_id, task.bindings, task.parameters, task.details
             )
-        except TaskRefused as e:
-            log.info("task refused", status=400, reason=e.args[0])
-            return _error(400, e.args[0])
-        except domain.QuotaExceededError as e:
-            return _error(429, e.message)
-        except domain.DomainError as e:  # a file or parameter the job rules refuse
-            log.info("task refused", status=400, reason=e.message)
-            return _error(400, e.message)
+        except (TaskRefused, domain.DomainError) as e:
+            for file_id in uploaded:
+                await services.files.delete(principal, file_id)
+            if isinstance(e, domain.QuotaExceededError):
+                return _error(429, e.message)
+            # The asset's rules (TaskRefused), or the job rules' (a file or parameter they refuse).
+            reason = e.args[0] if isinstance(e, TaskRefused) else e.message
+            log.info("task refused", status=400, reason=reason)
+            return _error(400, reason)
         return JSONResponse({"id": job.id})
 
     async def task_or_cancel(request: Request) -> Response:
@@ -282,7 +284,7 @@ class PlannedJob:
     details: JobDetails
 
 
-async def _planned(services: Services, principal: Principal, body: Any) -> PlannedJob:
+async def _planned(services: Services, principal: Principal, body: Any, uploaded: list[str]) -> PlannedJob:
     """The job a TES task asks for, by the asset's rules: its image (or ``tags["wml.asset"]``) names an
     asset the token grants, its command is the asset's, ``env`` are the asset's parameters, its resources
     fit the asset's, inputs go to the asset's input slots by path (inline ``content`` or ``wml://files/<id>``)
@@ -321,7 +323,7 @@ async def _planned(services: Services, principal: Principal, body: Any) -> Plann
             if parameters.setdefault(name, typed) != typed:
                 raise TaskRefused(f"env {name} differs between executors; a task has one value for it")
     _fits(asset, body.get("resources"))
-    bindings = [await _bind(services, principal, asset, i) for i in body.get("inputs") or []]
+    bindings = [await _bind(services, principal, asset, i, uploaded) for i in body.get("inputs") or []]
     declared = {f"{OUTPUTS}/{o.path}" for o in asset.outputs}
     for output in body.get("outputs") or []:
         if not isinstance(output, dict) or output.get("path") not in declared:
@@ -391,8 +393,11 @@ def _fits(asset: Asset, resources: Any) -> None:
         raise TaskRefused(f"asset {asset.id!r} runs in {limit:g} GB of memory, not {ram}")
 
 
-async def _bind(services: Services, principal: Principal, asset: Asset, given: Any) -> tuple[str, str]:
-    """An input to its slot by path: inline content becomes a file of the consumer; a URL names one."""
+async def _bind(
+    services: Services, principal: Principal, asset: Asset, given: Any, uploaded: list[str]
+) -> tuple[str, str]:
+    """An input to its slot by path: inline content becomes a file of the consumer (its id added to
+    ``uploaded``); a URL names one."""
     if not isinstance(given, dict):
         raise TaskRefused("each input must be an object")
     paths = {f"{INPUTS}/{slot.target}": slot for slot in asset.inputs}
@@ -409,6 +414,7 @@ async def _bind(services: Services, principal: Principal, asset: Asset, given: A
             yield data
 
         record = await services.files.upload(principal, slot.target.rsplit("/", 1)[-1], None, chunks())
+        uploaded.append(record.id)
         return slot.name, record.id
     url = given.get("url")
     if isinstance(url, str) and url.startswith("wml://files/") and len(url) > len("wml://files/"):

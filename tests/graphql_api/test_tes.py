@@ -335,3 +335,16 @@ async def test_a_consumers_own_command_never_gets_a_file_it_names_bound_into_its
     assert got["state"] == "EXECUTOR_ERROR", got["state"]
     assert "TOP-SECRET-KEY" not in got["logs"][0]["logs"][0].get("stdout", "")
     assert "No such file" in got["logs"][0]["logs"][0].get("stdout", "")
+
+
+async def test_a_refused_task_leaves_none_of_its_inline_inputs_behind(api: Api) -> None:
+    """Inline content becomes a file before the job rules run; a task they refuse must not keep it."""
+    token = await api.consumer("alice")
+    task = {
+        "executors": [{**DUMMY, "env": {"SLEEPTIME": "999999"}}],  # refused by the job rules, after binding
+        "inputs": [{"path": "/wml/inputs/data", "content": "kept?"}],
+    }
+    resp = await api.http.post(f"{BASE}/tasks", json=task, headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 400 and "SLEEPTIME" in resp.json()["message"]
+    files = await api.data("{ files { edges { node { id name } } } }", token=token)
+    assert files["files"]["edges"] == []
