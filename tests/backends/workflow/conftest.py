@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import hashlib
 import importlib.metadata
+import io
 import os
 import signal
+import tarfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,6 +255,19 @@ def upload(storage: FileStorageBackend) -> Upload:
         return StagedInput(slot, kind, path, key, info.size, hashlib.sha256(data).hexdigest(), keys)
 
     return put
+
+
+async def placed_inputs(upload: Upload) -> tuple[StagedInput, StagedInput]:
+    """The inputs of the placed-path tests: a file ``data`` (``input text``) and an archive ``maps`` holding
+    ``town01.xodr`` (``road``)."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        member = tarfile.TarInfo("town01.xodr")
+        member.size = 4
+        tar.addfile(member, io.BytesIO(b"road"))
+    data = await upload("consumers/c1/files/in-1", b"input text\n", "data", InputKind.FILE, "in.txt")
+    maps = await upload("consumers/c1/files/in-2", archive.getvalue(), "maps", InputKind.ARCHIVE, "maps")
+    return data, maps
 
 
 RunFactory = Callable[..., JobRun]

@@ -9,10 +9,8 @@ checks the kill and its mapping, which the backend infers from a SIGKILL exit it
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import shutil
-import tarfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +21,12 @@ from backends.workflow.host.container.backend import ContainerWorkflowBackend
 from backends.workflow.host.container.cli import INPUTS_MOUNT, run_args
 from backends.workflow.host.uids import job_uid
 from backends.workflow.registry import WorkflowConfigurationError, create_workflow_backend
-from tests.backends.workflow.conftest import PODMAN, make_container_backend, make_docker_backend
+from tests.backends.workflow.conftest import (
+    PODMAN,
+    make_container_backend,
+    make_docker_backend,
+    placed_inputs,
+)
 from tests.backends.workflow.test_local_workflow import StalledStorage
 from wml.demo import pick_workflow
 
@@ -268,13 +271,7 @@ PLACED = """
 async def test_inputs_and_outputs_are_mounted_at_the_absolute_paths_the_asset_chose(
     container_work_dir: Path, storage, make_run, updates_of, upload, read_object, sidecar: bool
 ) -> None:
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        member = tarfile.TarInfo("town01.xodr")
-        member.size = 4
-        tar.addfile(member, io.BytesIO(b"road"))
-    data = await upload("consumers/c1/files/in-1", b"input text\n", "data", InputKind.FILE, "in.txt")
-    maps = await upload("consumers/c1/files/in-2", archive.getvalue(), "maps", InputKind.ARCHIVE, "maps")
+    data, maps = await placed_inputs(upload)
     backend = make_container_backend(container_work_dir, storage, sidecar=sidecar)
     await backend.start()
     run = make_run(

@@ -4,11 +4,9 @@ hostile one would, and asserts the denial, not the flag that should cause it."""
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import shutil
 import socket
-import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,10 +17,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from backends.storage.file import FileStorageBackend
-from backends.workflow.base import InputKind, Resources, RunNeeds, RunPhase
+from backends.workflow.base import Resources, RunNeeds, RunPhase
 from backends.workflow.host.local.backend import LocalWorkflowBackend
 from backends.workflow.host.local.sandbox import SandboxOptions, SandboxUnavailableError, command
 from core.settings import Settings
+from tests.backends.workflow.conftest import placed_inputs
 
 # A directory as a server's data directory would be outside /tmp (which the sandbox replaces anyway):
 # world-readable, so only the sandbox's hiding keeps a worker out of it.
@@ -280,13 +279,7 @@ out="$WML_OUTPUT_RESULT"
 async def test_inputs_and_outputs_are_bound_at_the_absolute_paths_the_asset_chose(
     sandboxed, updates_of, make_run, read_object, upload
 ) -> None:
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        member = tarfile.TarInfo("town01.xodr")
-        member.size = 4
-        tar.addfile(member, io.BytesIO(b"road"))
-    data = await upload("consumers/c1/files/in-1", b"input text\n", "data", InputKind.FILE, "in.txt")
-    maps = await upload("consumers/c1/files/in-2", archive.getvalue(), "maps", InputKind.ARCHIVE, "maps")
+    data, maps = await placed_inputs(upload)
     job = make_run(
         **shell(PLACED),
         inputs=(replace(data, worker_path="/data/in.txt"), replace(maps, worker_path="/home/carla/maps")),
